@@ -1,0 +1,1 @@
+//! `cinder bench` scenarios.

@@ -1,0 +1,25 @@
+//! Cinder: an end-to-end encrypted team messenger for the terminal.
+//!
+//! One package builds one binary, `cinder`; this library holds everything and `main.rs` only
+//! parses arguments and calls one top module.
+//!
+//! # Module map
+//!
+//! | module | role | may import |
+//! |---|---|---|
+//! | [`crypto`] | keys, certificates, handshake, ratchet, sender keys, envelope, chunked file encryption, safety numbers; no I/O beyond `Read`/`Write`, no tokio | - |
+//! | [`bench`] | `cinder bench` scenarios: load generators that print figures | everything |
+//!
+//! Modules that later issues add (`protocol`, `config`, `logging`, `store`, `media`, `session`,
+//! `tui`, `relay`, `admin`, `bot`, `rpc`) follow the table in `ARCHITECTURE.md`: the relay never
+//! imports the envelope or cache code, so it structurally cannot see plaintext, and the UI never
+//! touches crypto or the store directly. `tests/architecture.rs` scans `src/` and fails on an
+//! import that breaks these rules.
+//!
+//! # House rules
+//! - Pure leaves, glue on top: `crypto` (and later `protocol`) do no network or disk I/O.
+//! - One `thiserror` enum per top module; `anyhow` only in `main.rs` and the command layer.
+//! - Secrets zeroize on drop and are never `Debug` or `Serialize`.
+
+pub mod bench;
+pub mod crypto;
