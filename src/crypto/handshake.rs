@@ -434,7 +434,13 @@ mod tests {
         let urk = UserRootKey::generate().unwrap();
         let keys = DeviceKeys::generate().unwrap();
         let cert = urk
-            .certify(name, DeviceId::random().unwrap(), &keys, 1, DeviceRole::User)
+            .certify(
+                name,
+                DeviceId::random().unwrap(),
+                &keys,
+                1,
+                DeviceRole::User,
+            )
             .unwrap();
         let prekeys = DevicePrekeys::new(&keys.signing, 1).unwrap();
         Party {
@@ -471,8 +477,16 @@ mod tests {
         let alice = party("alice");
         let mut bob = party("bob");
         let b = bundle(&mut bob, true);
-        let mut a_sess =
-            initiate(&alice.keys, &alice.cert, &bob.urk.public(), "bob", &b, &[], 10).unwrap();
+        let mut a_sess = initiate(
+            &alice.keys,
+            &alice.cert,
+            &bob.urk.public(),
+            "bob",
+            &b,
+            &[],
+            10,
+        )
+        .unwrap();
         let first = a_sess.encrypt(b"hello bob").unwrap();
         let second = a_sess.encrypt(b"still there?").unwrap();
         let i = initial(second.clone());
@@ -496,7 +510,10 @@ mod tests {
         assert!(matches!(reply, PairwiseMessage::Normal(_)));
         assert_eq!(a_sess.decrypt(&reply, 11).unwrap(), b"hi alice");
         assert!(!a_sess.is_pending());
-        assert!(matches!(a_sess.encrypt(b"x").unwrap(), PairwiseMessage::Normal(_)));
+        assert!(matches!(
+            a_sess.encrypt(b"x").unwrap(),
+            PairwiseMessage::Normal(_)
+        ));
         let saved = Session::from_secret_bytes(&a_sess.to_secret_bytes()).unwrap();
         assert_eq!(saved.peer_device(), bob.cert.device_id);
     }
@@ -507,17 +524,49 @@ mod tests {
             let alice = party("alice");
             let mut bob = party("bob");
             let b = bundle(&mut bob, with_otk);
-            let mut s =
-                initiate(&alice.keys, &alice.cert, &bob.urk.public(), "bob", &b, &[], 10).unwrap();
+            let mut s = initiate(
+                &alice.keys,
+                &alice.cert,
+                &bob.urk.public(),
+                "bob",
+                &b,
+                &[],
+                10,
+            )
+            .unwrap();
             let i = initial(s.encrypt(b"once").unwrap());
-            respond(&bob.keys, &bob.cert, &mut bob.prekeys, &alice.urk.public(), &[], &i, 10)
-                .unwrap();
-            let again =
-                respond(&bob.keys, &bob.cert, &mut bob.prekeys, &alice.urk.public(), &[], &i, 11);
+            respond(
+                &bob.keys,
+                &bob.cert,
+                &mut bob.prekeys,
+                &alice.urk.public(),
+                &[],
+                &i,
+                10,
+            )
+            .unwrap();
+            let again = respond(
+                &bob.keys,
+                &bob.cert,
+                &mut bob.prekeys,
+                &alice.urk.public(),
+                &[],
+                &i,
+                11,
+            );
             assert!(matches!(again, Err(CryptoError::Replay)), "otk={with_otk}");
             // It survives persistence of the prekey store too.
-            let mut restored = DevicePrekeys::from_secret_bytes(&bob.prekeys.to_secret_bytes()).unwrap();
-            let again = respond(&bob.keys, &bob.cert, &mut restored, &alice.urk.public(), &[], &i, 12);
+            let mut restored =
+                DevicePrekeys::from_secret_bytes(&bob.prekeys.to_secret_bytes()).unwrap();
+            let again = respond(
+                &bob.keys,
+                &bob.cert,
+                &mut restored,
+                &alice.urk.public(),
+                &[],
+                &i,
+                12,
+            );
             assert!(matches!(again, Err(CryptoError::Replay)));
         }
     }
@@ -527,29 +576,73 @@ mod tests {
         let alice = party("alice");
         let mut bob = party("bob");
         let b = bundle(&mut bob, true);
-        let mut s =
-            initiate(&alice.keys, &alice.cert, &bob.urk.public(), "bob", &b, &[], 10).unwrap();
+        let mut s = initiate(
+            &alice.keys,
+            &alice.cert,
+            &bob.urk.public(),
+            "bob",
+            &b,
+            &[],
+            10,
+        )
+        .unwrap();
         let i = initial(s.encrypt(b"hi").unwrap());
         // Tampered ML-KEM ciphertext: implicit rejection gives a different key, AEAD fails.
         let mut bad = i.clone();
         bad.pq_ciphertext[5] ^= 1;
         assert!(matches!(
-            respond(&bob.keys, &bob.cert, &mut bob.prekeys, &alice.urk.public(), &[], &bad, 10),
+            respond(
+                &bob.keys,
+                &bob.cert,
+                &mut bob.prekeys,
+                &alice.urk.public(),
+                &[],
+                &bad,
+                10
+            ),
             Err(CryptoError::Integrity)
         ));
         // Another ephemeral key.
         let mut bad = i.clone();
         bad.ephemeral = DhKeyPair::generate().unwrap().public();
-        assert!(respond(&bob.keys, &bob.cert, &mut bob.prekeys, &alice.urk.public(), &[], &bad, 10).is_err());
+        assert!(
+            respond(
+                &bob.keys,
+                &bob.cert,
+                &mut bob.prekeys,
+                &alice.urk.public(),
+                &[],
+                &bad,
+                10
+            )
+            .is_err()
+        );
         // A certificate that does not chain to the sender's pinned root.
         let mallory = UserRootKey::generate().unwrap();
         assert!(matches!(
-            respond(&bob.keys, &bob.cert, &mut bob.prekeys, &mallory.public(), &[], &i, 10),
+            respond(
+                &bob.keys,
+                &bob.cert,
+                &mut bob.prekeys,
+                &mallory.public(),
+                &[],
+                &i,
+                10
+            ),
             Err(CryptoError::BadChain)
         ));
         assert_eq!(bob.prekeys.one_time_count(), 1);
         // The genuine message still works afterwards.
-        respond(&bob.keys, &bob.cert, &mut bob.prekeys, &alice.urk.public(), &[], &i, 10).unwrap();
+        respond(
+            &bob.keys,
+            &bob.cert,
+            &mut bob.prekeys,
+            &alice.urk.public(),
+            &[],
+            &i,
+            10,
+        )
+        .unwrap();
     }
 
     #[test]
@@ -561,13 +654,29 @@ mod tests {
         assert!(initiate(&alice.keys, &alice.cert, &other.public(), "bob", &b, &[], 1).is_err());
         let rev = bob.urk.revoke("bob", b.cert.device_id, 2).unwrap();
         assert!(matches!(
-            initiate(&alice.keys, &alice.cert, &bob.urk.public(), "bob", &b, &[rev], 3),
+            initiate(
+                &alice.keys,
+                &alice.cert,
+                &bob.urk.public(),
+                "bob",
+                &b,
+                &[rev],
+                3
+            ),
             Err(CryptoError::Revoked)
         ));
         let mut low = b.clone();
         low.one_time_prekey.as_mut().unwrap().public = [0u8; 32];
         assert!(matches!(
-            initiate(&alice.keys, &alice.cert, &bob.urk.public(), "bob", &low, &[], 1),
+            initiate(
+                &alice.keys,
+                &alice.cert,
+                &bob.urk.public(),
+                "bob",
+                &low,
+                &[],
+                1
+            ),
             Err(CryptoError::NonContributory)
         ));
     }

@@ -134,7 +134,12 @@ impl UserRootKey {
     ///
     /// # Errors
     /// [`CryptoError::Limit`] if `user_id` is longer than [`MAX_USER_ID`].
-    pub fn revoke(&self, user_id: &str, device_id: DeviceId, revoked_at: u64) -> Result<Revocation> {
+    pub fn revoke(
+        &self,
+        user_id: &str,
+        device_id: DeviceId,
+        revoked_at: u64,
+    ) -> Result<Revocation> {
         if user_id.len() > MAX_USER_ID {
             return Err(CryptoError::Limit("user id length"));
         }
@@ -360,7 +365,13 @@ mod tests {
     fn device(urk: &UserRootKey, user: &str) -> (DeviceKeys, DeviceCertificate) {
         let keys = DeviceKeys::generate().unwrap();
         let cert = urk
-            .certify(user, DeviceId::random().unwrap(), &keys, 1_700_000_000, DeviceRole::User)
+            .certify(
+                user,
+                DeviceId::random().unwrap(),
+                &keys,
+                1_700_000_000,
+                DeviceRole::User,
+            )
             .unwrap();
         (keys, cert)
     }

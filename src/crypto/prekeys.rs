@@ -375,7 +375,12 @@ impl DevicePrekeys {
             i += 1;
             retain
         });
-        let successors: Vec<u64> = self.pq_last_resort.iter().skip(1).map(|k| k.created_at).collect();
+        let successors: Vec<u64> = self
+            .pq_last_resort
+            .iter()
+            .skip(1)
+            .map(|k| k.created_at)
+            .collect();
         let mut i = 0;
         self.pq_last_resort.retain(|_| {
             let retain = successors.get(i).is_none_or(|&s| keep(s));
@@ -449,7 +454,10 @@ impl DevicePrekeys {
     }
 
     pub(crate) fn signed_created_at(&self, id: u32) -> Option<u64> {
-        self.signed.iter().find(|k| k.id == id).map(|k| k.created_at)
+        self.signed
+            .iter()
+            .find(|k| k.id == id)
+            .map(|k| k.created_at)
     }
 
     pub(crate) fn one_time_key(&self, id: u32) -> Option<&DhKeyPair> {
@@ -457,9 +465,12 @@ impl DevicePrekeys {
     }
 
     pub(crate) fn pq_key(&self, id: u32) -> Option<&PqKeyPair> {
-        self.pq_one_time
-            .get(&id)
-            .or_else(|| self.pq_last_resort.iter().find(|k| k.id == id).map(|k| &k.key))
+        self.pq_one_time.get(&id).or_else(|| {
+            self.pq_last_resort
+                .iter()
+                .find(|k| k.id == id)
+                .map(|k| &k.key)
+        })
     }
 
     /// Whether an initial message with this ephemeral key and signed prekey was accepted before.
@@ -505,7 +516,9 @@ impl DevicePrekeys {
         w.u8(1).u32(self.next_id);
         w.u32(self.signed.len() as u32);
         for k in &self.signed {
-            w.u32(k.id).fixed(k.key.secret_bytes().as_slice()).u64(k.created_at);
+            w.u32(k.id)
+                .fixed(k.key.secret_bytes().as_slice())
+                .u64(k.created_at);
         }
         w.u32(self.one_time.len() as u32);
         for (id, k) in &self.one_time {
@@ -565,7 +578,8 @@ impl DevicePrekeys {
         }
         for _ in 0..count(&mut r, 100_000)? {
             let id = r.u32()?;
-            s.one_time.insert(id, DhKeyPair::from_secret_bytes(r.array()?));
+            s.one_time
+                .insert(id, DhKeyPair::from_secret_bytes(r.array()?));
         }
         for _ in 0..count(&mut r, 100_000)? {
             let id = r.u32()?;
@@ -601,7 +615,13 @@ mod tests {
         let urk = UserRootKey::generate().unwrap();
         let dev = DeviceKeys::generate().unwrap();
         let cert = urk
-            .certify("bob", DeviceId::random().unwrap(), &dev, 100, DeviceRole::User)
+            .certify(
+                "bob",
+                DeviceId::random().unwrap(),
+                &dev,
+                100,
+                DeviceRole::User,
+            )
             .unwrap();
         let mut pre = DevicePrekeys::new(&dev.signing, 100).unwrap();
         let otk = pre.generate_one_time(3).unwrap();
@@ -655,7 +675,13 @@ mod tests {
     #[test]
     fn secret_state_round_trips() {
         let (_, dev, mut pre, b) = bundle();
-        pre.consume(&[7; 32], b.signed_prekey.id, Some(b.one_time_prekey.unwrap().id), b.pq_prekey.id, 100);
+        pre.consume(
+            &[7; 32],
+            b.signed_prekey.id,
+            Some(b.one_time_prekey.unwrap().id),
+            b.pq_prekey.id,
+            100,
+        );
         let bytes = pre.to_secret_bytes();
         let back = DevicePrekeys::from_secret_bytes(&bytes).unwrap();
         assert_eq!(back.one_time_count(), 2);

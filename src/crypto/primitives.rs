@@ -183,7 +183,13 @@ impl Aead {
         let nonce = Nonce::from(*nonce);
         // AES-GCM fails only for inputs beyond 64 GiB, which no caller produces.
         self.cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .unwrap_or_default()
     }
 
@@ -413,7 +419,8 @@ impl PqKeyPair {
 pub fn pq_encapsulate(public: &[u8]) -> Result<(Vec<u8>, Secret32)> {
     let key = ml_kem::kem::Key::<EncapsulationKey1024>::try_from(public)
         .map_err(|_| CryptoError::Malformed("ml-kem public key"))?;
-    let ek = EncapsulationKey1024::new(&key).map_err(|_| CryptoError::Malformed("ml-kem public key"))?;
+    let ek =
+        EncapsulationKey1024::new(&key).map_err(|_| CryptoError::Malformed("ml-kem public key"))?;
     let mut rng = rand_core::UnwrapErr(getrandom::SysRng);
     let (ct, ss) = ek.encapsulate_with_rng(&mut rng);
     let mut out = [0u8; 32];
@@ -429,8 +436,14 @@ mod tests {
     fn dh_agrees_and_rejects_low_order_points() {
         let a = DhKeyPair::generate().unwrap();
         let b = DhKeyPair::generate().unwrap();
-        assert_eq!(a.dh(&b.public()).unwrap().expose(), b.dh(&a.public()).unwrap().expose());
-        assert!(matches!(a.dh(&[0u8; 32]), Err(CryptoError::NonContributory)));
+        assert_eq!(
+            a.dh(&b.public()).unwrap().expose(),
+            b.dh(&a.public()).unwrap().expose()
+        );
+        assert!(matches!(
+            a.dh(&[0u8; 32]),
+            Err(CryptoError::NonContributory)
+        ));
     }
 
     #[test]

@@ -235,7 +235,9 @@ impl RatchetState {
             pn: c.pn,
             n: c.ns,
         };
-        c.ns = c.ns.checked_add(1).ok_or(CryptoError::Limit("chain length"))?;
+        c.ns =
+            c.ns.checked_add(1)
+                .ok_or(CryptoError::Limit("chain length"))?;
         let mk = kdf_ck(cks);
         let (key, nonce) = message_key_nonce(&mk);
         let mut aad = Vec::with_capacity(self.ad.len() + HEADER_LEN);
@@ -292,7 +294,9 @@ impl RatchetState {
             return Err(CryptoError::UnknownKey);
         };
         let mk = kdf_ck(ckr);
-        c.nr = c.nr.checked_add(1).ok_or(CryptoError::Limit("chain length"))?;
+        c.nr =
+            c.nr.checked_add(1)
+                .ok_or(CryptoError::Limit("chain length"))?;
         let pt = self.open(&mk, msg)?;
         // Authenticated: commit.
         self.chains = c;
@@ -322,7 +326,10 @@ impl RatchetState {
             .bytes(&self.ad)
             .u32(self.skipped.len() as u32);
         for k in &self.skipped {
-            w.fixed(&k.dh).u32(k.n).fixed(k.key.expose()).u64(k.stored_at);
+            w.fixed(&k.dh)
+                .u32(k.n)
+                .fixed(k.key.expose())
+                .u64(k.stored_at);
         }
         Zeroizing::new(w.into_vec())
     }
@@ -337,7 +344,8 @@ impl RatchetState {
         if version != 1 {
             return Err(CryptoError::UnsupportedVersion(version));
         }
-        let secret = |r: &mut Reader<'_>| -> Result<Secret32> { Ok(Secret32::from_bytes(r.array()?)) };
+        let secret =
+            |r: &mut Reader<'_>| -> Result<Secret32> { Ok(Secret32::from_bytes(r.array()?)) };
         let opt = |r: &mut Reader<'_>| -> Result<Option<Secret32>> {
             Ok(r.opt_array::<32>()?.map(Secret32::from_bytes))
         };
@@ -441,7 +449,10 @@ mod tests {
         let state = b.to_secret_bytes();
         let mut wrong_ad = RatchetState::from_secret_bytes(&state).unwrap();
         wrong_ad.ad = b"other".to_vec();
-        assert!(matches!(wrong_ad.decrypt(&m, 0), Err(CryptoError::Integrity)));
+        assert!(matches!(
+            wrong_ad.decrypt(&m, 0),
+            Err(CryptoError::Integrity)
+        ));
         // None of it disturbed the real session.
         assert_eq!(b.decrypt(&m, 0).unwrap(), b"secret");
         assert!(matches!(b.decrypt(&m, 0), Err(CryptoError::Replay)));

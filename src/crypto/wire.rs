@@ -199,7 +199,10 @@ mod tests {
     #[test]
     fn hostile_lengths_and_trailing_bytes_are_rejected() {
         let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff, 1], "test");
-        assert!(matches!(r.bytes(1 << 20), Err(CryptoError::Malformed("test"))));
+        assert!(matches!(
+            r.bytes(1 << 20),
+            Err(CryptoError::Malformed("test"))
+        ));
         let mut r = Reader::new(&[0, 0, 0, 1, 9, 9], "test");
         assert_eq!(r.bytes(4).unwrap(), &[9]);
         assert!(r.finish().is_err());
