@@ -1,0 +1,218 @@
+//! Enforces the module dependency table of `ARCHITECTURE.md` by scanning `src/`.
+//!
+//! Each top module (`src/<m>.rs` plus `src/<m>/**`) may reference only the crate modules its
+//! row allows. The relay must never reach the envelope, ratchet, sender-key, chunked-file or
+//! cache code, so it structurally cannot see plaintext; `crypto` and `protocol` stay pure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// (module, modules it may import). Modules not yet written are listed so they are checked
+/// the moment they appear.
+const TABLE: &[(&str, &[&str])] = &[
+    ("protocol", &[]),
+    ("crypto", &[]),
+    ("config", &[]),
+    ("logging", &[]),
+    ("store", &["protocol", "crypto"]),
+    ("media", &["protocol", "crypto"]),
+    ("session", &["protocol", "crypto", "store", "media", "config", "logging"]),
+    ("tui", &["session", "protocol", "config", "logging"]),
+    ("relay", &["protocol", "config", "crypto", "logging"]),
+    ("admin", &["session", "protocol", "config", "logging"]),
+    ("bot", &["session", "protocol", "config", "logging"]),
+    ("rpc", &["session", "protocol", "config", "logging"]),
+    ("cli", &["session", "protocol", "config", "logging", "store", "crypto", "relay", "tui", "admin", "bot", "rpc"]),
+    ("bench", &["protocol", "crypto", "config", "logging", "store", "media", "session", "relay", "tui", "admin", "bot", "rpc"]),
+];
+
+/// Parts of `crypto` the relay may use: signature checks on certificates and its own login
+/// challenge, never anything that decrypts.
+const RELAY_CRYPTO_ALLOWED: &[&str] = &["primitives", "identity", "wire", "CryptoError"];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// Every `crate::<module>[::<item>]` reference in `src`, comments stripped.
+fn crate_refs(src: &str) -> Vec<(String, Option<String>)> {
+    let mut refs = Vec::new();
+    for line in src.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            rest = &rest[i + 7..];
+            let ident = |s: &str| -> String {
+                s.chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect()
+            };
+            let module = ident(rest);
+            let after = &rest[module.len()..];
+            let item = after.strip_prefix("::").map(ident).filter(|s| !s.is_empty());
+            refs.push((module, item));
+        }
+        // `use crate::{a, b}` groups.
+        if let Some(i) = code.find("crate::{") {
+            let group = &code[i + 8..];
+            for part in group.split([',', '}']) {
+                let name: String = part
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    refs.push((name, None));
+                }
+            }
+        }
+    }
+    refs
+}
+
+fn module_files() -> BTreeMap<String, Vec<PathBuf>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut map: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    for f in files {
+        let rel = f.strip_prefix(&src).unwrap();
+        let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let module = first.trim_end_matches(".rs").to_string();
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        map.entry(module).or_default().push(f);
+    }
+    map
+}
+
+#[test]
+fn every_module_is_in_the_table() {
+    for module in module_files().keys() {
+        assert!(
+            TABLE.iter().any(|(m, _)| m == module),
+            "src/{module} is not in the dependency table of ARCHITECTURE.md"
+        );
+    }
+}
+
+#[test]
+fn imports_follow_the_dependency_table() {
+    let mut violations = Vec::new();
+    for (module, files) in module_files() {
+        let allowed = TABLE.iter().find(|(m, _)| *m == module).map(|(_, a)| *a).unwrap_or(&[]);
+        for f in files {
+            let text = fs::read_to_string(&f).unwrap();
+            for (target, item) in crate_refs(&text) {
+                if target == module || !TABLE.iter().any(|(m, _)| *m == target) {
+                    continue;
+                }
+                if !allowed.contains(&target.as_str()) {
+                    violations.push(format!("{}: {module} imports {target}", f.display()));
+                }
+                if module == "relay" && target == "crypto" {
+                    let ok = item.as_deref().is_some_and(|i| RELAY_CRYPTO_ALLOWED.contains(&i));
+                    if !ok {
+                        violations.push(format!(
+                            "{}: relay may only use crypto::{{{}}}, found crypto::{}",
+                            f.display(),
+                            RELAY_CRYPTO_ALLOWED.join(", "),
+                            item.unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(violations.is_empty(), "dependency rule violations:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn pure_leaves_do_no_async_or_network_io() {
+    for (module, files) in module_files() {
+        if module != "crypto" && module != "protocol" {
+            continue;
+        }
+        for f in files {
+            let raw = fs::read_to_string(&f).unwrap();
+            let text: String = raw
+                .lines()
+                .map(|l| l.split("//").next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for banned in ["tokio", "std::net", "TcpStream", "rusqlite", "async fn"] {
+                assert!(
+                    !text.contains(banned),
+                    "{} ({module} must stay pure) mentions {banned}",
+                    f.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_scanner_catches_violations() {
+    let refs = crate_refs("use crate::crypto::envelope::open; // crate::tui\nuse crate::{store, session};");
+    assert!(refs.contains(&("crypto".into(), Some("envelope".into()))));
+    assert!(refs.contains(&("store".into(), None)));
+    assert!(refs.contains(&("session".into(), None)));
+    assert!(!refs.iter().any(|(m, _)| m == "tui"), "comments must be ignored");
+}
+
+#[test]
+fn no_secret_type_derives_debug_or_serialize() {
+    // The secret containers of the crypto core must never be printable or serialisable.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/crypto");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let secret_types = [
+        "struct Secret32",
+        "struct DhKeyPair",
+        "struct SigningKeyPair",
+        "struct PqKeyPair",
+        "struct UserRootKey",
+        "struct DeviceKeys",
+        "struct RatchetState",
+        "struct Session",
+        "struct DevicePrekeys",
+        "struct KeyPackage",
+        "struct SenderKeyState",
+        "struct SenderKeyDistribution",
+        "struct ReceivedSenderKey",
+    ];
+    for f in files {
+        let text = fs::read_to_string(&f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if secret_types.iter().any(|t| line.contains(&format!("pub {t}")) || line.trim_start().starts_with(t)) {
+                let attrs: String = lines[i.saturating_sub(4)..i].join("\n");
+                assert!(
+                    !attrs.contains("Debug") && !attrs.contains("Serialize"),
+                    "{}:{}: secret type derives Debug or Serialize",
+                    f.display(),
+                    i + 1
+                );
+                let name = line.split("struct ").nth(1).unwrap().split([' ', '{', '(', '<']).next().unwrap();
+                assert!(
+                    !text.contains(&format!("Debug for {name} ")),
+                    "{}: secret type {name} implements Debug",
+                    f.display()
+                );
+            }
+        }
+    }
+}
