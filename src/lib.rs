@@ -8,6 +8,10 @@
 //! | module | role | may import |
 //! |---|---|---|
 //! | [`crypto`] | keys, certificates, handshake, ratchet, sender keys, envelope, chunked file encryption, safety numbers; no I/O beyond `Read`/`Write`, no tokio | - |
+//! | [`config`] | XDG paths, profile directories, the strict TOML config file | - |
+//! | [`logging`] | tracing setup: records go to a log file, never to the terminal | - |
+//! | [`store`] | the local encrypted cache (SQLCipher under a passphrase-wrapped key), synchronous | protocol, crypto |
+//! | [`relay`] | the server: accounts, devices, prekeys, store-and-forward mailboxes over WebSocket (TLS optional), SQLite with group commit | protocol, config, crypto (signature checks only) |
 //! | [`bench`] | `cinder bench` scenarios: load generators that print figures | everything |
 //!
 //! Modules that later issues add (`protocol`, `config`, `logging`, `store`, `media`, `session`,
@@ -22,4 +26,11 @@
 //! - Secrets zeroize on drop and are never `Debug` or `Serialize`.
 
 pub mod bench;
+pub mod cli;
+pub mod config;
 pub mod crypto;
+pub mod logging;
+pub mod protocol;
+pub mod relay;
+pub mod session;
+pub mod store;

@@ -1,28 +1,185 @@
-//! The `cinder` binary: parses arguments and calls one top module. Everything else lives in the
-//! library (`src/lib.rs`).
+//! The `cinder` binary: parses arguments, sets up logging and config, and calls one command
+//! function. Everything else lives in the library (`src/lib.rs`).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use cinder::bench;
+use cinder::cli::{self, commands, passphrase::Sources};
+use cinder::{bench, config, logging};
 
 /// Cinder: an end-to-end encrypted team messenger for the terminal.
 #[derive(Parser, Debug)]
-#[command(name = "cinder", version, about, long_about = None, propagate_version = true)]
+#[command(name = "cinder", version, about, long_about = None, propagate_version = true, arg_required_else_help = true)]
 struct Cli {
+    /// Profile name, or a directory if it contains '/' (default: $CINDER_PROFILE or "default").
+    #[arg(long, global = true)]
+    profile: Option<String>,
+    /// Configuration file (default: $XDG_CONFIG_HOME/cinder/config.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Write logs to files (the profile's logs/ directory, or DATA/logs for `serve`).
+    #[arg(long, global = true)]
+    logging: bool,
+    /// Log level or filter, e.g. info or cinder=debug (implies --logging).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Read the cache passphrase from this file.
+    #[arg(long, global = true)]
+    passphrase_file: Option<PathBuf>,
+    /// Run this shell command and use its output as the cache passphrase.
+    #[arg(long, global = true)]
+    passphrase_command: Option<String>,
+    /// Print timing figures (key derivation, command) to stderr.
+    #[arg(long, global = true)]
+    timings: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the relay server.
+    Serve(ServeArgs),
+    /// Create an account on a relay with an invite code.
+    Register(RegisterArgs),
+    /// Send a message ('-' reads it from stdin).
+    Send(SendArgs),
+    /// Print new messages.
+    Recv(RecvArgs),
+    /// Print the stored history of a conversation.
+    History(HistoryArgs),
+    /// Network administration (admin accounts).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Manage the cache passphrase.
+    Passphrase {
+        #[command(subcommand)]
+        command: PassphraseCommand,
+    },
     /// Run a benchmark scenario and print its figures.
     Bench {
         #[command(subcommand)]
         scenario: BenchScenario,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:7878 or 0.0.0.0:443.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Directory for the relay's database and keys (created 0700).
+    #[arg(long)]
+    data: PathBuf,
+    /// Network name shown to users (first start only).
+    #[arg(long)]
+    network_name: Option<String>,
+    /// TLS certificate chain (PEM); serves wss:// with --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Most simultaneous connections.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Largest frame in bytes.
+    #[arg(long, default_value_t = cinder::protocol::DEFAULT_MAX_FRAME)]
+    max_frame: usize,
+    /// Requests per second allowed per device (burst is twice this).
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+}
+
+#[derive(Args, Debug)]
+struct RegisterArgs {
+    /// Relay URL: wss://host[:port] (or ws:// to loopback).
+    #[arg(long)]
+    server: String,
+    /// Invite code from your network admin.
+    #[arg(long)]
+    invite: String,
+    /// Username (permanent): letters, digits, '.', '-', '_'.
+    #[arg(long)]
+    username: String,
+    /// Display name.
+    #[arg(long)]
+    display_name: Option<String>,
+    /// Allow unencrypted ws:// to a non-loopback host.
+    #[arg(long)]
+    insecure_ws: bool,
+    /// Extra CA certificate (PEM) to trust for a wss:// relay.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// FOR TESTS ONLY: derive the cache key with Argon2id at 64 KiB instead of 256 MiB.
+    #[arg(long)]
+    insecure_fast_kdf: bool,
+}
+
+#[derive(Args, Debug)]
+struct SendArgs {
+    /// Recipient username.
+    #[arg(long)]
+    to: String,
+    /// The message, or '-' to read it from stdin.
+    text: String,
+}
+
+#[derive(Args, Debug)]
+struct RecvArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// Keep printing messages as they arrive (reconnecting as needed).
+    #[arg(long)]
+    follow: bool,
+    /// Wait this long for messages (30s, 5m, 2h, 7d; a bare number is seconds).
+    #[arg(long)]
+    timeout: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct HistoryArgs {
+    /// The other user of the direct conversation.
+    #[arg(long)]
+    with: String,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// Most recent messages to show.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Create an invite code (printed alone on the last line).
+    Invite {
+        /// Who the invite is for.
+        #[arg(long)]
+        email: String,
+        /// Make the invited account a network admin.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PassphraseCommand {
+    /// Change the cache passphrase (re-wraps the key; the data is not re-encrypted).
+    Change {
+        /// Read the new passphrase from this file (else $CINDER_NEW_PASSPHRASE or a prompt).
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+        /// Run this command for the new passphrase.
+        #[arg(long)]
+        new_passphrase_command: Option<String>,
     },
 }
 
@@ -73,18 +230,121 @@ fn run_crypto_bench(args: &CryptoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match &cli.command {
+fn client_context(cli: &Cli) -> anyhow::Result<commands::Context> {
+    let paths = config::Paths::from_env()?;
+    let config = config::Config::load(cli.config.as_deref(), &paths)?;
+    let profile_dir = config::profile_dir(&paths, cli.profile.as_deref())?;
+    Ok(commands::Context {
+        profile_dir,
+        passphrase: Sources {
+            file: cli.passphrase_file.clone(),
+            command: cli.passphrase_command.clone(),
+            new: false,
+        },
+        config,
+        timings: cli.timings,
+    })
+}
+
+fn start_logging(
+    cli: &Cli,
+    dir: &std::path::Path,
+    default_level: &str,
+) -> Option<logging::LogGuard> {
+    if !cli.logging && cli.log_level.is_none() {
+        return None;
+    }
+    let level = cli.log_level.as_deref().unwrap_or(default_level);
+    match logging::init(&dir.join("logs"), level) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("cinder: logging disabled: {e}");
+            None
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
         Command::Bench {
             scenario: BenchScenario::Crypto(args),
         } => run_crypto_bench(args),
+        Command::Serve(_) => {
+            Err(cli::UsageError("the relay is not built into this binary yet".into()).into())
+        }
+        other => {
+            let ctx = client_context(&cli)?;
+            let _log = start_logging(&cli, &ctx.profile_dir, &ctx.config.logging.level);
+            match other {
+                Command::Register(a) => {
+                    commands::cmd_register(
+                        &ctx,
+                        commands::RegisterArgs {
+                            server: a.server.clone(),
+                            invite: a.invite.clone(),
+                            username: a.username.clone(),
+                            display_name: a.display_name.clone(),
+                            insecure_ws: a.insecure_ws,
+                            ca_cert: a.ca_cert.clone(),
+                            insecure_fast_kdf: a.insecure_fast_kdf,
+                        },
+                    )
+                    .await
+                }
+                Command::Send(a) => commands::cmd_send(&ctx, &a.to, &a.text).await,
+                Command::Recv(a) => {
+                    commands::cmd_recv(&ctx, a.json, a.follow, a.timeout.as_deref()).await
+                }
+                Command::History(a) => commands::cmd_history(&ctx, &a.with, a.json, a.limit).await,
+                Command::Admin {
+                    command: AdminCommand::Invite { email, admin },
+                } => commands::cmd_admin_invite(&ctx, email, *admin).await,
+                Command::Passphrase {
+                    command:
+                        PassphraseCommand::Change {
+                            new_passphrase_file,
+                            new_passphrase_command,
+                        },
+                } => {
+                    let new = Sources {
+                        file: new_passphrase_file.clone(),
+                        command: new_passphrase_command.clone(),
+                        new: true,
+                    };
+                    commands::cmd_passphrase_change(&ctx, new).await
+                }
+                Command::Bench { .. } | Command::Serve(_) => Ok(()),
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cinder: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
     };
+    let result = runtime.block_on(run(cli));
+    // Give background tasks no chance to print after we decided the outcome.
+    runtime.shutdown_timeout(Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cinder: {e}");
-            ExitCode::from(1)
+            let msg = e
+                .chain()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(": ");
+            eprintln!("cinder: {msg}");
+            ExitCode::from(cli::exit_code(&e))
         }
     }
 }

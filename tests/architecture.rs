@@ -18,14 +18,29 @@ const TABLE: &[(&str, &[&str])] = &[
     ("logging", &[]),
     ("store", &["protocol", "crypto"]),
     ("media", &["protocol", "crypto"]),
-    ("session", &["protocol", "crypto", "store", "media", "config", "logging"]),
+    (
+        "session",
+        &["protocol", "crypto", "store", "media", "config", "logging"],
+    ),
     ("tui", &["session", "protocol", "config", "logging"]),
     ("relay", &["protocol", "config", "crypto", "logging"]),
     ("admin", &["session", "protocol", "config", "logging"]),
     ("bot", &["session", "protocol", "config", "logging"]),
     ("rpc", &["session", "protocol", "config", "logging"]),
-    ("cli", &["session", "protocol", "config", "logging", "store", "crypto", "relay", "tui", "admin", "bot", "rpc"]),
-    ("bench", &["protocol", "crypto", "config", "logging", "store", "media", "session", "relay", "tui", "admin", "bot", "rpc"]),
+    (
+        "cli",
+        &[
+            "session", "protocol", "config", "logging", "store", "crypto", "relay", "tui", "admin",
+            "bot", "rpc",
+        ],
+    ),
+    (
+        "bench",
+        &[
+            "protocol", "crypto", "config", "logging", "store", "media", "session", "relay", "tui",
+            "admin", "bot", "rpc",
+        ],
+    ),
 ];
 
 /// Parts of `crypto` the relay may use: signature checks on certificates and its own login
@@ -61,7 +76,10 @@ fn crate_refs(src: &str) -> Vec<(String, Option<String>)> {
             };
             let module = ident(rest);
             let after = &rest[module.len()..];
-            let item = after.strip_prefix("::").map(ident).filter(|s| !s.is_empty());
+            let item = after
+                .strip_prefix("::")
+                .map(ident)
+                .filter(|s| !s.is_empty());
             refs.push((module, item));
         }
         // `use crate::{a, b}` groups.
@@ -89,7 +107,12 @@ fn module_files() -> BTreeMap<String, Vec<PathBuf>> {
     rust_files(&src, &mut files);
     for f in files {
         let rel = f.strip_prefix(&src).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let module = first.trim_end_matches(".rs").to_string();
         if module == "lib" || module == "main" {
             continue;
@@ -113,7 +136,11 @@ fn every_module_is_in_the_table() {
 fn imports_follow_the_dependency_table() {
     let mut violations = Vec::new();
     for (module, files) in module_files() {
-        let allowed = TABLE.iter().find(|(m, _)| *m == module).map(|(_, a)| *a).unwrap_or(&[]);
+        let allowed = TABLE
+            .iter()
+            .find(|(m, _)| *m == module)
+            .map(|(_, a)| *a)
+            .unwrap_or(&[]);
         for f in files {
             let text = fs::read_to_string(&f).unwrap();
             for (target, item) in crate_refs(&text) {
@@ -124,7 +151,9 @@ fn imports_follow_the_dependency_table() {
                     violations.push(format!("{}: {module} imports {target}", f.display()));
                 }
                 if module == "relay" && target == "crypto" {
-                    let ok = item.as_deref().is_some_and(|i| RELAY_CRYPTO_ALLOWED.contains(&i));
+                    let ok = item
+                        .as_deref()
+                        .is_some_and(|i| RELAY_CRYPTO_ALLOWED.contains(&i));
                     if !ok {
                         violations.push(format!(
                             "{}: relay may only use crypto::{{{}}}, found crypto::{}",
@@ -137,7 +166,11 @@ fn imports_follow_the_dependency_table() {
             }
         }
     }
-    assert!(violations.is_empty(), "dependency rule violations:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "dependency rule violations:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
@@ -166,11 +199,16 @@ fn pure_leaves_do_no_async_or_network_io() {
 
 #[test]
 fn the_scanner_catches_violations() {
-    let refs = crate_refs("use crate::crypto::envelope::open; // crate::tui\nuse crate::{store, session};");
+    let refs = crate_refs(
+        "use crate::crypto::envelope::open; // crate::tui\nuse crate::{store, session};",
+    );
     assert!(refs.contains(&("crypto".into(), Some("envelope".into()))));
     assert!(refs.contains(&("store".into(), None)));
     assert!(refs.contains(&("session".into(), None)));
-    assert!(!refs.iter().any(|(m, _)| m == "tui"), "comments must be ignored");
+    assert!(
+        !refs.iter().any(|(m, _)| m == "tui"),
+        "comments must be ignored"
+    );
 }
 
 #[test]
@@ -198,7 +236,10 @@ fn no_secret_type_derives_debug_or_serialize() {
         let text = fs::read_to_string(&f).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
-            if secret_types.iter().any(|t| line.contains(&format!("pub {t}")) || line.trim_start().starts_with(t)) {
+            if secret_types
+                .iter()
+                .any(|t| line.contains(&format!("pub {t}")) || line.trim_start().starts_with(t))
+            {
                 let attrs: String = lines[i.saturating_sub(4)..i].join("\n");
                 assert!(
                     !attrs.contains("Debug") && !attrs.contains("Serialize"),
@@ -206,7 +247,13 @@ fn no_secret_type_derives_debug_or_serialize() {
                     f.display(),
                     i + 1
                 );
-                let name = line.split("struct ").nth(1).unwrap().split([' ', '{', '(', '<']).next().unwrap();
+                let name = line
+                    .split("struct ")
+                    .nth(1)
+                    .unwrap()
+                    .split([' ', '{', '(', '<'])
+                    .next()
+                    .unwrap();
                 assert!(
                     !text.contains(&format!("Debug for {name} ")),
                     "{}: secret type {name} implements Debug",

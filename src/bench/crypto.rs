@@ -271,7 +271,12 @@ fn throughput(size: u64) -> Result<(f64, f64, f64), BenchError> {
     // raw run's buffer, so page faults are not counted as crypto.
     let mut ct = vec![0xA5u8; chunked::ciphertext_len(size) as usize];
     let t0 = Instant::now();
-    let written = chunked::encrypt(key.expose(), FILE_CONTEXT, &mut &plain[..], &mut &mut ct[..])?;
+    let written = chunked::encrypt(
+        key.expose(),
+        FILE_CONTEXT,
+        &mut &plain[..],
+        &mut &mut ct[..],
+    )?;
     let enc = mbps(size, t0.elapsed());
     if written != ct.len() as u64 {
         return Err(BenchError::Usage("ciphertext length mismatch".into()));
@@ -299,7 +304,12 @@ fn stream(size: u64) -> Result<(f64, u64), BenchError> {
             off: 0,
         };
         let mut w = io::BufWriter::with_capacity(1 << 16, writer);
-        Ok(chunked::encrypt(k2.expose(), FILE_CONTEXT, &mut src, &mut w)?)
+        Ok(chunked::encrypt(
+            k2.expose(),
+            FILE_CONTEXT,
+            &mut src,
+            &mut w,
+        )?)
     });
     let mut sink = CountingSink(0);
     let mut r = io::BufReader::with_capacity(1 << 16, &mut reader);
@@ -411,10 +421,26 @@ fn verdict(ok: bool) -> &'static str {
 /// I/O errors of `out`.
 pub fn print(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     writeln!(out, "cinder bench crypto")?;
-    writeln!(out, "  envelope seal+open (200 B text)   {:>10.2} us/msg", r.envelope_seal_open_us)?;
-    writeln!(out, "  ratchet step, same chain          {:>10.2} us/msg", r.ratchet_step_us)?;
-    writeln!(out, "  ratchet step with DH step         {:>10.2} us/msg", r.ratchet_step_dh_us)?;
-    writeln!(out, "  room send, 2 members              {:>10.2} us/msg", r.room_send_2_us)?;
+    writeln!(
+        out,
+        "  envelope seal+open (200 B text)   {:>10.2} us/msg",
+        r.envelope_seal_open_us
+    )?;
+    writeln!(
+        out,
+        "  ratchet step, same chain          {:>10.2} us/msg",
+        r.ratchet_step_us
+    )?;
+    writeln!(
+        out,
+        "  ratchet step with DH step         {:>10.2} us/msg",
+        r.ratchet_step_dh_us
+    )?;
+    writeln!(
+        out,
+        "  room send, 2 members              {:>10.2} us/msg",
+        r.room_send_2_us
+    )?;
     writeln!(
         out,
         "  room send, {:>3} members            {:>10.2} us/msg   ratio {:.2} (target <= 1.20: {})",
@@ -423,7 +449,11 @@ pub fn print(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         r.room_send_ratio,
         verdict(r.room_send_ratio <= 1.2)
     )?;
-    writeln!(out, "  room receive, one member          {:>10.2} us/msg", r.room_receive_us)?;
+    writeln!(
+        out,
+        "  room receive, one member          {:>10.2} us/msg",
+        r.room_receive_us
+    )?;
     writeln!(
         out,
         "  sender-key rotation, {} devices  {:>10.2} ms CPU ({:.2} ms wall, {} bytes; target <= 100 ms: {})",
@@ -433,7 +463,11 @@ pub fn print(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         r.rotation_bytes,
         verdict(r.rotation_cpu_ms <= 100.0)
     )?;
-    writeln!(out, "  raw AES-256-GCM ({:.0} MiB)         {:>10.1} MB/s", r.buffer_mib, r.raw_aes_gcm_mbps)?;
+    writeln!(
+        out,
+        "  raw AES-256-GCM ({:.0} MiB)         {:>10.1} MB/s",
+        r.buffer_mib, r.raw_aes_gcm_mbps
+    )?;
     writeln!(
         out,
         "  C2SP encrypt                      {:>10.1} MB/s   {:.0} % of raw (target >= 70 %: {})",

@@ -124,10 +124,16 @@ struct Chains {
     pn: u32,
 }
 
+/// How many earlier receiving ratchet keys are remembered, so that a late duplicate from an
+/// old chain is recognised as a replay instead of costing a DH ratchet attempt.
+const REMEMBERED_CHAINS: usize = 64;
+
 /// One side of a Double Ratchet session.
 pub struct RatchetState {
     chains: Chains,
     skipped: VecDeque<SkippedKey>,
+    /// Receiving ratchet keys we have moved past, newest last.
+    previous_dhr: VecDeque<[u8; 32]>,
     ad: Vec<u8>,
 }
 
@@ -183,6 +189,7 @@ impl RatchetState {
                 pn: 0,
             },
             skipped: VecDeque::new(),
+            previous_dhr: VecDeque::new(),
             ad,
         })
     }
@@ -201,6 +208,7 @@ impl RatchetState {
                 pn: 0,
             },
             skipped: VecDeque::new(),
+            previous_dhr: VecDeque::new(),
             ad,
         }
     }
@@ -260,8 +268,8 @@ impl RatchetState {
     /// # Errors
     /// [`CryptoError::Integrity`] for tampering or a wrong AD, [`CryptoError::Replay`] for a
     /// message already decrypted, [`CryptoError::Limit`] for a jump beyond [`MAX_SKIP`],
-    /// [`CryptoError::NonContributory`] for a low-order ratchet key. The state is unchanged on
-    /// every error.
+    /// [`CryptoError::NonContributory`] for a low-order ratchet key. On every error the state is
+    /// unchanged, except that skipped keys older than [`SKIPPED_KEY_TTL`] are dropped first.
     pub fn decrypt(&mut self, msg: &RatchetMessage, now: u64) -> Result<Vec<u8>> {
         self.skipped
             .retain(|k| now.saturating_sub(k.stored_at) < SKIPPED_KEY_TTL);
@@ -270,6 +278,10 @@ impl RatchetState {
             let pt = self.open(&self.skipped[pos].key, msg)?;
             self.skipped.remove(pos);
             return Ok(pt);
+        }
+        if self.previous_dhr.contains(&h.dh) {
+            // A chain we moved past, and its key is not stored: already read (or given up on).
+            return Err(CryptoError::Replay);
         }
         let mut c = self.chains.clone();
         let mut new_skipped = Vec::new();
@@ -299,6 +311,12 @@ impl RatchetState {
                 .ok_or(CryptoError::Limit("chain length"))?;
         let pt = self.open(&mk, msg)?;
         // Authenticated: commit.
+        if let Some(old) = self.chains.dhr.filter(|old| c.dhr != Some(*old)) {
+            self.previous_dhr.push_back(old);
+            if self.previous_dhr.len() > REMEMBERED_CHAINS {
+                self.previous_dhr.pop_front();
+            }
+        }
         self.chains = c;
         self.skipped.extend(new_skipped);
         while self.skipped.len() > MAX_STORED_SKIPPED {
@@ -330,6 +348,10 @@ impl RatchetState {
                 .u32(k.n)
                 .fixed(k.key.expose())
                 .u64(k.stored_at);
+        }
+        w.u32(self.previous_dhr.len() as u32);
+        for k in &self.previous_dhr {
+            w.fixed(k);
         }
         Zeroizing::new(w.into_vec())
     }
@@ -374,10 +396,19 @@ impl RatchetState {
                 stored_at: r.u64()?,
             });
         }
+        let n = r.u32()? as usize;
+        if n > REMEMBERED_CHAINS {
+            return Err(CryptoError::Malformed("ratchet state"));
+        }
+        let mut previous_dhr = VecDeque::with_capacity(n);
+        for _ in 0..n {
+            previous_dhr.push_back(r.array()?);
+        }
         r.finish()?;
         Ok(Self {
             chains,
             skipped,
+            previous_dhr,
             ad,
         })
     }
@@ -456,6 +487,22 @@ mod tests {
         // None of it disturbed the real session.
         assert_eq!(b.decrypt(&m, 0).unwrap(), b"secret");
         assert!(matches!(b.decrypt(&m, 0), Err(CryptoError::Replay)));
+    }
+
+    #[test]
+    fn late_duplicates_from_old_chains_are_replays() {
+        let (mut a, mut b) = pair();
+        let m = a.encrypt(b"m").unwrap();
+        b.decrypt(&m, 0).unwrap();
+        let r = b.encrypt(b"r").unwrap();
+        a.decrypt(&r, 0).unwrap();
+        let m2 = a.encrypt(b"m2").unwrap();
+        b.decrypt(&m2, 0).unwrap();
+        let before = b.to_secret_bytes();
+        assert!(matches!(b.decrypt(&m, 0), Err(CryptoError::Replay)));
+        assert_eq!(*before, *b.to_secret_bytes());
+        let restored = RatchetState::from_secret_bytes(&before).unwrap();
+        assert_eq!(restored.previous_dhr.len(), 1);
     }
 
     #[test]

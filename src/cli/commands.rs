@@ -1,0 +1,363 @@
+//! One function per subcommand.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use super::passphrase::{self, Sources};
+use super::{UsageError, parse_duration};
+use crate::config::Config;
+use crate::crypto::passphrase::{CacheHeader, KdfParams};
+use crate::protocol::names;
+use crate::session::register::{RegisterOptions, register};
+use crate::session::{self, EngineOptions, Inbound, SessionEvent, SessionHandle};
+use crate::store::{MessageRecord, Store};
+
+/// What every client command needs.
+pub struct Context {
+    /// The profile directory.
+    pub profile_dir: PathBuf,
+    /// Passphrase sources.
+    pub passphrase: Sources,
+    /// Loaded configuration.
+    pub config: Config,
+    /// Print timing figures to stderr.
+    pub timings: bool,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn message_json(m: &MessageRecord) -> serde_json::Value {
+    json!({
+        "type": "message",
+        "id": hex(&m.message_id),
+        "conversation": m.conversation,
+        "from": m.sender,
+        "from_device": hex(&m.sender_device),
+        "outgoing": m.outgoing,
+        "sent_at": rfc3339(m.sent_at_ms),
+        "received_at": rfc3339(m.received_at_ms),
+        "state": m.state.as_str(),
+        "text": m.text,
+    })
+}
+
+fn print_message(out: &mut impl Write, m: &MessageRecord, json_mode: bool) -> std::io::Result<()> {
+    if json_mode {
+        writeln!(out, "{}", message_json(m))
+    } else {
+        let when =
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(m.sent_at_ms));
+        writeln!(out, "[{when}] {}: {}", m.sender, m.text)
+    }
+}
+
+fn print_undecryptable(
+    out: &mut impl Write,
+    from: &str,
+    id: &[u8; 16],
+    error: &str,
+    json_mode: bool,
+) -> std::io::Result<()> {
+    if json_mode {
+        writeln!(
+            out,
+            "{}",
+            json!({"type": "error", "id": hex(id), "from": from, "error": error})
+        )
+    } else {
+        writeln!(
+            out,
+            "(a message from {from} could not be decrypted: {error}; it was dropped)"
+        )
+    }
+}
+
+fn timing(ctx: &Context, what: &str, since: Instant) {
+    if ctx.timings {
+        eprintln!(
+            "cinder: {what}: {:.1} ms",
+            since.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+}
+
+/// Unlocks the profile and starts an engine.
+async fn open_engine(ctx: &Context, auto_reconnect: bool) -> anyhow::Result<SessionHandle> {
+    let pass = passphrase::read(&ctx.passphrase, "Passphrase: ", false)?;
+    let dir = ctx.profile_dir.clone();
+    let t0 = Instant::now();
+    let store = tokio::task::spawn_blocking(move || session::unlock(&dir, &pass)).await??;
+    timing(ctx, "unlock (key derivation)", t0);
+    let ca_pem = store.db().blob("ca_cert")?.map(|b| b.to_vec());
+    let handle = session::spawn(
+        store,
+        EngineOptions {
+            auto_reconnect,
+            reconnect_max: ctx.config.network.reconnect_max(),
+            ca_pem,
+        },
+    )?;
+    Ok(handle)
+}
+
+/// Arguments of `cinder register`.
+pub struct RegisterArgs {
+    /// Relay URL.
+    pub server: String,
+    /// Invite code.
+    pub invite: String,
+    /// Username.
+    pub username: String,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Allow `ws://` to a remote host.
+    pub insecure_ws: bool,
+    /// Extra CA for `wss://`.
+    pub ca_cert: Option<PathBuf>,
+    /// Test-only cheap Argon2id.
+    pub insecure_fast_kdf: bool,
+}
+
+/// `cinder register`.
+pub async fn cmd_register(ctx: &Context, a: RegisterArgs) -> anyhow::Result<()> {
+    let pass = passphrase::read(&ctx.passphrase, "New passphrase for this profile: ", true)?;
+    let ca_pem = match &a.ca_cert {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+        None => None,
+    };
+    let kdf = if a.insecure_fast_kdf {
+        KdfParams::INSECURE_FOR_TESTS
+    } else {
+        KdfParams::DEFAULT
+    };
+    let r = register(
+        &ctx.profile_dir,
+        RegisterOptions {
+            server_url: a.server,
+            invite: a.invite,
+            username: a.username,
+            display_name: a.display_name,
+            passphrase: pass,
+            kdf,
+            allow_insecure_ws: a.insecure_ws,
+            ca_pem,
+        },
+    )
+    .await?;
+    println!(
+        "Registered {} on {}{}. Profile: {}",
+        r.username,
+        r.network_name,
+        if r.is_admin { " (network admin)" } else { "" },
+        r.profile_dir.display()
+    );
+    Ok(())
+}
+
+/// `cinder send --to USER TEXT|-`.
+pub async fn cmd_send(ctx: &Context, to: &str, text: &str) -> anyhow::Result<()> {
+    let text = if text == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the message from stdin")?;
+        s
+    } else {
+        text.to_owned()
+    };
+    if text.is_empty() {
+        return Err(UsageError("the message is empty".into()).into());
+    }
+    let handle = open_engine(ctx, false).await?;
+    let t0 = Instant::now();
+    let result = async {
+        handle.send_text(to, &text).await?;
+        handle.flush().await
+    }
+    .await;
+    timing(ctx, "send (excluding key derivation)", t0);
+    handle.shutdown().await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(e @ session::SessionError::Unreachable(_)) => {
+            Err(anyhow::Error::new(e).context("the message is queued and will be sent by the next cinder command that reaches the relay"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `cinder recv`.
+pub async fn cmd_recv(
+    ctx: &Context,
+    json_mode: bool,
+    follow: bool,
+    timeout: Option<&str>,
+) -> anyhow::Result<()> {
+    let timeout = timeout.map(parse_duration).transpose()?;
+    let handle = open_engine(ctx, follow).await?;
+    let mut events = handle.subscribe();
+    let t0 = Instant::now();
+    let mut out = std::io::stdout().lock();
+    let result: anyhow::Result<()> = async {
+        // Queued sends go out first (a crashed `send` is finished here).
+        match handle.flush().await {
+            Ok(()) | Err(session::SessionError::Relay { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let got = handle.sync().await?;
+        timing(ctx, "recv (excluding key derivation)", t0);
+        if !follow {
+            for i in &got {
+                match i {
+                    Inbound::Message(m) => print_message(&mut out, m, json_mode)?,
+                    Inbound::Undecryptable {
+                        from,
+                        message_id,
+                        error,
+                    } => print_undecryptable(&mut out, from, message_id, error, json_mode)?,
+                }
+            }
+            out.flush()?;
+            if !got.is_empty() || timeout.is_none() {
+                return Ok(());
+            }
+        }
+        // Follow mode prints everything from events (sync results were emitted too); a plain
+        // `--timeout` waits for the first message.
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        loop {
+            let next = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, events.recv()).await.ok(),
+                    None => Some(events.recv().await),
+                }
+            };
+            let ev = tokio::select! {
+                ev = next => ev,
+                _ = tokio::signal::ctrl_c() => None,
+            };
+            let Some(ev) = ev else { break };
+            match ev {
+                Ok(SessionEvent::Message(m)) => {
+                    print_message(&mut out, &m, json_mode)?;
+                    out.flush()?;
+                    if !follow {
+                        break;
+                    }
+                }
+                Ok(SessionEvent::Undecryptable {
+                    from,
+                    message_id,
+                    error,
+                }) => {
+                    print_undecryptable(&mut out, &from, &message_id, &error, json_mode)?;
+                    out.flush()?;
+                }
+                Ok(SessionEvent::Disconnected { retry_in, reason }) if follow => match retry_in {
+                    Some(d) => {
+                        eprintln!("cinder: {reason}; reconnecting in {:.1}s", d.as_secs_f64())
+                    }
+                    None => eprintln!("cinder: {reason}"),
+                },
+                Ok(SessionEvent::Connected) if follow => eprintln!("cinder: connected"),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!(
+                        "cinder: {n} events were dropped from the output; `cinder history` has them"
+                    );
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+        Ok(())
+    }
+    .await;
+    handle.shutdown().await;
+    result
+}
+
+/// `cinder history --with USER`.
+pub async fn cmd_history(
+    ctx: &Context,
+    with: &str,
+    json_mode: bool,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let pass = passphrase::read(&ctx.passphrase, "Passphrase: ", false)?;
+    let dir = ctx.profile_dir.clone();
+    let with = names::canonical_username(with)
+        .ok_or_else(|| UsageError(format!("not a valid username: {with:?}")))?;
+    let messages = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<MessageRecord>> {
+        let store = session::unlock(&dir, &pass)?;
+        let me = store
+            .db()
+            .account()?
+            .map(|a| a.username)
+            .unwrap_or_default();
+        Ok(store
+            .db()
+            .history(&names::dm_conversation(&me, &with), limit)?)
+    })
+    .await??;
+    let mut out = std::io::stdout().lock();
+    for m in &messages {
+        if json_mode {
+            writeln!(out, "{}", message_json(m))?;
+        } else {
+            let mark = match m.state.as_str() {
+                "sending" => " (sending)",
+                "failed" => " (FAILED)",
+                "undecryptable" => " (could not be decrypted)",
+                _ => "",
+            };
+            let when =
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(m.sent_at_ms));
+            writeln!(out, "[{when}] {}: {}{mark}", m.sender, m.text)?;
+        }
+    }
+    Ok(())
+}
+
+/// `cinder admin invite --email E`.
+pub async fn cmd_admin_invite(ctx: &Context, email: &str, admin: bool) -> anyhow::Result<()> {
+    let handle = open_engine(ctx, false).await?;
+    let r = handle.create_invite(email, admin).await;
+    handle.shutdown().await;
+    let code = r?;
+    let now = SystemTime::now();
+    println!(
+        "Invite for {email}{} created {}. Give this code to them:",
+        if admin { " (admin)" } else { "" },
+        humantime::format_rfc3339_seconds(now)
+    );
+    println!("{code}");
+    Ok(())
+}
+
+/// `cinder passphrase change`.
+pub async fn cmd_passphrase_change(ctx: &Context, new_sources: Sources) -> anyhow::Result<()> {
+    let old = passphrase::read(&ctx.passphrase, "Current passphrase: ", false)?;
+    let new = passphrase::read(&new_sources, "New passphrase: ", true)?;
+    let dir = ctx.profile_dir.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        if !Store::exists(&dir) {
+            return Err(UsageError(format!("no profile at {}", dir.display())).into());
+        }
+        let header = CacheHeader::decode(&std::fs::read(dir.join("cache.header"))?)?;
+        Store::change_passphrase(&dir, &old, &new, header.params)?;
+        Ok(())
+    })
+    .await??;
+    println!("Passphrase changed.");
+    Ok(())
+}

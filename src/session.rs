@@ -1,0 +1,324 @@
+//! The async session engine: one actor task per account.
+//!
+//! The actor owns the relay connection, the pairwise sessions, the durable outbox and the
+//! encrypted cache. The UI and the command line hold a cloneable [`SessionHandle`]: commands go
+//! over an mpsc channel with one-shot replies, and [`SessionEvent`]s come back over a broadcast
+//! channel, so callers are never blocked by the network. SQLCipher and crypto work runs on
+//! `spawn_blocking`.
+//!
+//! Sending writes the message to the durable outbox first (shown as "sending"), then encrypts
+//! it — persisting the advanced ratchets together with the exact request bytes, so a retry after
+//! a crash resends the same ciphertext and never reuses a message key — and delivers it; the
+//! relay deduplicates retries. Receiving stores the message, the ratchet state and the relay's
+//! sequence number in one transaction before acknowledging, so a crash at any point loses
+//! nothing and shows nothing twice.
+
+mod connection;
+mod engine;
+mod inbound;
+mod outbound;
+pub mod register;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use connection::check_url;
+pub use engine::spawn;
+
+use crate::crypto::CryptoError;
+use crate::crypto::identity::{DeviceCertificate, DeviceKeys};
+use crate::crypto::primitives::{DhKeyPair, SigningKeyPair};
+use crate::protocol::{ErrorCode, UserDevices};
+use crate::store::{AccountRecord, MessageRecord, MessageState, Store, StoreError};
+
+/// Everything that can go wrong in the session engine.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The relay could not be reached or the connection dropped.
+    #[error("relay unreachable: {0}")]
+    Unreachable(String),
+    /// The relay refused the request.
+    #[error("{message}")]
+    Relay {
+        /// The stable code.
+        code: ErrorCode,
+        /// The relay's sentence.
+        message: String,
+        /// For rate limiting.
+        retry_after_ms: u32,
+        /// For changed devices.
+        stale: Vec<UserDevices>,
+    },
+    /// The relay spoke something we do not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The URL is not a relay URL.
+    #[error("not a relay URL: {0} (use ws://host:port or wss://host)")]
+    BadUrl(String),
+    /// Plain `ws://` to a remote host without the explicit opt-in.
+    #[error(
+        "refusing unencrypted ws:// to a non-loopback host: {0} (use wss:// or pass --insecure-ws)"
+    )]
+    InsecureUrl(String),
+    /// TLS set-up failed.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// A user's root key differs from the one pinned on first contact.
+    #[error(
+        "{0}'s identity key changed since you first talked; refusing to send until it is verified"
+    )]
+    IdentityChanged(String),
+    /// The relay changed identity.
+    #[error("this relay is not the one the profile registered with")]
+    WrongRelay,
+    /// The profile has no account yet.
+    #[error("this profile is not registered; run `cinder register` first")]
+    NotRegistered,
+    /// A bad argument.
+    #[error("{0}")]
+    Usage(String),
+    /// Cache errors.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Crypto errors.
+    #[error("crypto: {0}")]
+    Crypto(#[from] CryptoError),
+    /// The engine stopped.
+    #[error("session engine stopped")]
+    Stopped,
+}
+
+impl SessionError {
+    /// Whether retrying later cannot help (the message should be marked failed).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Relay { code, .. } => !matches!(
+                code,
+                ErrorCode::RateLimited
+                    | ErrorCode::ShuttingDown
+                    | ErrorCode::Internal
+                    | ErrorCode::TooManyConnections
+                    | ErrorCode::DevicesChanged
+            ),
+            Self::IdentityChanged(_) | Self::Usage(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What the engine tells its observers.
+#[derive(Clone, Debug)]
+pub enum SessionEvent {
+    /// Logged in to the relay.
+    Connected,
+    /// The connection is down; the next attempt is in `retry_in` (if reconnecting).
+    Disconnected {
+        /// Time to the next attempt.
+        retry_in: Option<Duration>,
+        /// Why.
+        reason: String,
+    },
+    /// A message arrived and is stored.
+    Message(MessageRecord),
+    /// A message of ours changed state (sent, delivered, failed).
+    StateChanged {
+        /// Which message.
+        message_id: [u8; 16],
+        /// Its new state.
+        state: MessageState,
+    },
+    /// A delivery failed to authenticate; it was dropped (recorded as undecryptable).
+    Undecryptable {
+        /// Relay-claimed sender.
+        from: String,
+        /// Relay-claimed message id.
+        message_id: [u8; 16],
+        /// Why.
+        error: String,
+    },
+}
+
+/// What one inbound delivery became, for the command line's output.
+#[derive(Clone, Debug)]
+pub enum Inbound {
+    /// A stored message.
+    Message(MessageRecord),
+    /// A delivery that failed to authenticate.
+    Undecryptable {
+        /// Relay-claimed sender.
+        from: String,
+        /// Relay-claimed message id.
+        message_id: [u8; 16],
+        /// Why.
+        error: String,
+    },
+}
+
+/// The account's key material, loaded once per unlock.
+pub(crate) struct Keys {
+    pub username: String,
+    pub device_id: [u8; 16],
+    pub device: DeviceKeys,
+    pub cert: DeviceCertificate,
+}
+
+impl Keys {
+    pub(crate) fn from_account(a: &AccountRecord) -> Result<Self, SessionError> {
+        let cert = DeviceCertificate::decode(&a.device_cert)?;
+        Ok(Self {
+            username: a.username.clone(),
+            device_id: a.device_id,
+            device: DeviceKeys {
+                signing: SigningKeyPair::from_secret_bytes(&a.device_signing_secret),
+                identity: DhKeyPair::from_secret_bytes(*a.device_identity_secret),
+            },
+            cert,
+        })
+    }
+}
+
+/// Where and how the engine connects.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Keep reconnecting in the background (the UI); one-shot commands connect on demand.
+    pub auto_reconnect: bool,
+    /// Cap of the reconnect backoff.
+    pub reconnect_max: Duration,
+    /// Extra CA certificate (PEM) for `wss://` relays with a private CA.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            auto_reconnect: false,
+            reconnect_max: Duration::from_secs(30),
+            ca_pem: None,
+        }
+    }
+}
+
+pub(crate) enum Command {
+    SendText {
+        to: String,
+        text: String,
+        reply: oneshot::Sender<Result<[u8; 16], SessionError>>,
+    },
+    Flush {
+        reply: oneshot::Sender<Result<(), SessionError>>,
+    },
+    Sync {
+        reply: oneshot::Sender<Result<Vec<Inbound>, SessionError>>,
+    },
+    CreateInvite {
+        email: String,
+        admin: bool,
+        reply: oneshot::Sender<Result<String, SessionError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A cloneable handle to a running engine.
+#[derive(Clone)]
+pub struct SessionHandle {
+    cmd: mpsc::Sender<Command>,
+    events: broadcast::Sender<SessionEvent>,
+    profile_dir: Arc<PathBuf>,
+}
+
+impl SessionHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, SessionError>>) -> Command,
+    ) -> Result<T, SessionError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(make(tx))
+            .await
+            .map_err(|_| SessionError::Stopped)?;
+        rx.await.map_err(|_| SessionError::Stopped)?
+    }
+
+    /// Queues a text message durably; returns its id once it is in the outbox.
+    ///
+    /// # Errors
+    /// Cache errors, or a bad recipient name.
+    pub async fn send_text(&self, to: &str, text: &str) -> Result<[u8; 16], SessionError> {
+        let (to, text) = (to.to_owned(), text.to_owned());
+        self.call(|reply| Command::SendText { to, text, reply })
+            .await
+    }
+
+    /// Delivers everything in the outbox now (connecting if needed).
+    ///
+    /// # Errors
+    /// [`SessionError::Unreachable`] if the relay cannot be reached (the messages stay queued),
+    /// or the first permanent failure (that message is marked failed).
+    pub async fn flush(&self) -> Result<(), SessionError> {
+        self.call(|reply| Command::Flush { reply }).await
+    }
+
+    /// Fetches and processes every waiting mailbox item now (connecting if needed).
+    ///
+    /// # Errors
+    /// [`SessionError::Unreachable`] if the relay cannot be reached.
+    pub async fn sync(&self) -> Result<Vec<Inbound>, SessionError> {
+        self.call(|reply| Command::Sync { reply }).await
+    }
+
+    /// Creates an invite code (admin accounts only).
+    ///
+    /// # Errors
+    /// [`SessionError::Relay`] with `PermissionDenied` for non-admins.
+    pub async fn create_invite(&self, email: &str, admin: bool) -> Result<String, SessionError> {
+        let email = email.to_owned();
+        self.call(|reply| Command::CreateInvite {
+            email,
+            admin,
+            reply,
+        })
+        .await
+    }
+
+    /// Subscribes to events.
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.subscribe()
+    }
+
+    /// The profile directory this engine serves.
+    pub fn profile_dir(&self) -> &std::path::Path {
+        &self.profile_dir
+    }
+
+    /// Stops the engine and waits until it has closed the cache.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Shutdown { reply: tx }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Opens a profile's cache and checks it holds an account.
+///
+/// # Errors
+/// [`StoreError::WrongPassphrase`], [`StoreError::NotFound`], [`SessionError::NotRegistered`].
+pub fn unlock(dir: &std::path::Path, passphrase: &[u8]) -> Result<Store, SessionError> {
+    let store = Store::open(dir, passphrase)?;
+    if store.db().account()?.is_none() {
+        return Err(SessionError::NotRegistered);
+    }
+    Ok(store)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

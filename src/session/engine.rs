@@ -1,0 +1,276 @@
+//! The actor loop: connection lifecycle, reconnect with backoff and jitter, command handling.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+
+use super::connection::{Connection, Push};
+use super::{Command, EngineOptions, Keys, SessionError, SessionEvent, SessionHandle};
+use crate::crypto::primitives;
+use crate::protocol::{self, frame::Body};
+use crate::store::{AccountRecord, Store};
+
+pub(crate) struct Engine {
+    pub(crate) store: Arc<Mutex<Store>>,
+    pub(crate) keys: Arc<Keys>,
+    pub(crate) url: String,
+    pub(crate) relay_id: Vec<u8>,
+    pub(crate) opts: EngineOptions,
+    pub(crate) conn: Option<Connection>,
+    pub(crate) events: broadcast::Sender<SessionEvent>,
+    push_tx: mpsc::UnboundedSender<Push>,
+    push_rx: mpsc::UnboundedReceiver<Push>,
+    failures: u32,
+    next_attempt: Option<Instant>,
+    pub(crate) prekey_counts: Option<(u32, u32)>,
+}
+
+/// Starts the engine for an unlocked store.
+///
+/// # Errors
+/// [`SessionError::NotRegistered`] if the store has no account, or key decoding errors.
+pub fn spawn(store: Store, opts: EngineOptions) -> Result<SessionHandle, SessionError> {
+    let account: AccountRecord = store.db().account()?.ok_or(SessionError::NotRegistered)?;
+    super::check_url(&account.server_url, account.allow_insecure_ws)?;
+    let keys = Arc::new(Keys::from_account(&account)?);
+    let profile_dir = Arc::new(PathBuf::from(store.dir()));
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (events, _) = broadcast::channel(4096);
+    let (push_tx, push_rx) = mpsc::unbounded_channel();
+    let auto = opts.auto_reconnect;
+    let engine = Engine {
+        store: Arc::new(Mutex::new(store)),
+        keys,
+        url: account.server_url.clone(),
+        relay_id: account.relay_id.clone(),
+        opts,
+        conn: None,
+        events: events.clone(),
+        push_tx,
+        push_rx,
+        failures: 0,
+        next_attempt: auto.then(Instant::now),
+        prekey_counts: None,
+    };
+    tokio::spawn(engine.run(cmd_rx));
+    Ok(SessionHandle {
+        cmd: cmd_tx,
+        events,
+        profile_dir,
+    })
+}
+
+impl Engine {
+    /// Runs `f` against the store on the blocking pool.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store, &Keys) -> Result<T, SessionError> + Send + 'static,
+    ) -> Result<T, SessionError> {
+        let store = Arc::clone(&self.store);
+        let keys = Arc::clone(&self.keys);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = store
+                .lock()
+                .map_err(|_| SessionError::Protocol("cache lock poisoned".into()))?;
+            f(&mut guard, &keys)
+        })
+        .await
+        .map_err(|_| SessionError::Stopped)?
+    }
+
+    pub(crate) fn emit(&self, e: SessionEvent) {
+        let _ = self.events.send(e);
+    }
+
+    async fn run(mut self, mut cmd_rx: mpsc::Receiver<Command>) {
+        loop {
+            let wake = self.next_attempt;
+            tokio::select! {
+                cmd = cmd_rx.recv() => match cmd {
+                    None => break,
+                    Some(Command::Shutdown { reply }) => {
+                        self.conn = None;
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(cmd) => self.handle(cmd).await,
+                },
+                Some(push) = self.push_rx.recv() => self.handle_push(push).await,
+                () = async {
+                    match wake {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.next_attempt = None;
+                    if let Err(e) = self.ensure_connected().await {
+                        tracing::debug!("reconnect failed: {e}");
+                    }
+                }
+            }
+        }
+        // Dropping the store here closes SQLCipher cleanly before the handle's shutdown returns.
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::SendText { to, text, reply } => {
+                let r = self.queue_text(&to, &text).await;
+                let ok = r.is_ok();
+                let _ = reply.send(r);
+                if ok && self.conn.is_some() {
+                    if let Err(e) = self.flush_outbox().await {
+                        tracing::debug!("flush after send: {e}");
+                    }
+                }
+            }
+            Command::Flush { reply } => {
+                let r = match self.ensure_connected().await {
+                    Ok(()) => self.flush_outbox().await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Sync { reply } => {
+                let r = match self.ensure_connected().await {
+                    Ok(()) => self.fetch_all().await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(r);
+            }
+            Command::CreateInvite {
+                email,
+                admin,
+                reply,
+            } => {
+                let r = self.create_invite(email, admin).await;
+                let _ = reply.send(r);
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    async fn create_invite(&mut self, email: String, admin: bool) -> Result<String, SessionError> {
+        self.ensure_connected().await?;
+        let conn = self.conn.as_ref().ok_or(SessionError::Stopped)?;
+        match conn
+            .request(Body::CreateInvite(protocol::CreateInvite {
+                email,
+                admin,
+                valid_for_secs: 0,
+            }))
+            .await?
+        {
+            Body::InviteCreated(i) => Ok(i.code),
+            _ => Err(SessionError::Protocol(
+                "unexpected answer to CreateInvite".into(),
+            )),
+        }
+    }
+
+    async fn handle_push(&mut self, push: Push) {
+        match push {
+            Push::Delivery(d) => {
+                let seq = d.seq;
+                match self.process_delivery(d).await {
+                    Ok(_) => {
+                        if let Some(conn) = &self.conn {
+                            let _ = conn
+                                .send_only(Body::Ack(protocol::Ack { seqs: vec![seq] }))
+                                .await;
+                        }
+                    }
+                    // Not acknowledged: the relay delivers it again later.
+                    Err(e) => tracing::warn!("could not process delivery: {e}"),
+                }
+            }
+            Push::Bye(reason) => self.lost(format!("relay is going away: {reason}")),
+            Push::Closed => self.lost("connection closed".into()),
+        }
+    }
+
+    fn lost(&mut self, reason: String) {
+        if self.conn.take().is_none() {
+            return;
+        }
+        let retry_in = self.schedule_retry();
+        self.emit(SessionEvent::Disconnected { retry_in, reason });
+    }
+
+    fn schedule_retry(&mut self) -> Option<Duration> {
+        if !self.opts.auto_reconnect {
+            return None;
+        }
+        self.failures = self.failures.saturating_add(1);
+        let base = Duration::from_millis(250)
+            .saturating_mul(1u32 << self.failures.min(10))
+            .min(self.opts.reconnect_max);
+        // Full jitter in [base/2, base]: spreads a fleet of clients after a relay restart.
+        let r = primitives::random_array::<2>()
+            .map(u16::from_le_bytes)
+            .unwrap_or(0);
+        let delay = base / 2 + base.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0);
+        self.next_attempt = Some(Instant::now() + delay);
+        Some(delay)
+    }
+
+    /// Connects and logs in unless already connected; then maintains prekeys and delivers
+    /// anything queued.
+    pub(crate) async fn ensure_connected(&mut self) -> Result<(), SessionError> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        match self.connect().await {
+            Ok(()) => {
+                self.failures = 0;
+                self.emit(SessionEvent::Connected);
+                if let Err(e) = self.maintain_prekeys().await {
+                    tracing::warn!("prekey maintenance failed: {e}");
+                }
+                if let Err(e) = self.flush_outbox().await {
+                    tracing::debug!("outbox after connect: {e}");
+                }
+                if self.opts.auto_reconnect {
+                    if let Err(e) = self.fetch_all().await {
+                        tracing::debug!("mailbox after connect: {e}");
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let retry_in = self.schedule_retry();
+                self.emit(SessionEvent::Disconnected {
+                    retry_in,
+                    reason: e.to_string(),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(), SessionError> {
+        let (conn, hello) =
+            Connection::open(&self.url, self.opts.ca_pem.as_deref(), self.push_tx.clone()).await?;
+        if !self.relay_id.is_empty() && hello.relay_id != self.relay_id {
+            return Err(SessionError::WrongRelay);
+        }
+        let msg = protocol::login_message(&hello.challenge, &hello.relay_id);
+        let signature = self.keys.device.signing.sign(&msg).to_vec();
+        let auth = conn
+            .request(Body::Login(protocol::Login {
+                username: self.keys.username.clone(),
+                device_id: self.keys.device_id.to_vec(),
+                signature,
+            }))
+            .await?;
+        let Body::Authenticated(a) = auth else {
+            return Err(SessionError::Protocol("unexpected answer to Login".into()));
+        };
+        self.conn = Some(conn);
+        self.prekey_counts = Some((a.one_time_prekeys_left, a.pq_prekeys_left));
+        Ok(())
+    }
+}

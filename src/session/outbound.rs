@@ -1,0 +1,524 @@
+//! Outbound: the durable outbox, per-device encryption, delivery, and prekey upkeep.
+
+use prost::Message as _;
+
+use super::engine::Engine;
+use super::{Keys, SessionError, SessionEvent, now_ms};
+use crate::crypto::envelope::{self, KeyPackage, MessageId, Payload, PayloadKind, Timers};
+use crate::crypto::handshake::{self, Session};
+use crate::crypto::identity::{Revocation, RootPublicKey};
+use crate::crypto::prekeys::{
+    self, DevicePrekeys, OneTimePrekey, PqPrekey, PrekeyBundle, SignedPrekey,
+};
+use crate::protocol::{self, ErrorCode, frame::Body, names};
+use crate::store::{Db, MessageRecord, MessageState, OutboxItem, Store};
+
+const PREKEYS_BLOB: &str = "prekeys";
+
+pub(crate) fn spk_msg(k: &SignedPrekey) -> protocol::SignedPrekeyMsg {
+    protocol::SignedPrekeyMsg {
+        id: k.id,
+        public: k.public.to_vec(),
+        created_at: k.created_at,
+        signature: k.signature.to_vec(),
+    }
+}
+
+pub(crate) fn pq_msg(k: &PqPrekey) -> protocol::PqPrekeyMsg {
+    protocol::PqPrekeyMsg {
+        id: k.id,
+        last_resort: k.last_resort,
+        created_at: k.created_at,
+        public: k.public.clone(),
+        signature: k.signature.to_vec(),
+    }
+}
+
+pub(crate) fn otk_msg(k: &OneTimePrekey) -> protocol::OneTimePrekeyMsg {
+    protocol::OneTimePrekeyMsg {
+        id: k.id,
+        public: k.public.to_vec(),
+    }
+}
+
+fn bundle_from(d: &protocol::DeviceBundle) -> Result<PrekeyBundle, SessionError> {
+    let bad = || SessionError::Protocol("malformed key bundle from relay".into());
+    let spk = d.signed_prekey.as_ref().ok_or_else(bad)?;
+    let pq = d.pq_prekey.as_ref().ok_or_else(bad)?;
+    Ok(PrekeyBundle {
+        cert: crate::crypto::identity::DeviceCertificate::decode(&d.certificate)?,
+        signed_prekey: SignedPrekey {
+            id: spk.id,
+            public: spk.public.as_slice().try_into().map_err(|_| bad())?,
+            created_at: spk.created_at,
+            signature: spk.signature.as_slice().try_into().map_err(|_| bad())?,
+        },
+        one_time_prekey: match &d.one_time_prekey {
+            Some(k) => Some(OneTimePrekey {
+                id: k.id,
+                public: k.public.as_slice().try_into().map_err(|_| bad())?,
+            }),
+            None => None,
+        },
+        pq_prekey: PqPrekey {
+            id: pq.id,
+            last_resort: pq.last_resort,
+            created_at: pq.created_at,
+            public: pq.public.clone(),
+            signature: pq.signature.as_slice().try_into().map_err(|_| bad())?,
+        },
+    })
+}
+
+fn device_id(v: &[u8]) -> Result<[u8; 16], SessionError> {
+    v.try_into()
+        .map_err(|_| SessionError::Protocol("malformed device id from relay".into()))
+}
+
+/// Loads the device's private prekeys from the cache.
+pub(crate) fn load_prekeys(db: &Db<'_>) -> Result<DevicePrekeys, SessionError> {
+    let bytes = db
+        .blob(PREKEYS_BLOB)?
+        .ok_or_else(|| SessionError::Protocol("profile has no prekeys".into()))?;
+    Ok(DevicePrekeys::from_secret_bytes(&bytes)?)
+}
+
+/// Saves the device's private prekeys.
+pub(crate) fn save_prekeys(db: &Db<'_>, p: &DevicePrekeys) -> Result<(), SessionError> {
+    db.put_blob(PREKEYS_BLOB, &p.to_secret_bytes())?;
+    Ok(())
+}
+
+impl Engine {
+    /// Puts a text message into the durable outbox and the history (as "sending").
+    pub(crate) async fn queue_text(
+        &mut self,
+        to: &str,
+        text: &str,
+    ) -> Result<[u8; 16], SessionError> {
+        let to = names::canonical_username(to)
+            .ok_or_else(|| SessionError::Usage(format!("not a valid username: {to:?}")))?;
+        if to == self.keys.username {
+            return Err(SessionError::Usage(
+                "you cannot send a direct message to yourself".into(),
+            ));
+        }
+        if text.len() > envelope::MAX_PAYLOAD - 1024 {
+            return Err(SessionError::Usage(
+                "message too long (the limit is about 1 MiB)".into(),
+            ));
+        }
+        let text = text.to_owned();
+        let id = MessageId::random()?.0;
+        self.blocking(move |store, keys| {
+            let now = now_ms();
+            let conversation = names::dm_conversation(&keys.username, &to);
+            store.transaction(|db| -> Result<_, SessionError> {
+                db.outbox_push(&OutboxItem {
+                    id: 0,
+                    message_id: id,
+                    conversation: conversation.clone(),
+                    recipient: to.clone(),
+                    text: text.clone(),
+                    created_at_ms: now,
+                    request: None,
+                    key_package: None,
+                    attempts: 0,
+                    last_error: None,
+                })?;
+                db.insert_message(&MessageRecord {
+                    message_id: id,
+                    conversation,
+                    outgoing: true,
+                    sender: keys.username.clone(),
+                    sender_device: keys.device_id,
+                    sent_at_ms: now,
+                    received_at_ms: now,
+                    text,
+                    state: MessageState::Sending,
+                })?;
+                Ok(())
+            })?;
+            Ok(())
+        })
+        .await?;
+        Ok(id)
+    }
+
+    /// Delivers every queued message, oldest first. Stops at the first transient failure (the
+    /// rest stay queued); permanent failures mark that message failed and continue.
+    pub(crate) async fn flush_outbox(&mut self) -> Result<(), SessionError> {
+        let items = self.blocking(|s, _| Ok(s.db().outbox_pending()?)).await?;
+        let mut first_failure = None;
+        for item in items {
+            match self.deliver(&item).await {
+                Ok(()) => {}
+                Err(e) if e.is_permanent() => {
+                    let (id, mid, msg) = (item.id, item.message_id, e.to_string());
+                    self.blocking(move |s, _| {
+                        s.transaction(|db| -> Result<_, SessionError> {
+                            db.outbox_remove(id)?;
+                            db.set_message_state(&mid, MessageState::Failed)?;
+                            Ok(())
+                        })?;
+                        Ok(())
+                    })
+                    .await?;
+                    tracing::warn!("message failed permanently: {msg}");
+                    self.emit(SessionEvent::StateChanged {
+                        message_id: item.message_id,
+                        state: MessageState::Failed,
+                    });
+                    first_failure.get_or_insert(e);
+                }
+                Err(e) => {
+                    let (id, attempts, msg) = (item.id, item.attempts + 1, e.to_string());
+                    let _ = self
+                        .blocking(move |s, _| {
+                            Ok(s.db().outbox_set_attempts(id, attempts, Some(&msg))?)
+                        })
+                        .await;
+                    return Err(e);
+                }
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
+    }
+
+    async fn deliver(&mut self, item: &OutboxItem) -> Result<(), SessionError> {
+        let mut request = item.request.clone();
+        let mut key_package = item.key_package.as_ref().map(|k| k.to_vec());
+        for _ in 0..5 {
+            let bytes = match request.take() {
+                Some(r) => r,
+                None => {
+                    let (r, k) = self.encrypt_item(item, key_package.take()).await?;
+                    key_package = Some(k);
+                    r
+                }
+            };
+            let send = protocol::Send::decode(bytes.as_slice())
+                .map_err(|e| SessionError::Protocol(format!("stored request is corrupt: {e}")))?;
+            let conn = self
+                .conn
+                .as_ref()
+                .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+            match conn.request(Body::Send(send)).await {
+                Ok(Body::SendOk(_)) => {
+                    let (id, mid) = (item.id, item.message_id);
+                    self.blocking(move |s, _| {
+                        s.transaction(|db| -> Result<_, SessionError> {
+                            db.outbox_remove(id)?;
+                            db.set_message_state(&mid, MessageState::Sent)?;
+                            Ok(())
+                        })?;
+                        Ok(())
+                    })
+                    .await?;
+                    self.emit(SessionEvent::StateChanged {
+                        message_id: item.message_id,
+                        state: MessageState::Sent,
+                    });
+                    return Ok(());
+                }
+                Ok(_) => return Err(SessionError::Protocol("unexpected answer to Send".into())),
+                Err(SessionError::Relay {
+                    code: ErrorCode::DevicesChanged,
+                    stale,
+                    ..
+                }) => {
+                    // Learn the current device lists, forget sessions with removed devices and
+                    // re-encrypt the same content key for the devices now present.
+                    self.blocking(move |s, _| {
+                        s.transaction(|db| -> Result<_, SessionError> {
+                            for u in &stale {
+                                let devices: Vec<[u8; 16]> = u
+                                    .devices
+                                    .iter()
+                                    .filter_map(|d| d.as_slice().try_into().ok())
+                                    .collect();
+                                for (old, _) in db.sessions_for(&u.username)? {
+                                    if !devices.contains(&old) {
+                                        db.delete_session(&u.username, &old)?;
+                                    }
+                                }
+                                db.set_devices(&u.username, &devices)?;
+                            }
+                            Ok(())
+                        })?;
+                        Ok(())
+                    })
+                    .await?;
+                }
+                Err(SessionError::Relay {
+                    code: ErrorCode::RateLimited,
+                    retry_after_ms,
+                    ..
+                }) => {
+                    request = Some(bytes);
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        u64::from(retry_after_ms).clamp(10, 5000),
+                    ))
+                    .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(SessionError::Protocol(
+            "recipient devices keep changing; try again".into(),
+        ))
+    }
+
+    /// Makes sure we know `user`'s root key (pinned on first use) and device list.
+    async fn learn_user(&mut self, user: &str) -> Result<Vec<[u8; 16]>, SessionError> {
+        let u = user.to_owned();
+        let known = self
+            .blocking(move |s, _| {
+                let db = s.db();
+                Ok((db.root_key(&u)?, db.devices(&u)?))
+            })
+            .await?;
+        if let (Some(_), devices) = &known {
+            if !devices.is_empty() {
+                return Ok(devices.clone());
+            }
+        }
+        let conn = self
+            .conn
+            .as_ref()
+            .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+        let Body::UserInfo(info) = conn
+            .request(Body::GetUser(protocol::GetUser {
+                username: user.to_owned(),
+            }))
+            .await?
+        else {
+            return Err(SessionError::Protocol(
+                "unexpected answer to GetUser".into(),
+            ));
+        };
+        let root: [u8; 32] = info
+            .root_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| SessionError::Protocol("malformed root key from relay".into()))?;
+        let devices: Vec<[u8; 16]> = info
+            .devices
+            .iter()
+            .map(|d| device_id(d))
+            .collect::<Result<_, _>>()?;
+        let u = user.to_owned();
+        let ds = devices.clone();
+        self.blocking(move |s, _| {
+            let db = s.db();
+            match db.root_key(&u)? {
+                Some(pinned) if pinned != root => return Err(SessionError::IdentityChanged(u)),
+                Some(_) => {}
+                None => db.pin_root_key(&u, &root, now_ms() / 1000)?,
+            }
+            db.set_devices(&u, &ds)?;
+            Ok(())
+        })
+        .await?;
+        Ok(devices)
+    }
+
+    /// Starts sessions with every device of `user` in `wanted` that has none.
+    async fn ensure_sessions(
+        &mut self,
+        user: &str,
+        wanted: &[[u8; 16]],
+    ) -> Result<(), SessionError> {
+        let u = user.to_owned();
+        let have: Vec<[u8; 16]> = self
+            .blocking(move |s, _| {
+                Ok(s.db()
+                    .sessions_for(&u)?
+                    .into_iter()
+                    .map(|(d, _)| d)
+                    .collect())
+            })
+            .await?;
+        if wanted.iter().all(|d| have.contains(d)) {
+            return Ok(());
+        }
+        let conn = self
+            .conn
+            .as_ref()
+            .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+        let Body::KeyBundle(kb) = conn
+            .request(Body::FetchKeys(protocol::FetchKeys {
+                username: user.to_owned(),
+            }))
+            .await?
+        else {
+            return Err(SessionError::Protocol(
+                "unexpected answer to FetchKeys".into(),
+            ));
+        };
+        let u = user.to_owned();
+        let wanted = wanted.to_vec();
+        self.blocking(move |s, keys| {
+            let db = s.db();
+            let root = db
+                .root_key(&u)?
+                .ok_or_else(|| SessionError::Protocol("no pinned root key".into()))?;
+            if kb.root_key != root {
+                return Err(SessionError::IdentityChanged(u));
+            }
+            let revocations: Vec<Revocation> = kb
+                .revocations
+                .iter()
+                .filter_map(|r| Revocation::decode(r).ok())
+                .collect();
+            let now = now_ms() / 1000;
+            s.transaction(|db| -> Result<_, SessionError> {
+                for d in &kb.devices {
+                    let id = device_id(&d.device_id)?;
+                    if !wanted.contains(&id) || have.contains(&id) {
+                        continue;
+                    }
+                    let bundle = bundle_from(d)?;
+                    if bundle.cert.device_id.0 != id {
+                        return Err(SessionError::Protocol("bundle for the wrong device".into()));
+                    }
+                    let session = handshake::initiate(
+                        &keys.device,
+                        &keys.cert,
+                        &RootPublicKey(root),
+                        &u,
+                        &bundle,
+                        &revocations,
+                        now,
+                    )?;
+                    db.put_session(&u, &id, &session.to_secret_bytes())?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Encrypts an outbox item for every current device of the recipient and our own other
+    /// devices, persisting the advanced sessions together with the request bytes.
+    async fn encrypt_item(
+        &mut self,
+        item: &OutboxItem,
+        key_package: Option<Vec<u8>>,
+    ) -> Result<(Vec<u8>, Vec<u8>), SessionError> {
+        let me = self.keys.username.clone();
+        let recipient_devices = self.learn_user(&item.recipient).await?;
+        let own_devices: Vec<[u8; 16]> = self
+            .learn_user(&me)
+            .await?
+            .into_iter()
+            .filter(|d| *d != self.keys.device_id)
+            .collect();
+        self.ensure_sessions(&item.recipient, &recipient_devices)
+            .await?;
+        if !own_devices.is_empty() {
+            self.ensure_sessions(&me, &own_devices).await?;
+        }
+        let id = item.id;
+        let message_id = item.message_id;
+        let conversation = item.conversation.clone();
+        let recipient = item.recipient.clone();
+        let text = item.text.clone();
+        let sent_at = item.created_at_ms;
+        let old_body = item
+            .request
+            .as_ref()
+            .and_then(|r| protocol::Send::decode(r.as_slice()).ok())
+            .map(|s| s.body);
+        self.blocking(move |s: &mut Store, keys: &Keys| {
+            let (package, body) = match (key_package, old_body) {
+                (Some(k), Some(body)) => (KeyPackage::decode(&k)?, body),
+                _ => envelope::seal(&Payload {
+                    message_id: MessageId(message_id),
+                    sent_at_ms: sent_at,
+                    conversation: conversation.into_bytes(),
+                    kind: PayloadKind::Text(text),
+                    timers: Timers::default(),
+                    reply_to: None,
+                })?,
+            };
+            let wrapped = package.encode();
+            s.transaction(|db| -> Result<_, SessionError> {
+                let mut entries = Vec::new();
+                let targets = recipient_devices
+                    .iter()
+                    .map(|d| (recipient.as_str(), *d))
+                    .chain(own_devices.iter().map(|d| (keys.username.as_str(), *d)));
+                for (user, dev) in targets {
+                    let bytes = db.session(user, &dev)?.ok_or_else(|| {
+                        SessionError::Protocol(format!("no session with a device of {user}"))
+                    })?;
+                    let mut session = Session::from_secret_bytes(&bytes)?;
+                    let msg = session.encrypt(&wrapped)?;
+                    db.put_session(user, &dev, &session.to_secret_bytes())?;
+                    entries.push(protocol::KeyEntry {
+                        recipient_user: user.to_owned(),
+                        recipient_device: dev.to_vec(),
+                        payload: msg.encode(),
+                    });
+                }
+                let mut recipients = vec![recipient.clone()];
+                if !own_devices.is_empty() {
+                    recipients.push(keys.username.clone());
+                }
+                let request = protocol::Send {
+                    message_id: message_id.to_vec(),
+                    body: body.clone(),
+                    entries,
+                    recipients,
+                    delete_by_ms: 0,
+                }
+                .encode_to_vec();
+                db.outbox_set_request(id, &request, &wrapped)?;
+                Ok((request, wrapped.to_vec()))
+            })
+        })
+        .await
+    }
+
+    /// Tops up one-time prekeys and rotates the signed and last-resort keys when due.
+    pub(crate) async fn maintain_prekeys(&mut self) -> Result<(), SessionError> {
+        let Some((otk_left, pq_left)) = self.prekey_counts.take() else {
+            return Ok(());
+        };
+        let upload = self
+            .blocking(move |s, keys| {
+                s.transaction(|db| -> Result<_, SessionError> {
+                    let mut p = load_prekeys(db)?;
+                    let now = now_ms() / 1000;
+                    let (spk, lr) = p.rotate(&keys.device.signing, now)?;
+                    let otks = if (otk_left as usize) < prekeys::ONE_TIME_REFILL_BELOW {
+                        p.generate_one_time(prekeys::ONE_TIME_BATCH)?
+                    } else {
+                        Vec::new()
+                    };
+                    let pqs = if (pq_left as usize) < prekeys::PQ_BATCH / 3 {
+                        p.generate_pq_one_time(&keys.device.signing, prekeys::PQ_BATCH, now)?
+                    } else {
+                        Vec::new()
+                    };
+                    if spk.is_none() && lr.is_none() && otks.is_empty() && pqs.is_empty() {
+                        return Ok(None);
+                    }
+                    // Saved before upload: peers must never get keys we do not hold.
+                    save_prekeys(db, &p)?;
+                    Ok(Some(protocol::PrekeyUpload {
+                        signed_prekey: spk.as_ref().map(spk_msg),
+                        one_time: otks.iter().map(otk_msg).collect(),
+                        pq_one_time: pqs.iter().map(pq_msg).collect(),
+                        pq_last_resort: lr.as_ref().map(pq_msg),
+                    }))
+                })
+            })
+            .await?;
+        if let (Some(upload), Some(conn)) = (upload, self.conn.as_ref()) {
+            conn.request(Body::UploadPrekeys(upload)).await?;
+        }
+        Ok(())
+    }
+}

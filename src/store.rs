@@ -1,0 +1,551 @@
+//! The local encrypted cache of one profile: account keys, pinned root keys, ratchet sessions,
+//! the durable outbox, message history and relay bookkeeping (`PROTOCOL.md` section 12).
+//!
+//! A profile directory holds `cache.header` (Argon2id parameters, salt and the wrapped DEK, see
+//! [`CacheHeader`]), `cache.db` (a SQLCipher database under a raw key derived from the DEK), an
+//! empty-for-now `attachments/` directory and a `lock` file. Everything here is synchronous
+//! because SQLCipher is; the async session engine calls it on `spawn_blocking`. One [`Store`]
+//! owns the only connection to a profile and holds an exclusive advisory lock on `lock` for its
+//! whole life, so a second cinder process gets [`StoreError::Locked`] instead of a second writer.
+//!
+//! Nothing readable ever reaches the disk: every page, including those in the `-wal` file, is
+//! encrypted by SQLCipher, and temporary tables and sorts are kept in memory. Data access goes
+//! through [`Db`], which is handed out either in autocommit mode ([`Store::db`]) or inside one
+//! `BEGIN IMMEDIATE` transaction ([`Store::transaction`]).
+
+mod db;
+mod files;
+mod schema;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+use zeroize::Zeroizing;
+
+use crate::crypto::CryptoError;
+use crate::crypto::passphrase::{CacheHeader, KdfParams};
+use crate::crypto::primitives::{Secret32, hkdf_sha256};
+
+pub use db::{
+    AccountRecord, ConversationSummary, Db, DeviceSession, MessageRecord, MessageState, OutboxItem,
+};
+
+/// File name of the header that wraps the DEK.
+pub const HEADER_FILE: &str = "cache.header";
+/// File name of the SQLCipher database.
+pub const DB_FILE: &str = "cache.db";
+/// Directory for encrypted attachment files.
+pub const ATTACHMENTS_DIR: &str = "attachments";
+/// File that carries the advisory lock of the open profile.
+pub const LOCK_FILE: &str = "lock";
+
+/// HKDF label of the SQLCipher raw key; the DEK itself never reaches SQLite, so other subkeys
+/// can be derived from it later without relating them to the database key.
+const SQLCIPHER_INFO: &[u8] = b"cinder/v1/cache/sqlcipher";
+
+/// Everything that can go wrong with the local cache.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The passphrase does not unwrap the DEK (or the wrapped DEK was tampered with).
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    /// The directory holds no `cache.header`.
+    #[error("no profile at {0}")]
+    NotFound(PathBuf),
+    /// `create` was asked to overwrite an existing profile.
+    #[error("a profile already exists at {0}")]
+    AlreadyExists(PathBuf),
+    /// Another [`Store`] (in this or another process) holds the profile's lock.
+    #[error("profile is locked by another cinder process")]
+    Locked,
+    /// The header or the database is unreadable; the string says which and why.
+    #[error("cache is corrupt: {0}")]
+    Corrupt(String),
+    /// SQLite reported an error.
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// The crypto core reported an error other than a wrong passphrase.
+    #[error("crypto: {0}")]
+    Crypto(#[from] CryptoError),
+    /// A file operation failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result alias for the store.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// An open, unlocked profile cache.
+pub struct Store {
+    // Declared first so the connection (and its WAL) is closed before the lock is released.
+    conn: Connection,
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    /// Whether `dir` holds a profile (its header exists).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(HEADER_FILE).is_file()
+    }
+
+    /// Creates a new profile in `dir` (made 0700 if absent) under `passphrase`.
+    ///
+    /// The header is written last, atomically, so a profile "exists" only once it is complete;
+    /// database files left behind by an interrupted `create` are unreadable without that header
+    /// and are removed.
+    ///
+    /// # Security
+    /// `params` is only checked for sanity, not against the 64 MiB floor: choosing
+    /// [`KdfParams::DEFAULT`] is the caller's job, so tests can use cheap parameters.
+    ///
+    /// # Errors
+    /// [`StoreError::AlreadyExists`] if a header is present, [`StoreError::Locked`] if another
+    /// store holds the directory, [`StoreError::Crypto`] for rejected parameters, I/O and SQL
+    /// errors otherwise.
+    pub fn create(dir: &Path, passphrase: &[u8], params: KdfParams) -> Result<Store> {
+        params.validate(true)?;
+        files::create_private_dir(dir)?;
+        let lock = files::lock(dir)?;
+        if Self::exists(dir) {
+            return Err(StoreError::AlreadyExists(dir.to_path_buf()));
+        }
+        files::remove_orphan_db(dir)?;
+
+        let (header, dek) = CacheHeader::create(passphrase, params)?;
+        let db_path = dir.join(DB_FILE);
+        // SQLite would create the file with 0644 & umask; it gives the -wal and -shm files the
+        // mode of the database file, so creating it 0600 first covers all three.
+        files::create_private_file(&db_path)?;
+        let mut conn = open_connection(&db_path, &dek)?;
+        schema::migrate(&mut conn)?;
+        files::create_private_dir(&dir.join(ATTACHMENTS_DIR))?;
+        files::write_atomic(dir, HEADER_FILE, &header.encode())?;
+
+        Ok(Store {
+            conn,
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// Opens and unlocks the profile in `dir`.
+    ///
+    /// Nothing in the directory is written before the passphrase has been checked, so a wrong
+    /// passphrase leaves every file byte-identical.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] without a header, [`StoreError::Locked`] if another store holds
+    /// the directory, [`StoreError::WrongPassphrase`], [`StoreError::Corrupt`] for an
+    /// undecodable header, a missing database or one the key does not open.
+    pub fn open(dir: &Path, passphrase: &[u8]) -> Result<Store> {
+        if !Self::exists(dir) {
+            return Err(StoreError::NotFound(dir.to_path_buf()));
+        }
+        // Locking before the (deliberately slow) Argon2id run reports a busy profile at once.
+        let lock = files::lock(dir)?;
+        let dek = read_header(dir)?
+            .unwrap(passphrase)
+            .map_err(wrong_passphrase)?;
+
+        let db_path = dir.join(DB_FILE);
+        if !db_path.is_file() {
+            return Err(StoreError::Corrupt(format!(
+                "{} is missing",
+                db_path.display()
+            )));
+        }
+        let mut conn = open_connection(&db_path, &dek)?;
+        schema::migrate(&mut conn)?;
+        files::create_private_dir(&dir.join(ATTACHMENTS_DIR))?;
+
+        Ok(Store {
+            conn,
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// Re-wraps the DEK of the profile in `dir` under a new passphrase (and parameters).
+    ///
+    /// The database is not touched. The new header goes to a temporary file in `dir`, is synced,
+    /// renamed over the old one and the directory is synced, so a crash leaves either the old or
+    /// the new header. This does not take the profile lock: the DEK does not change, so a
+    /// running store is unaffected, and `rename` keeps concurrent readers consistent.
+    ///
+    /// # Security
+    /// The old header's bytes may survive on the disk's free blocks; someone holding both an old
+    /// disk image and the old passphrase can still recover the DEK.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], [`StoreError::WrongPassphrase`] (nothing changed),
+    /// [`StoreError::Corrupt`] for an undecodable header, I/O errors.
+    pub fn change_passphrase(dir: &Path, old: &[u8], new: &[u8], params: KdfParams) -> Result<()> {
+        params.validate(true)?;
+        if !Self::exists(dir) {
+            return Err(StoreError::NotFound(dir.to_path_buf()));
+        }
+        let dek = read_header(dir)?.unwrap(old).map_err(wrong_passphrase)?;
+        let header = CacheHeader::wrap(new, params, &dek)?;
+        files::write_atomic(dir, HEADER_FILE, &header.encode())?;
+        Ok(())
+    }
+
+    /// The profile directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs `f` inside one `BEGIN IMMEDIATE` transaction: committed if `f` returns `Ok`, rolled
+    /// back if it returns `Err` (or panics).
+    ///
+    /// The error type is the caller's (anything a [`StoreError`] converts into), so code that
+    /// mixes store calls with its own failures can use `?` on both inside `f`.
+    ///
+    /// # Errors
+    /// `f`'s error, or the SQL error of beginning or committing.
+    pub fn transaction<T, E>(
+        &mut self,
+        f: impl FnOnce(&Db<'_>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| E::from(e.into()))?;
+        match f(&Db::new(&tx)) {
+            Ok(value) => {
+                tx.commit().map_err(|e| E::from(e.into()))?;
+                Ok(value)
+            }
+            Err(e) => {
+                // The caller's error is the one worth reporting; if the rollback itself fails,
+                // dropping the transaction tries again.
+                let _ = tx.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Data access in autocommit mode: each call is its own transaction.
+    pub fn db(&self) -> Db<'_> {
+        Db::new(&self.conn)
+    }
+
+    /// Copies the WAL into the database and truncates it to zero bytes
+    /// (`PRAGMA wal_checkpoint(TRUNCATE)`), e.g. after deleting keys.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn checkpoint_truncate(&self) -> Result<()> {
+        // The pragma reports (busy, wal pages, checkpointed pages); with the single connection
+        // this store owns, nothing can hold the WAL busy.
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+/// Maps the AEAD failure of the DEK unwrap to the user-facing error.
+fn wrong_passphrase(e: CryptoError) -> StoreError {
+    match e {
+        CryptoError::Integrity => StoreError::WrongPassphrase,
+        other => StoreError::Crypto(other),
+    }
+}
+
+fn read_header(dir: &Path) -> Result<CacheHeader> {
+    let path = dir.join(HEADER_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(StoreError::NotFound(dir.to_path_buf()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    CacheHeader::decode(&bytes).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))
+}
+
+/// The raw SQLCipher key for a DEK.
+fn sqlcipher_key(dek: &Secret32) -> Result<Zeroizing<[u8; 32]>> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    hkdf_sha256(None, dek.expose(), SQLCIPHER_INFO, key.as_mut_slice())?;
+    Ok(key)
+}
+
+/// `PRAGMA key = "x'<hex>'";` in a buffer that is wiped on drop and never reallocated.
+fn key_pragma(key: &[u8; 32]) -> Zeroizing<String> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    const PREFIX: &str = "PRAGMA key = \"x'";
+    const SUFFIX: &str = "'\";";
+    let mut sql = Zeroizing::new(String::with_capacity(PREFIX.len() + 64 + SUFFIX.len()));
+    sql.push_str(PREFIX);
+    for b in key {
+        sql.push(char::from(HEX[usize::from(b >> 4)]));
+        sql.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    sql.push_str(SUFFIX);
+    sql
+}
+
+/// Opens an existing database file, keys it and applies the connection settings.
+fn open_connection(path: &Path, dek: &Secret32) -> Result<Connection> {
+    // No CREATE: `create` makes the file itself (with mode 0600), and a missing file on `open`
+    // must be reported rather than silently replaced by an empty cache. No URI parsing, and no
+    // following a symlink someone planted in the profile directory.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = Connection::open_with_flags(path, flags)?;
+    {
+        let key = sqlcipher_key(dek)?;
+        // The key must be the first statement on the connection.
+        conn.execute_batch(&key_pragma(&key))?;
+    }
+    // SQLCipher logs warnings and errors (e.g. "hmac check failed" for a damaged page) straight
+    // to stderr, which would scribble over the terminal UI; the failures still come back as
+    // errors. The setting is process-wide and harmless to repeat.
+    conn.execute_batch("PRAGMA cipher_log = off; PRAGMA cipher_log_level = NONE;")?;
+    // With a header that unwrapped, this can only fail if cache.db was damaged or replaced.
+    if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        return Err(match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => StoreError::Corrupt(format!(
+                "{} cannot be decrypted with this profile's key",
+                path.display()
+            )),
+            _ => StoreError::Sql(e),
+        });
+    }
+    conn.execute_batch(
+        "PRAGMA secure_delete = ON;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // Still correct and encrypted, only slower and with a rollback journal instead.
+        tracing::warn!(journal_mode = %mode, "cache could not switch to WAL mode");
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const P: KdfParams = KdfParams::INSECURE_FOR_TESTS;
+
+    #[test]
+    fn the_store_can_move_to_a_blocking_thread() {
+        fn assert_send<T: Send + 'static>() {}
+        assert_send::<Store>();
+        assert_send::<StoreError>();
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::create(tmp.path(), b"pw", P).unwrap();
+        let s = std::thread::spawn(move || {
+            s.db().put_blob("t", b"from another thread").unwrap();
+            s
+        })
+        .join()
+        .unwrap();
+        assert!(s.db().blob("t").unwrap().is_some());
+    }
+
+    #[test]
+    fn key_pragma_is_hex_and_fits_its_buffer() {
+        let mut key = [0u8; 32];
+        key[0] = 0xab;
+        key[31] = 0x0f;
+        let sql = key_pragma(&key);
+        assert_eq!(
+            sql.as_str(),
+            "PRAGMA key = \"x'ab0000000000000000000000000000000000000000000000000000000000000f'\";"
+        );
+        // No reallocation happened, so no unwiped copy of the key was left behind.
+        assert_eq!(sql.len(), sql.capacity());
+    }
+
+    #[test]
+    fn sqlcipher_key_is_a_labelled_subkey_of_the_dek() {
+        let dek = Secret32::from_bytes([7u8; 32]);
+        let k = sqlcipher_key(&dek).unwrap();
+        assert_ne!(*k, [7u8; 32]);
+        let mut expected = [0u8; 32];
+        hkdf_sha256(
+            None,
+            &[7u8; 32],
+            b"cinder/v1/cache/sqlcipher",
+            &mut expected,
+        )
+        .unwrap();
+        assert_eq!(*k, expected);
+    }
+
+    #[test]
+    fn create_then_reopen_keeps_schema_and_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p");
+        assert!(!Store::exists(&dir));
+        {
+            let s = Store::create(&dir, b"pw", P).unwrap();
+            assert_eq!(s.dir(), dir.as_path());
+            s.db().put_blob("k", b"v").unwrap();
+        }
+        assert!(Store::exists(&dir));
+        assert!(dir.join(ATTACHMENTS_DIR).is_dir());
+        let s = Store::open(&dir, b"pw").unwrap();
+        assert_eq!(
+            s.db().blob("k").unwrap().as_deref().map(Vec::as_slice),
+            Some(&b"v"[..])
+        );
+        let v: i64 = s
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, schema::VERSION);
+        let fk: i64 = s
+            .conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+        let sd: i64 = s
+            .conn
+            .pragma_query_value(None, "secure_delete", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sd, 1);
+        let jm: String = s
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(jm, "wal");
+        let ts: i64 = s
+            .conn
+            .pragma_query_value(None, "temp_store", |r| r.get(0))
+            .unwrap();
+        assert_eq!(ts, 2, "temporary tables and sorts stay in memory");
+        let log: String = s
+            .conn
+            .pragma_query_value(None, "cipher_log_level", |r| r.get(0))
+            .unwrap();
+        assert_eq!(log, "NONE", "SQLCipher must not write to stderr");
+    }
+
+    #[test]
+    fn open_errors_are_specific() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p");
+        assert!(matches!(
+            Store::open(&dir, b"pw"),
+            Err(StoreError::NotFound(_))
+        ));
+        drop(Store::create(&dir, b"pw", P).unwrap());
+        assert!(matches!(
+            Store::create(&dir, b"pw", P),
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            Store::open(&dir, b"nope"),
+            Err(StoreError::WrongPassphrase)
+        ));
+        std::fs::remove_file(dir.join(DB_FILE)).unwrap();
+        let err = Store::open(&dir, b"pw").err().unwrap();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    }
+
+    #[test]
+    fn a_replaced_database_is_reported_as_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        let b = tmp.path().join("b");
+        drop(Store::create(&a, b"pw", P).unwrap());
+        drop(Store::create(&b, b"pw", P).unwrap());
+        // b's database under a's header: the passphrase is right, the key is not.
+        std::fs::copy(b.join(DB_FILE), a.join(DB_FILE)).unwrap();
+        let err = Store::open(&a, b"pw").err().unwrap();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    }
+
+    #[test]
+    fn an_interrupted_create_is_cleaned_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p");
+        drop(Store::create(&dir, b"pw", P).unwrap());
+        // Simulate a crash before the header was written: the database is orphaned.
+        std::fs::remove_file(dir.join(HEADER_FILE)).unwrap();
+        assert!(!Store::exists(&dir));
+        let s = Store::create(&dir, b"other", P).unwrap();
+        assert!(s.db().account().unwrap().is_none());
+    }
+
+    #[test]
+    fn absurd_parameters_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bad = KdfParams {
+            m_kib: 64,
+            t: 0,
+            p: 1,
+        };
+        assert!(matches!(
+            Store::create(tmp.path(), b"pw", bad),
+            Err(StoreError::Crypto(CryptoError::Limit(_)))
+        ));
+        assert!(!Store::exists(tmp.path()));
+    }
+
+    #[test]
+    fn checkpoint_truncate_empties_the_wal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::create(tmp.path(), b"pw", P).unwrap();
+        s.db().put_blob("x", &[1u8; 5000]).unwrap();
+        let wal = tmp.path().join("cache.db-wal");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        s.checkpoint_truncate().unwrap();
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn transaction_commits_on_ok_and_rolls_back_on_err() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Store::create(tmp.path(), b"pw", P).unwrap();
+        let n = s
+            .transaction(|db| {
+                db.put_blob("a", b"1")?;
+                Ok::<_, StoreError>(7)
+            })
+            .unwrap();
+        assert_eq!(n, 7);
+        let r: Result<()> = s.transaction(|db| {
+            db.put_blob("b", b"2")?;
+            db.put_blob("a", b"changed")?;
+            Err(StoreError::Corrupt("test".into()))
+        });
+        assert!(matches!(r, Err(StoreError::Corrupt(_))));
+        assert!(s.db().blob("b").unwrap().is_none());
+        assert_eq!(s.db().blob("a").unwrap().unwrap().as_slice(), b"1");
+    }
+
+    #[test]
+    fn a_panicking_transaction_rolls_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Store::create(tmp.path(), b"pw", P).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = s.transaction(|db| -> Result<()> {
+                db.put_blob("p", b"x")?;
+                panic!("boom");
+            });
+        }));
+        assert!(r.is_err());
+        assert!(s.db().blob("p").unwrap().is_none());
+        // The connection is usable again afterwards.
+        s.transaction(|db| db.put_blob("q", b"y")).unwrap();
+    }
+}

@@ -1,0 +1,901 @@
+//! The records of the cache and the data methods of [`Db`].
+//!
+//! Secret bytes are copied straight from SQLite's row buffer into `Zeroizing` containers, so no
+//! unwiped intermediate `Vec` is left on the heap.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension as _, Row, ToSql, params};
+use zeroize::Zeroizing;
+
+use super::{Result, StoreError};
+
+/// Data access to an open cache, in autocommit mode or inside [`super::Store::transaction`].
+#[derive(Clone, Copy)]
+pub struct Db<'a>(&'a Connection);
+
+/// The account of this profile (one row).
+///
+/// Holds the account's private keys, so it is neither `Debug` nor `Serialize`.
+pub struct AccountRecord {
+    /// The relay's WebSocket URL.
+    pub server_url: String,
+    /// The account's username on the network.
+    pub username: String,
+    /// The name shown to others.
+    pub display_name: String,
+    /// This device's id.
+    pub device_id: [u8; 16],
+    /// The network's id.
+    pub network_id: String,
+    /// The network's human-readable name.
+    pub network_name: String,
+    /// The relay's identity as pinned at registration.
+    pub relay_id: Vec<u8>,
+    /// Whether the account may use the admin API.
+    pub is_admin: bool,
+    /// The user's root signing secret.
+    pub root_secret: Zeroizing<[u8; 32]>,
+    /// This device's signing secret.
+    pub device_signing_secret: Zeroizing<[u8; 32]>,
+    /// This device's identity (DH) secret.
+    pub device_identity_secret: Zeroizing<[u8; 32]>,
+    /// This device's certificate, signed by the root key.
+    pub device_cert: Vec<u8>,
+    /// When the account was registered (seconds since the Unix epoch).
+    pub created_at: u64,
+    /// Whether plain `ws://` was explicitly allowed for this server.
+    pub allow_insecure_ws: bool,
+}
+
+/// One entry of the durable outbox: what the user asked to send and, once encrypted, the exact
+/// request bytes to (re)send.
+///
+/// Holds plaintext and a key package, so it is not `Debug`.
+pub struct OutboxItem {
+    /// Row id, assigned by [`Db::outbox_push`] (ignored there).
+    pub id: i64,
+    /// The message's id.
+    pub message_id: [u8; 16],
+    /// The conversation it belongs to.
+    pub conversation: String,
+    /// The user or room it is addressed to.
+    pub recipient: String,
+    /// The plaintext.
+    pub text: String,
+    /// When the user sent it (milliseconds since the Unix epoch).
+    pub created_at_ms: u64,
+    /// The encrypted request, once built, so a resend does not re-encrypt.
+    pub request: Option<Vec<u8>>,
+    /// Key material belonging to the request (e.g. the message key), once built.
+    pub key_package: Option<Zeroizing<Vec<u8>>>,
+    /// How many delivery attempts failed.
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+}
+
+/// Where a message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageState {
+    /// Outgoing, not yet accepted by the relay.
+    Sending,
+    /// Outgoing, accepted by the relay.
+    Sent,
+    /// Outgoing, delivered to the recipient's device.
+    Delivered,
+    /// Outgoing, read by the recipient.
+    Read,
+    /// Outgoing, given up on.
+    Failed,
+    /// Incoming and decrypted.
+    Received,
+    /// Incoming but could not be decrypted.
+    Undecryptable,
+}
+
+impl MessageState {
+    /// Every state, in declaration order.
+    pub const ALL: [MessageState; 7] = [
+        Self::Sending,
+        Self::Sent,
+        Self::Delivered,
+        Self::Read,
+        Self::Failed,
+        Self::Received,
+        Self::Undecryptable,
+    ];
+
+    /// The stable lowercase name, as stored and as printed by `--json`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Failed => "failed",
+            Self::Received => "received",
+            Self::Undecryptable => "undecryptable",
+        }
+    }
+}
+
+impl fmt::Display for MessageState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MessageState {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown message state {s:?}")))
+    }
+}
+
+impl ToSql for MessageState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for MessageState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value.as_str()?.parse().map_err(FromSqlError::other)
+    }
+}
+
+/// One message of the history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageRecord {
+    /// The message's id, unique in the cache.
+    pub message_id: [u8; 16],
+    /// The conversation (peer user or room) it belongs to.
+    pub conversation: String,
+    /// Whether this device's user sent it.
+    pub outgoing: bool,
+    /// The sending user.
+    pub sender: String,
+    /// The sending device.
+    pub sender_device: [u8; 16],
+    /// The sender's timestamp (milliseconds since the Unix epoch).
+    pub sent_at_ms: u64,
+    /// When it reached this cache (milliseconds since the Unix epoch, local clock).
+    pub received_at_ms: u64,
+    /// The plaintext.
+    pub text: String,
+    /// Where it stands.
+    pub state: MessageState,
+}
+
+/// One stored session: the peer device's id and its serialized state.
+pub type DeviceSession = ([u8; 16], Zeroizing<Vec<u8>>);
+
+/// One line of the conversation list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationSummary {
+    /// The conversation (peer user or room).
+    pub conversation: String,
+    /// The latest `sent_at_ms` or `received_at_ms` of its messages.
+    pub last_activity_ms: u64,
+    /// How many messages it holds.
+    pub messages: u64,
+}
+
+/// SQLite integers are signed 64-bit; a timestamp or sequence number beyond `i64::MAX` is
+/// refused rather than wrapped into a negative number.
+fn sql_u64(v: u64) -> rusqlite::Result<i64> {
+    i64::try_from(v).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+fn get_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let v: i64 = row.get(idx)?;
+    u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
+}
+
+/// Copies a 32-byte secret column straight into a wiped-on-drop buffer.
+fn secret32(row: &Row<'_>, idx: usize) -> rusqlite::Result<Zeroizing<[u8; 32]>> {
+    let bytes = row.get_ref(idx)?.as_blob()?;
+    let mut out = Zeroizing::new([0u8; 32]);
+    if bytes.len() != out.len() {
+        return Err(rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Blob,
+            Box::new(FromSqlError::InvalidBlobSize {
+                expected_size: 32,
+                blob_size: bytes.len(),
+            }),
+        ));
+    }
+    out.copy_from_slice(bytes);
+    Ok(out)
+}
+
+/// Copies a secret BLOB column straight into a wiped-on-drop buffer.
+fn secret_vec(row: &Row<'_>, idx: usize) -> rusqlite::Result<Zeroizing<Vec<u8>>> {
+    Ok(Zeroizing::new(row.get_ref(idx)?.as_blob()?.to_vec()))
+}
+
+fn secret_vec_opt(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Zeroizing<Vec<u8>>>> {
+    match row.get_ref(idx)? {
+        ValueRef::Null => Ok(None),
+        v => Ok(Some(Zeroizing::new(v.as_blob()?.to_vec()))),
+    }
+}
+
+const MESSAGE_COLUMNS: &str = "message_id, conversation, outgoing, sender, sender_device, \
+                               sent_at_ms, received_at_ms, text, state";
+
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<MessageRecord> {
+    Ok(MessageRecord {
+        message_id: row.get(0)?,
+        conversation: row.get(1)?,
+        outgoing: row.get(2)?,
+        sender: row.get(3)?,
+        sender_device: row.get(4)?,
+        sent_at_ms: get_u64(row, 5)?,
+        received_at_ms: get_u64(row, 6)?,
+        text: row.get(7)?,
+        state: row.get(8)?,
+    })
+}
+
+const OUTBOX_COLUMNS: &str = "id, message_id, conversation, recipient, text, created_at_ms, \
+                              request, key_package, attempts, last_error";
+
+fn outbox_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxItem> {
+    Ok(OutboxItem {
+        id: row.get(0)?,
+        message_id: row.get(1)?,
+        conversation: row.get(2)?,
+        recipient: row.get(3)?,
+        text: row.get(4)?,
+        created_at_ms: get_u64(row, 5)?,
+        request: row.get(6)?,
+        key_package: secret_vec_opt(row, 7)?,
+        attempts: row.get(8)?,
+        last_error: row.get(9)?,
+    })
+}
+
+impl<'a> Db<'a> {
+    pub(super) fn new(conn: &'a Connection) -> Self {
+        Self(conn)
+    }
+
+    /// Runs `f` atomically: a SAVEPOINT works both in autocommit mode and nested inside
+    /// [`super::Store::transaction`], where a plain `BEGIN` would fail.
+    fn atomically<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.0.execute_batch("SAVEPOINT cinder_db")?;
+        let result = f().and_then(|v| {
+            self.0.execute_batch("RELEASE cinder_db")?;
+            Ok(v)
+        });
+        if result.is_err() {
+            // Reporting the first error matters more than a failing cleanup.
+            let _ = self
+                .0
+                .execute_batch("ROLLBACK TO cinder_db; RELEASE cinder_db");
+        }
+        result
+    }
+
+    // --- account -------------------------------------------------------------------------
+
+    /// Stores the account, replacing any previous one.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn put_account(&self, a: &AccountRecord) -> Result<()> {
+        self.0.execute(
+            "INSERT OR REPLACE INTO account (id, server_url, username, display_name, device_id,
+                 network_id, network_name, relay_id, is_admin, root_secret,
+                 device_signing_secret, device_identity_secret, device_cert, created_at,
+                 allow_insecure_ws)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                a.server_url,
+                a.username,
+                a.display_name,
+                a.device_id,
+                a.network_id,
+                a.network_name,
+                a.relay_id,
+                a.is_admin,
+                &a.root_secret[..],
+                &a.device_signing_secret[..],
+                &a.device_identity_secret[..],
+                a.device_cert,
+                sql_u64(a.created_at)?,
+                a.allow_insecure_ws,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The account, if one was stored.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn account(&self) -> Result<Option<AccountRecord>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT server_url, username, display_name, device_id, network_id, network_name,
+                        relay_id, is_admin, root_secret, device_signing_secret,
+                        device_identity_secret, device_cert, created_at, allow_insecure_ws
+                 FROM account WHERE id = 1",
+                [],
+                |r| {
+                    Ok(AccountRecord {
+                        server_url: r.get(0)?,
+                        username: r.get(1)?,
+                        display_name: r.get(2)?,
+                        device_id: r.get(3)?,
+                        network_id: r.get(4)?,
+                        network_name: r.get(5)?,
+                        relay_id: r.get(6)?,
+                        is_admin: r.get(7)?,
+                        root_secret: secret32(r, 8)?,
+                        device_signing_secret: secret32(r, 9)?,
+                        device_identity_secret: secret32(r, 10)?,
+                        device_cert: r.get(11)?,
+                        created_at: get_u64(r, 12)?,
+                        allow_insecure_ws: r.get(13)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    // --- opaque state --------------------------------------------------------------------
+
+    /// Stores an opaque value under `key` (e.g. `"prekeys"`), replacing any previous one.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn put_blob(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.0.execute(
+            "INSERT OR REPLACE INTO blobs (key, value) VALUES (?1, ?2)",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// The value stored under `key`.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn blob(&self, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        Ok(self
+            .0
+            .query_row("SELECT value FROM blobs WHERE key = ?1", [key], |r| {
+                secret_vec(r, 0)
+            })
+            .optional()?)
+    }
+
+    // --- pinned root keys ----------------------------------------------------------------
+
+    /// Pins `user`'s root public key, replacing a previous pin.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn pin_root_key(&self, user: &str, key: &[u8; 32], now: u64) -> Result<()> {
+        self.0.execute(
+            "INSERT OR REPLACE INTO root_keys (user, key, pinned_at) VALUES (?1, ?2, ?3)",
+            params![user, key, sql_u64(now)?],
+        )?;
+        Ok(())
+    }
+
+    /// The root public key pinned for `user`.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn root_key(&self, user: &str) -> Result<Option<[u8; 32]>> {
+        Ok(self
+            .0
+            .query_row("SELECT key FROM root_keys WHERE user = ?1", [user], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    // --- ratchet sessions ----------------------------------------------------------------
+
+    /// Stores the serialized session with one device of `user`, replacing any previous one.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn put_session(&self, user: &str, device: &[u8; 16], state: &[u8]) -> Result<()> {
+        self.0.execute(
+            "INSERT OR REPLACE INTO sessions (user, device, state) VALUES (?1, ?2, ?3)",
+            params![user, device, state],
+        )?;
+        Ok(())
+    }
+
+    /// The serialized session with one device of `user`.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn session(&self, user: &str, device: &[u8; 16]) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT state FROM sessions WHERE user = ?1 AND device = ?2",
+                params![user, device],
+                |r| secret_vec(r, 0),
+            )
+            .optional()?)
+    }
+
+    /// Every session with a device of `user`, ordered by device id.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn sessions_for(&self, user: &str) -> Result<Vec<DeviceSession>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT device, state FROM sessions WHERE user = ?1 ORDER BY device")?;
+        let rows = stmt.query_map([user], |r| Ok((r.get(0)?, secret_vec(r, 1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forgets the session with one device of `user` (no error if there was none).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn delete_session(&self, user: &str, device: &[u8; 16]) -> Result<()> {
+        self.0.execute(
+            "DELETE FROM sessions WHERE user = ?1 AND device = ?2",
+            params![user, device],
+        )?;
+        Ok(())
+    }
+
+    // --- device lists --------------------------------------------------------------------
+
+    /// Replaces the known active device list of `user` (duplicates are kept once).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn set_devices(&self, user: &str, devices: &[[u8; 16]]) -> Result<()> {
+        self.atomically(|| {
+            self.0
+                .execute("DELETE FROM devices WHERE user = ?1", [user])?;
+            let mut stmt = self
+                .0
+                .prepare_cached("INSERT OR IGNORE INTO devices (user, device) VALUES (?1, ?2)")?;
+            for d in devices {
+                stmt.execute(params![user, d])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The known active devices of `user`, in the order last given to [`Self::set_devices`].
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn devices(&self, user: &str) -> Result<Vec<[u8; 16]>> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT device FROM devices WHERE user = ?1 ORDER BY rowid")?;
+        let rows = stmt.query_map([user], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // --- outbox --------------------------------------------------------------------------
+
+    /// Appends `item` to the outbox and returns its row id (`item.id` is ignored).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn outbox_push(&self, item: &OutboxItem) -> Result<i64> {
+        self.0.execute(
+            "INSERT INTO outbox (message_id, conversation, recipient, text, created_at_ms,
+                                 request, key_package, attempts, last_error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                item.message_id,
+                item.conversation,
+                item.recipient,
+                item.text,
+                sql_u64(item.created_at_ms)?,
+                item.request,
+                item.key_package.as_ref().map(|k| k.as_slice()),
+                item.attempts,
+                item.last_error,
+            ],
+        )?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    /// Every outbox item, oldest first.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn outbox_pending(&self) -> Result<Vec<OutboxItem>> {
+        let mut stmt = self
+            .0
+            .prepare_cached(&format!("SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY id"))?;
+        let rows = stmt.query_map([], outbox_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records the encrypted request (and its key package) of item `id`; no-op for an unknown id.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn outbox_set_request(&self, id: i64, request: &[u8], key_package: &[u8]) -> Result<()> {
+        self.0.execute(
+            "UPDATE outbox SET request = ?2, key_package = ?3 WHERE id = ?1",
+            params![id, request, key_package],
+        )?;
+        Ok(())
+    }
+
+    /// Removes item `id` (no error if it is gone already).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn outbox_remove(&self, id: i64) -> Result<()> {
+        self.0.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Records the attempt count and last error of item `id`; no-op for an unknown id.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn outbox_set_attempts(
+        &self,
+        id: i64,
+        attempts: u32,
+        last_error: Option<&str>,
+    ) -> Result<()> {
+        self.0.execute(
+            "UPDATE outbox SET attempts = ?2, last_error = ?3 WHERE id = ?1",
+            params![id, attempts, last_error],
+        )?;
+        Ok(())
+    }
+
+    // --- messages ------------------------------------------------------------------------
+
+    /// Adds a message to the history; returns `false` and changes nothing if its id is known.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn insert_message(&self, m: &MessageRecord) -> Result<bool> {
+        // ON CONFLICT names the id column, so other constraint violations still raise errors
+        // (INSERT OR IGNORE would swallow them too).
+        let n = self.0.execute(
+            &format!(
+                "INSERT INTO messages ({MESSAGE_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (message_id) DO NOTHING"
+            ),
+            params![
+                m.message_id,
+                m.conversation,
+                m.outgoing,
+                m.sender,
+                m.sender_device,
+                sql_u64(m.sent_at_ms)?,
+                sql_u64(m.received_at_ms)?,
+                m.text,
+                m.state,
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Sets the state of a message; returns `false` if there is no such message.
+    ///
+    /// Any transition is accepted: ordering receipts is the session engine's business.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn set_message_state(&self, message_id: &[u8; 16], state: MessageState) -> Result<bool> {
+        let n = self.0.execute(
+            "UPDATE messages SET state = ?2 WHERE message_id = ?1",
+            params![message_id, state],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// One message by id.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn message(&self, message_id: &[u8; 16]) -> Result<Option<MessageRecord>> {
+        Ok(self
+            .0
+            .query_row(
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ?1"),
+                [message_id],
+                message_from_row,
+            )
+            .optional()?)
+    }
+
+    /// The `limit` newest messages of `conversation`, returned oldest first.
+    ///
+    /// Ordered by the sender's timestamp, ties broken by arrival in this cache.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn history(&self, conversation: &str, limit: usize) -> Result<Vec<MessageRecord>> {
+        let mut stmt = self.0.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM (
+                 SELECT rowid AS seq, * FROM messages WHERE conversation = ?1
+                 ORDER BY sent_at_ms DESC, rowid DESC LIMIT ?2)
+             ORDER BY sent_at_ms ASC, seq ASC"
+        ))?;
+        // A limit beyond i64 means "all"; SQLite treats a negative LIMIT that way.
+        let limit = i64::try_from(limit).unwrap_or(-1);
+        let rows = stmt.query_map(params![conversation, limit], message_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every conversation with its last activity and message count, most recent first.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn conversations(&self) -> Result<Vec<ConversationSummary>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT conversation, MAX(MAX(sent_at_ms, received_at_ms)) AS last, COUNT(*)
+             FROM messages GROUP BY conversation ORDER BY last DESC, conversation ASC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ConversationSummary {
+                conversation: r.get(0)?,
+                last_activity_ms: get_u64(r, 1)?,
+                messages: get_u64(r, 2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // --- relay deliveries ----------------------------------------------------------------
+
+    /// Records that relay delivery `seq` was processed (idempotent).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn mark_delivery_processed(&self, seq: u64, now: u64) -> Result<()> {
+        self.0.execute(
+            "INSERT INTO processed_deliveries (seq, processed_at) VALUES (?1, ?2)
+             ON CONFLICT (seq) DO NOTHING",
+            params![sql_u64(seq)?, sql_u64(now)?],
+        )?;
+        Ok(())
+    }
+
+    /// Whether relay delivery `seq` was already processed.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn delivery_processed(&self, seq: u64) -> Result<bool> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT 1 FROM processed_deliveries WHERE seq = ?1",
+                [sql_u64(seq)?],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Forgets deliveries processed before `older_than`; returns how many.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn prune_processed(&self, older_than: u64) -> Result<usize> {
+        Ok(self.0.execute(
+            "DELETE FROM processed_deliveries WHERE processed_at < ?1",
+            [sql_u64(older_than)?],
+        )?)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::store::schema;
+
+    fn db() -> Connection {
+        // Schema and queries are independent of the encryption, so an in-memory database
+        // keeps these tests fast; the store tests cover the encrypted file.
+        let mut c = Connection::open_in_memory().unwrap();
+        schema::migrate(&mut c).unwrap();
+        c
+    }
+
+    fn msg(id: u8, conv: &str, sent: u64) -> MessageRecord {
+        MessageRecord {
+            message_id: [id; 16],
+            conversation: conv.into(),
+            outgoing: false,
+            sender: "bob".into(),
+            sender_device: [9; 16],
+            sent_at_ms: sent,
+            received_at_ms: 1000 + u64::from(id),
+            text: format!("m{id}"),
+            state: MessageState::Received,
+        }
+    }
+
+    #[test]
+    fn message_state_names_round_trip() {
+        for s in MessageState::ALL {
+            assert_eq!(s.as_str().parse::<MessageState>().unwrap(), s);
+            assert_eq!(s.to_string(), s.as_str());
+        }
+        assert!("Sent".parse::<MessageState>().is_err());
+        assert!("".parse::<MessageState>().is_err());
+    }
+
+    #[test]
+    fn schema_check_matches_the_state_names() {
+        let c = db();
+        let d = Db::new(&c);
+        for (i, s) in MessageState::ALL.into_iter().enumerate() {
+            let mut m = msg(u8::try_from(i).unwrap(), "c", 1);
+            m.state = s;
+            assert!(d.insert_message(&m).unwrap());
+            assert_eq!(d.message(&m.message_id).unwrap().unwrap().state, s);
+        }
+    }
+
+    #[test]
+    fn history_returns_the_newest_oldest_first() {
+        let c = db();
+        let d = Db::new(&c);
+        // Inserted out of order; two share a timestamp, so arrival breaks the tie.
+        for (id, sent) in [(1, 30), (2, 10), (3, 20), (4, 20), (5, 40)] {
+            d.insert_message(&msg(id, "alice", sent)).unwrap();
+        }
+        d.insert_message(&msg(6, "other", 50)).unwrap();
+        let ids = |v: Vec<MessageRecord>| v.iter().map(|m| m.message_id[0]).collect::<Vec<_>>();
+        assert_eq!(ids(d.history("alice", 3).unwrap()), vec![4, 1, 5]);
+        assert_eq!(ids(d.history("alice", 100).unwrap()), vec![2, 3, 4, 1, 5]);
+        assert_eq!(ids(d.history("alice", usize::MAX).unwrap()).len(), 5);
+        assert!(d.history("alice", 0).unwrap().is_empty());
+        assert!(d.history("nobody", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn conversations_are_summarised_most_recent_first() {
+        let c = db();
+        let d = Db::new(&c);
+        d.insert_message(&msg(1, "a", 5000)).unwrap();
+        d.insert_message(&msg(2, "a", 10)).unwrap();
+        d.insert_message(&msg(3, "b", 10)).unwrap();
+        let s = d.conversations().unwrap();
+        assert_eq!(
+            s,
+            vec![
+                ConversationSummary {
+                    conversation: "a".into(),
+                    last_activity_ms: 5000,
+                    messages: 2
+                },
+                ConversationSummary {
+                    conversation: "b".into(),
+                    last_activity_ms: 1003,
+                    messages: 1
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn set_devices_replaces_keeps_order_and_is_atomic() {
+        let c = db();
+        let d = Db::new(&c);
+        d.set_devices("bob", &[[3; 16], [1; 16], [3; 16], [2; 16]])
+            .unwrap();
+        assert_eq!(d.devices("bob").unwrap(), vec![[3; 16], [1; 16], [2; 16]]);
+        d.set_devices("bob", &[[5; 16]]).unwrap();
+        assert_eq!(d.devices("bob").unwrap(), vec![[5; 16]]);
+        assert!(d.devices("carol").unwrap().is_empty());
+
+        // A failure half-way leaves the previous list in place.
+        c.execute_batch(
+            "CREATE TEMP TRIGGER refuse BEFORE INSERT ON devices
+             WHEN NEW.device = x'07070707070707070707070707070707'
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+        assert!(d.set_devices("bob", &[[6; 16], [7; 16]]).is_err());
+        assert_eq!(d.devices("bob").unwrap(), vec![[5; 16]]);
+        d.set_devices("bob", &[]).unwrap();
+        assert!(d.devices("bob").unwrap().is_empty());
+    }
+
+    #[test]
+    fn processed_deliveries_are_remembered_and_pruned() {
+        let c = db();
+        let d = Db::new(&c);
+        assert!(!d.delivery_processed(1).unwrap());
+        d.mark_delivery_processed(1, 100).unwrap();
+        d.mark_delivery_processed(1, 999).unwrap();
+        d.mark_delivery_processed(2, 200).unwrap();
+        d.mark_delivery_processed(u64::try_from(i64::MAX).unwrap(), 300)
+            .unwrap();
+        assert!(d.delivery_processed(1).unwrap());
+        assert_eq!(d.prune_processed(200).unwrap(), 1);
+        assert!(!d.delivery_processed(1).unwrap());
+        assert!(d.delivery_processed(2).unwrap());
+        assert_eq!(d.prune_processed(1000).unwrap(), 2);
+    }
+
+    #[test]
+    fn outbox_updates_and_unknown_ids() {
+        let c = db();
+        let d = Db::new(&c);
+        let item = OutboxItem {
+            id: 0,
+            message_id: [1; 16],
+            conversation: "bob".into(),
+            recipient: "bob".into(),
+            text: "hi".into(),
+            created_at_ms: 5,
+            request: None,
+            key_package: None,
+            attempts: 0,
+            last_error: None,
+        };
+        let a = d.outbox_push(&item).unwrap();
+        let b = d.outbox_push(&item).unwrap();
+        assert!(b > a);
+        d.outbox_set_request(a, b"req", b"kp").unwrap();
+        d.outbox_set_attempts(a, 3, Some("timeout")).unwrap();
+        d.outbox_set_attempts(b, 1, None).unwrap();
+        let p = d.outbox_pending().unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].id, a);
+        assert_eq!(p[0].request.as_deref(), Some(&b"req"[..]));
+        assert_eq!(
+            p[0].key_package.as_deref().map(Vec::as_slice),
+            Some(&b"kp"[..])
+        );
+        assert_eq!(
+            (p[0].attempts, p[0].last_error.as_deref()),
+            (3, Some("timeout"))
+        );
+        assert_eq!((p[1].attempts, p[1].last_error.as_deref()), (1, None));
+        assert!(p[1].request.is_none() && p[1].key_package.is_none());
+        d.outbox_remove(a).unwrap();
+        d.outbox_remove(a).unwrap();
+        d.outbox_set_request(a, b"x", b"y").unwrap();
+        let c2 = d.outbox_push(&item).unwrap();
+        assert!(c2 > b, "ids are never reused");
+        assert_eq!(d.outbox_pending().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn set_message_state_reports_unknown_ids() {
+        let c = db();
+        let d = Db::new(&c);
+        assert!(!d.set_message_state(&[1; 16], MessageState::Read).unwrap());
+        d.insert_message(&msg(1, "a", 1)).unwrap();
+        assert!(d.set_message_state(&[1; 16], MessageState::Read).unwrap());
+        assert_eq!(
+            d.message(&[1; 16]).unwrap().unwrap().state,
+            MessageState::Read
+        );
+    }
+}
