@@ -269,8 +269,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             scenario: BenchScenario::Crypto(args),
         } => run_crypto_bench(args),
-        Command::Serve(_) => {
-            Err(cli::UsageError("the relay is not built into this binary yet".into()).into())
+        Command::Serve(a) => {
+            let mut config = cinder::relay::RelayConfig::new(a.listen, a.data.clone());
+            config.network_name = a.network_name.clone();
+            config.tls = a.tls_cert.clone().zip(a.tls_key.clone());
+            config.max_connections = a.max_connections;
+            config.max_frame = a.max_frame;
+            config.rate_per_sec = a.rate;
+            config.rate_burst = a.rate.saturating_mul(2);
+            let _log = start_logging(&cli, &a.data, "info");
+            Ok(cinder::relay::serve_until_signal(config).await?)
         }
         other => {
             let ctx = client_context(&cli)?;

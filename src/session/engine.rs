@@ -86,14 +86,14 @@ impl Engine {
     }
 
     async fn run(mut self, mut cmd_rx: mpsc::Receiver<Command>) {
+        let mut shutdown_reply = None;
         loop {
             let wake = self.next_attempt;
             tokio::select! {
                 cmd = cmd_rx.recv() => match cmd {
                     None => break,
                     Some(Command::Shutdown { reply }) => {
-                        self.conn = None;
-                        let _ = reply.send(());
+                        shutdown_reply = Some(reply);
                         break;
                     }
                     Some(cmd) => self.handle(cmd).await,
@@ -112,7 +112,12 @@ impl Engine {
                 }
             }
         }
-        // Dropping the store here closes SQLCipher cleanly before the handle's shutdown returns.
+        // Close the connection and the cache (releasing the profile lock) before telling the
+        // caller we are done, so it can reopen the profile at once.
+        drop(self);
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
     }
 
     async fn handle(&mut self, cmd: Command) {
@@ -230,10 +235,12 @@ impl Engine {
                 if let Err(e) = self.maintain_prekeys().await {
                     tracing::warn!("prekey maintenance failed: {e}");
                 }
-                if let Err(e) = self.flush_outbox().await {
-                    tracing::debug!("outbox after connect: {e}");
-                }
+                // A background engine catches up by itself; one-shot callers flush and sync
+                // explicitly so they see the outcome (e.g. a permanently failed message).
                 if self.opts.auto_reconnect {
+                    if let Err(e) = self.flush_outbox().await {
+                        tracing::debug!("outbox after connect: {e}");
+                    }
                     if let Err(e) = self.fetch_all().await {
                         tracing::debug!("mailbox after connect: {e}");
                     }

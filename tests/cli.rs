@@ -1,0 +1,541 @@
+//! The command-line contract, driven through the real `cinder` binary: registration, scripting
+//! with `send`/`recv --json`/`history`, admin invites, exit codes, passphrase handling, and
+//! crash recovery with real processes (a SIGKILLed relay, a SIGKILLed client).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cinder");
+
+struct Env {
+    root: PathBuf,
+}
+
+impl Env {
+    fn cmd(&self, profile: &str) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("XDG_CONFIG_HOME", self.root.join("xdg-config"))
+            .env("XDG_DATA_HOME", self.root.join("xdg-data"))
+            .env("CINDER_PASSPHRASE", std::str::from_utf8(PASS).unwrap())
+            .env_remove("CINDER_PROFILE")
+            .arg("--profile")
+            .arg(self.root.join(profile))
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, profile: &str, args: &[&str]) -> Output {
+        self.cmd(profile).args(args).output().unwrap()
+    }
+
+    fn ok(&self, profile: &str, args: &[&str]) -> String {
+        let out = self.run(profile, args);
+        assert!(
+            out.status.success(),
+            "cinder {args:?} failed ({:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn register(&self, url: &str, invite: &str, name: &str) {
+        self.ok(
+            name,
+            &[
+                "register",
+                "--server",
+                url,
+                "--invite",
+                invite,
+                "--username",
+                name,
+                "--insecure-fast-kdf",
+            ],
+        );
+    }
+}
+
+fn last_line(s: &str) -> &str {
+    s.trim_end().lines().last().unwrap_or("")
+}
+
+/// An admin, alice and bob registered through the binary.
+fn setup(env: &Env, url: &str, admin_invite: &str) {
+    env.register(url, admin_invite, "admin");
+    for u in ["alice", "bob"] {
+        let out = env.ok(
+            "admin",
+            &["admin", "invite", "--email", &format!("{u}@example.com")],
+        );
+        let code = last_line(&out).to_owned();
+        assert!(
+            !code.contains(' '),
+            "the code is alone on the last line: {out:?}"
+        );
+        env.register(url, &code, u);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripting_with_send_recv_json_and_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let env = Env {
+        root: tmp.path().to_path_buf(),
+    };
+    let url = relay.url();
+    let invite = relay.admin_invite.clone();
+    tokio::task::spawn_blocking(move || {
+        setup(&env, &url, &invite);
+        env.ok("alice", &["send", "--to", "bob", "hello bob"]);
+        let mut child = env
+            .cmd("alice")
+            .args(["send", "--to", "bob", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all("line one\nline two ✓\n".as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        let out = env.ok("bob", &["recv", "--json"]);
+        let lines: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert_eq!(lines[0]["type"], "message");
+        assert_eq!(lines[0]["from"], "alice");
+        assert_eq!(lines[0]["conversation"], "dm:alice:bob");
+        assert_eq!(lines[0]["text"], "hello bob");
+        assert_eq!(lines[0]["id"].as_str().unwrap().len(), 32);
+        assert!(humantime::parse_rfc3339(lines[0]["sent_at"].as_str().unwrap()).is_ok());
+        assert_eq!(lines[1]["text"], "line one\nline two ✓\n");
+        // Nothing twice.
+        assert_eq!(env.ok("bob", &["recv", "--json"]), "");
+        env.ok("bob", &["send", "--to", "alice", "hi alice"]);
+        let hist = env.ok("alice", &["history", "--with", "bob", "--json"]);
+        let h: Vec<serde_json::Value> = hist
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(h.len(), 2, "{hist}");
+        assert_eq!(h[0]["outgoing"], true);
+        assert_eq!(h[0]["state"], "sent");
+        let plain = env.ok("bob", &["history", "--with", "alice"]);
+        assert!(plain.contains("alice: hello bob"), "{plain}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_and_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = TestRelay::start(tmp.path()).await;
+    let env = Env {
+        root: tmp.path().to_path_buf(),
+    };
+    let url = relay.url();
+    let invite = relay.admin_invite.clone();
+    let env = tokio::task::spawn_blocking(move || {
+        setup(&env, &url, &invite);
+        // 2: bad usage.
+        let o = env.run("bob", &["recv", "--timeout", "soon"]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("not a duration"));
+        assert_eq!(env.run("bob", &["send"]).status.code(), Some(2));
+        // 3: wrong passphrase, and nothing in the profile changes.
+        let before = all_bytes(&env.root.join("bob"));
+        let o = env
+            .cmd("bob")
+            .env("CINDER_PASSPHRASE", "wrong")
+            .args(["recv"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("wrong passphrase"));
+        assert_eq!(before, all_bytes(&env.root.join("bob")));
+        // 5: refused by the relay (a bad invite), and no profile is left behind.
+        let o = env.run(
+            "erin",
+            &[
+                "register",
+                "--server",
+                &url,
+                "--invite",
+                "AAAA-BBBB-CCCC-DDDD",
+                "--username",
+                "erin",
+                "--insecure-fast-kdf",
+            ],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(5),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stderr).contains("invite"));
+        assert!(
+            !env.root.join("erin").exists(),
+            "a refused registration leaves no profile"
+        );
+        // 4: nothing listens there.
+        let o = env.run(
+            "carol",
+            &[
+                "register",
+                "--server",
+                &format!("ws://127.0.0.1:{}", 1),
+                "--invite",
+                "X",
+                "--username",
+                "carol",
+                "--insecure-fast-kdf",
+            ],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(4),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !env.root.join("carol").join("cache.header").exists(),
+            "a failed registration leaves no profile"
+        );
+        let o = env.run("alice", &["send", "--to", "nobody", "hi"]);
+        assert_eq!(
+            o.status.code(),
+            Some(5),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stderr).contains("unknown user"));
+        let o = env.run("bob", &["admin", "invite", "--email", "x@y"]);
+        assert_eq!(o.status.code(), Some(5));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("permission denied"));
+        // Plain ws:// to a remote host is refused before anything is sent.
+        let o = env.run(
+            "dave",
+            &[
+                "register",
+                "--server",
+                "ws://relay.example.com:80",
+                "--invite",
+                "X",
+                "--username",
+                "dave",
+                "--insecure-fast-kdf",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--insecure-ws"));
+        env
+    })
+    .await
+    .unwrap();
+    // 4: relay unreachable; the message stays queued and goes out later.
+    relay.stop().await;
+    let env = tokio::task::spawn_blocking(move || {
+        let o = env.run("alice", &["send", "--to", "bob", "while down"]);
+        assert_eq!(o.status.code(), Some(4));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("queued"));
+        env
+    })
+    .await
+    .unwrap();
+    relay.restart().await;
+    tokio::task::spawn_blocking(move || {
+        env.ok("alice", &["recv"]);
+        let out = env.ok("bob", &["recv", "--json"]);
+        assert!(out.contains("while down"), "{out}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passphrase_change_and_sources() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let env = Env {
+        root: tmp.path().to_path_buf(),
+    };
+    let (url, invite) = (relay.url(), relay.admin_invite.clone());
+    tokio::task::spawn_blocking(move || {
+        env.register(&url, &invite, "admin");
+        let file = env.root.join("newpass");
+        std::fs::write(&file, "a much better passphrase\n").unwrap();
+        env.ok(
+            "admin",
+            &[
+                "passphrase",
+                "change",
+                "--new-passphrase-file",
+                file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            env.run("admin", &["history", "--with", "bob"])
+                .status
+                .code(),
+            Some(3)
+        );
+        let ok = env
+            .cmd("admin")
+            .env_remove("CINDER_PASSPHRASE")
+            .args([
+                "--passphrase-file",
+                file.to_str().unwrap(),
+                "history",
+                "--with",
+                "bob",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let cmd = env
+            .cmd("admin")
+            .env_remove("CINDER_PASSPHRASE")
+            .args([
+                "--passphrase-command",
+                &format!("cat {}", file.display()),
+                "history",
+                "--with",
+                "bob",
+            ])
+            .output()
+            .unwrap();
+        assert!(cmd.status.success());
+        let none = env
+            .cmd("admin")
+            .env_remove("CINDER_PASSPHRASE")
+            .args(["history", "--with", "bob"])
+            .output()
+            .unwrap();
+        assert_eq!(none.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&none.stderr).contains("no passphrase"));
+    })
+    .await
+    .unwrap();
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_relay(data: &Path, port: u16) -> Child {
+    Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_port(port: u16) {
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "relay did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prints_the_admin_invite_and_survives_sigkill_mid_burst() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("relay-data");
+    let port = free_port();
+    let mut child = spawn_relay(&data, port);
+    // First start: the invite is alone on the last line of stdout and of admin-invite.txt.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = Vec::new();
+    let t0 = Instant::now();
+    let invite_file = data.join("admin-invite.txt");
+    // Read stdout up to the invite code; the relay prints nothing after it on stdout.
+    let code = loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "relay exited early: {printed:?}"
+        );
+        printed.push(line.trim_end().to_owned());
+        if let Ok(file) = std::fs::read_to_string(&invite_file) {
+            if printed.last().map(String::as_str) == Some(last_line(&file)) {
+                break last_line(&file).to_owned();
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{printed:?}");
+    };
+    wait_port(port);
+    assert!(
+        printed.len() >= 2,
+        "an explanation precedes the code: {printed:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&invite_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert_eq!(printed.last().unwrap(), &code);
+    let url = format!("ws://127.0.0.1:{port}");
+    register_user(&url, &code, "admin", &tmp.path().join("admin")).await;
+    let admin = engine(&tmp.path().join("admin"));
+    for u in ["alice", "bob"] {
+        let c = admin.create_invite(u, false).await.unwrap();
+        register_user(&url, &c, u, &tmp.path().join(u)).await;
+    }
+    admin.shutdown().await;
+    let alice = engine(&tmp.path().join("alice"));
+    const N: usize = 200;
+    for i in 0..N {
+        alice.send_text("bob", &format!("kill {i}")).await.unwrap();
+    }
+    let flusher = {
+        let a = alice.clone();
+        tokio::spawn(async move { a.flush().await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let _ = flusher.await.unwrap();
+    let mut child = spawn_relay(&data, port);
+    wait_port(port);
+    alice.flush().await.unwrap();
+    let bob = engine(&tmp.path().join("bob"));
+    let got: Vec<String> = bob
+        .sync()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|i| match i {
+            cinder::session::Inbound::Message(m) => Some(m.text),
+            cinder::session::Inbound::Undecryptable { .. } => None,
+        })
+        .collect();
+    assert_eq!(got, (0..N).map(|i| format!("kill {i}")).collect::<Vec<_>>());
+    alice.shutdown().await;
+    bob.shutdown().await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_killed_after_queuing_delivers_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = TestRelay::start(tmp.path()).await;
+    let env = Env {
+        root: tmp.path().to_path_buf(),
+    };
+    let (url, invite) = (relay.url(), relay.admin_invite.clone());
+    let env = tokio::task::spawn_blocking(move || {
+        setup(&env, &url, &invite);
+        env
+    })
+    .await
+    .unwrap();
+    relay.stop().await;
+    // A listener that accepts and never answers: `send` queues, then hangs connecting.
+    let hole = TcpListener::bind(relay.addr).unwrap();
+    let env = tokio::task::spawn_blocking(move || {
+        let mut child = env
+            .cmd("alice")
+            .args(["send", "--to", "bob", "survives a kill -9"])
+            .spawn()
+            .unwrap();
+        let (_conn, _) = hole.accept().unwrap();
+        // The outbox write happens before connecting, so it is durable by now.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        drop(hole);
+        env
+    })
+    .await
+    .unwrap();
+    relay.restart().await;
+    tokio::task::spawn_blocking(move || {
+        // Any later command flushes the outbox first.
+        env.ok("alice", &["recv"]);
+        let out = env.ok("bob", &["recv", "--json"]);
+        assert!(out.contains("survives a kill -9"), "{out}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recv_timeout_and_follow_see_live_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let env = Env {
+        root: tmp.path().to_path_buf(),
+    };
+    let (url, invite) = (relay.url(), relay.admin_invite.clone());
+    tokio::task::spawn_blocking(move || {
+        setup(&env, &url, &invite);
+        // Establish the session so later messages travel as plain pushes.
+        env.ok("alice", &["send", "--to", "bob", "first"]);
+        env.ok("bob", &["recv"]);
+        let waiting = env
+            .cmd("bob")
+            .args(["recv", "--json", "--timeout", "20s"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        env.ok("alice", &["send", "--to", "bob", "during the wait"]);
+        let out = waiting.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("during the wait"));
+        let mut follow = env
+            .cmd("bob")
+            .args(["recv", "--json", "--follow"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+        std::thread::sleep(Duration::from_millis(500));
+        for i in 0..3 {
+            env.ok("alice", &["send", "--to", "bob", &format!("live {i}")]);
+        }
+        for i in 0..3 {
+            let l = lines.next().unwrap().unwrap();
+            assert!(l.contains(&format!("live {i}")), "{l}");
+        }
+        follow.kill().unwrap();
+        follow.wait().unwrap();
+    })
+    .await
+    .unwrap();
+}

@@ -1,0 +1,270 @@
+//! End-to-end messaging through the real relay (in-process on 127.0.0.1:0) and real session
+//! engines with SQLCipher caches in temporary directories.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use cinder::session::SessionError;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_messages_each_way_arrive_once_in_order_byte_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
+    let (mut alice, mut bob) = (Client::open(&dirs[1]), Client::open(&dirs[2]));
+    const N: usize = 1000;
+    // Byte-exact: unicode, control characters, long and short texts.
+    let msg = |from: &str, i: usize| format!("{from} #{i:04} ünïcødé ✓ \t{}", "x".repeat(i % 97));
+    for i in 0..N {
+        alice
+            .handle
+            .send_text("bob", &msg("alice", i))
+            .await
+            .unwrap();
+        bob.handle.send_text("alice", &msg("bob", i)).await.unwrap();
+    }
+    let (a, b) = tokio::join!(alice.handle.flush(), bob.handle.flush());
+    a.unwrap();
+    b.unwrap();
+    let to_bob = bob.texts().await;
+    let to_alice = alice.texts().await;
+    assert_same(
+        &to_bob,
+        &(0..N).map(|i| msg("alice", i)).collect::<Vec<_>>(),
+        "alice -> bob",
+    );
+    assert_same(
+        &to_alice,
+        &(0..N).map(|i| msg("bob", i)).collect::<Vec<_>>(),
+        "bob -> alice",
+    );
+    // Nothing arrives twice.
+    assert!(bob.received().await.is_empty());
+    alice.handle.shutdown().await;
+    bob.handle.shutdown().await;
+    // The stored history agrees, in order.
+    let store = cinder::session::unlock(&dirs[2], PASS).unwrap();
+    let hist = store.db().history("dm:alice:bob", 10 * N).unwrap();
+    let incoming: Vec<String> = hist
+        .iter()
+        .filter(|m| !m.outgoing)
+        .map(|m| m.text.clone())
+        .collect();
+    assert_same(
+        &incoming,
+        &(0..N).map(|i| msg("alice", i)).collect::<Vec<_>>(),
+        "bob's history",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_aborted_mid_burst_loses_and_duplicates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = TestRelay::start(tmp.path()).await;
+    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
+    let alice = engine(&dirs[1]);
+    const N: usize = 300;
+    for i in 0..N {
+        alice.send_text("bob", &format!("burst {i}")).await.unwrap();
+    }
+    // Kill the relay (no drain, no cleanup) while the burst is being delivered.
+    let flusher = {
+        let alice = alice.clone();
+        tokio::spawn(async move { alice.flush().await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    relay.abort();
+    let first = flusher.await.unwrap();
+    assert!(
+        matches!(first, Err(SessionError::Unreachable(_))) || first.is_ok(),
+        "{first:?}"
+    );
+    relay.restart().await;
+    alice.flush().await.unwrap();
+    let mut bob = Client::open(&dirs[2]);
+    let got = bob.texts().await;
+    let expected: Vec<String> = (0..N).map(|i| format!("burst {i}")).collect();
+    assert_eq!(got.len(), N, "lost or duplicated messages");
+    assert_eq!(got.iter().collect::<HashSet<_>>().len(), N);
+    assert_same(&got, &expected, "order");
+    alice.shutdown().await;
+    bob.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_ciphertext_byte_fails_that_message_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = TestRelay::start(tmp.path()).await;
+    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
+    let alice = engine(&dirs[1]);
+    // Bob has not answered yet, so all three still carry the handshake fields.
+    for t in ["one", "two", "three"] {
+        alice.send_text("bob", t).await.unwrap();
+    }
+    alice.flush().await.unwrap();
+    relay.stop().await;
+    {
+        let db = rusqlite::Connection::open(relay.data.join("relay.db")).unwrap();
+        let seq: i64 = db
+            .query_row(
+                "SELECT seq FROM mailbox ORDER BY seq LIMIT 1 OFFSET 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut payload: Vec<u8> = db
+            .query_row("SELECT payload FROM mailbox WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let last = payload.len() - 1;
+        payload[last] ^= 0x01;
+        db.execute(
+            "UPDATE mailbox SET payload = ?1 WHERE seq = ?2",
+            rusqlite::params![payload, seq],
+        )
+        .unwrap();
+    }
+    relay.restart().await;
+    let mut bob = Client::open(&dirs[2]);
+    let got = bob.received().await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0], Ok("one".to_string()));
+    assert!(
+        matches!(&got[1], Err(e) if e.contains("integrity")),
+        "{:?}",
+        got[1]
+    );
+    assert_eq!(got[2], Ok("three".to_string()));
+    // And the session still works afterwards.
+    alice.send_text("bob", "four").await.unwrap();
+    alice.flush().await.unwrap();
+    assert_eq!(bob.texts().await, vec!["four"]);
+    alice.shutdown().await;
+    bob.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_state_moves_to_delivered_and_unknown_users_fail_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
+    let alice = engine(&dirs[1]);
+    let mut bob = Client::open(&dirs[2]);
+    let id = alice.send_text("bob", "hello").await.unwrap();
+    alice.flush().await.unwrap();
+    assert_eq!(bob.texts().await, vec!["hello"]);
+    alice.sync().await.unwrap();
+    alice.shutdown().await;
+    let store = cinder::session::unlock(&dirs[1], PASS).unwrap();
+    let m = store.db().message(&id).unwrap().unwrap();
+    assert_eq!(m.state.as_str(), "delivered");
+    drop(store);
+    let alice = engine(&dirs[1]);
+    alice.send_text("nobody", "hi").await.unwrap();
+    let e = alice.flush().await.unwrap_err();
+    assert!(e.to_string().contains("unknown user"), "{e}");
+    // A failed message does not block the next one.
+    alice.send_text("bob", "after").await.unwrap();
+    alice.flush().await.unwrap();
+    assert_eq!(bob.texts().await, vec!["after"]);
+    alice.shutdown().await;
+    bob.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_plaintext_at_rest_or_on_the_wire() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    // A recording TCP proxy between the clients and the relay.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("ws://{}", proxy.local_addr().unwrap());
+    let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let target = relay.addr;
+    {
+        let captured = captured.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = proxy.accept().await else {
+                    break;
+                };
+                let captured = captured.clone();
+                tokio::spawn(async move {
+                    let server = tokio::net::TcpStream::connect(target).await.unwrap();
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let c1 = captured.clone();
+                    let up = async move {
+                        let mut buf = [0u8; 8192];
+                        loop {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            c1.lock().unwrap().extend_from_slice(&buf[..n]);
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = async move {
+                        let mut buf = [0u8; 8192];
+                        loop {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            captured.lock().unwrap().extend_from_slice(&buf[..n]);
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+    }
+    let admin_dir = tmp.path().join("admin");
+    register_user(&proxy_url, &relay.admin_invite, "admin", &admin_dir).await;
+    let admin = engine(&admin_dir);
+    let code_a = admin.create_invite("a@x", false).await.unwrap();
+    let code_b = admin.create_invite("b@x", false).await.unwrap();
+    admin.shutdown().await;
+    register_user(&proxy_url, &code_a, "alice", &tmp.path().join("alice")).await;
+    register_user(&proxy_url, &code_b, "bob", &tmp.path().join("bob")).await;
+    let mut alice = Client::open(&tmp.path().join("alice"));
+    let mut bob = Client::open(&tmp.path().join("bob"));
+    const MARK_A: &str = "MARKER-alice-7f3a9c-plaintext";
+    const MARK_B: &str = "MARKER-bob-2d81ee-plaintext";
+    alice.handle.send_text("bob", MARK_A).await.unwrap();
+    alice.handle.flush().await.unwrap();
+    assert_eq!(bob.texts().await, vec![MARK_A.to_string()]);
+    bob.handle.send_text("alice", MARK_B).await.unwrap();
+    bob.handle.flush().await.unwrap();
+    assert_eq!(alice.texts().await, vec![MARK_B.to_string()]);
+    alice.handle.shutdown().await;
+    bob.handle.shutdown().await;
+    let wire = captured.lock().unwrap().clone();
+    assert!(
+        wire.len() > 10_000,
+        "the proxy saw the traffic ({} bytes)",
+        wire.len()
+    );
+    for mark in [MARK_A, MARK_B] {
+        assert!(!contains(&wire, mark.as_bytes()), "{mark} on the wire");
+        for (path, bytes) in all_bytes(tmp.path()) {
+            assert!(
+                !contains(&bytes, mark.as_bytes()),
+                "{mark} found in {}",
+                path.display()
+            );
+        }
+    }
+}
