@@ -83,7 +83,7 @@ fn peak_rss_kib() -> u64 {
 #[test]
 fn streaming_64_mib_uses_constant_memory() {
     // Bounded by construction: one chunk buffer per streaming object.
-    assert!(CHUNK_BUFFER_BYTES <= SEALED_CHUNK + 1);
+    const { assert!(CHUNK_BUFFER_BYTES <= SEALED_CHUNK + 1) };
     let before = peak_rss_kib();
     let key = [9u8; 32];
     let (reader, writer) = io::pipe().unwrap();

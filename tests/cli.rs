@@ -387,10 +387,10 @@ async fn serve_prints_the_admin_invite_and_survives_sigkill_mid_burst() {
             "relay exited early: {printed:?}"
         );
         printed.push(line.trim_end().to_owned());
-        if let Ok(file) = std::fs::read_to_string(&invite_file) {
-            if printed.last().map(String::as_str) == Some(last_line(&file)) {
-                break last_line(&file).to_owned();
-            }
+        if let Ok(file) = std::fs::read_to_string(&invite_file)
+            && printed.last().map(String::as_str) == Some(last_line(&file))
+        {
+            break last_line(&file).to_owned();
         }
         assert!(t0.elapsed() < Duration::from_secs(20), "{printed:?}");
     };

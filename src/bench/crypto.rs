@@ -188,10 +188,10 @@ fn room_send_us(members: usize, budget: Duration) -> Result<(f64, f64), BenchErr
             failed = Some(e);
         }
         // Keep the chain far from its rotation point so the loop measures steady state.
-        if sender.iteration() > 20_000 {
-            if let Ok(s) = SenderKeyState::new(room, DeviceId([1; 16]), 0) {
-                sender = s;
-            }
+        if sender.iteration() > 20_000
+            && let Ok(s) = SenderKeyState::new(room, DeviceId([1; 16]), 0)
+        {
+            sender = s;
         }
     });
     if let Some(e) = failed {

@@ -49,6 +49,9 @@ pub struct InitialMessage {
 
 /// What travels between two devices: a handshake-carrying message or a plain ratchet message.
 #[derive(Clone, PartialEq, Eq, Debug)]
+// Messages are decoded, used and dropped at once; boxing the larger variant would only add an
+// allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub enum PairwiseMessage {
     /// Carries the handshake fields.
     Initial(InitialMessage),

@@ -126,10 +126,11 @@ impl Engine {
                 let r = self.queue_text(&to, &text).await;
                 let ok = r.is_ok();
                 let _ = reply.send(r);
-                if ok && self.conn.is_some() {
-                    if let Err(e) = self.flush_outbox().await {
-                        tracing::debug!("flush after send: {e}");
-                    }
+                if ok
+                    && self.conn.is_some()
+                    && let Err(e) = self.flush_outbox().await
+                {
+                    tracing::debug!("flush after send: {e}");
                 }
             }
             Command::Flush { reply } => {

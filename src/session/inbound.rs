@@ -128,19 +128,16 @@ fn process_blocking(
             return Ok(None);
         }
         let out = if d.kind == DeliveryKind::Delivered as i32 {
-            if let Ok(id) = <[u8; 16]>::try_from(d.message_id.as_slice()) {
-                if let Some(m) = db.message(&id)? {
-                    if m.outgoing && matches!(m.state, MessageState::Sending | MessageState::Sent) {
-                        db.set_message_state(&id, MessageState::Delivered)?;
-                    }
-                }
+            if let Ok(id) = <[u8; 16]>::try_from(d.message_id.as_slice())
+                && let Some(m) = db.message(&id)?
+                && m.outgoing
+                && matches!(m.state, MessageState::Sending | MessageState::Sent)
+            {
+                db.set_message_state(&id, MessageState::Delivered)?;
             }
             None
         } else {
-            let sender_device: [u8; 16] = match d.sender_device.as_slice().try_into() {
-                Ok(id) => id,
-                Err(_) => [0u8; 16],
-            };
+            let sender_device: [u8; 16] = d.sender_device.as_slice().try_into().unwrap_or_default();
             let message_id: [u8; 16] = d.message_id.as_slice().try_into().unwrap_or([0u8; 16]);
             match decrypt_into(db, keys, d, sender_device, now)? {
                 Outcome::Stored(r) => Some(Inbound::Message(r)),
@@ -168,15 +165,16 @@ impl Engine {
     ) -> Result<Option<Inbound>, SessionError> {
         // An initial message from someone new needs their root key pinned first (a network
         // round trip, so outside the transaction).
-        if d.kind == DeliveryKind::Message as i32 {
-            if let Ok(PairwiseMessage::Initial(_)) = PairwiseMessage::decode(&d.payload) {
-                let u = d.sender_user.clone();
-                let pinned = self.blocking(move |s, _| Ok(s.db().root_key(&u)?)).await?;
-                if pinned.is_none() && names::canonical_username(&d.sender_user).is_some() {
-                    if let Err(e) = self.pin_user(&d.sender_user).await {
-                        tracing::warn!("could not look up {}: {e}", d.sender_user);
-                    }
-                }
+        if d.kind == DeliveryKind::Message as i32
+            && let Ok(PairwiseMessage::Initial(_)) = PairwiseMessage::decode(&d.payload)
+        {
+            let u = d.sender_user.clone();
+            let pinned = self.blocking(move |s, _| Ok(s.db().root_key(&u)?)).await?;
+            if pinned.is_none()
+                && names::canonical_username(&d.sender_user).is_some()
+                && let Err(e) = self.pin_user(&d.sender_user).await
+            {
+                tracing::warn!("could not look up {}: {e}", d.sender_user);
             }
         }
         let kind = d.kind;
@@ -184,13 +182,13 @@ impl Engine {
         let out = self
             .blocking(move |s, keys| process_blocking(s, keys, &d))
             .await?;
-        if kind == DeliveryKind::Delivered as i32 {
-            if let Ok(id) = <[u8; 16]>::try_from(message_id.as_slice()) {
-                self.emit(SessionEvent::StateChanged {
-                    message_id: id,
-                    state: MessageState::Delivered,
-                });
-            }
+        if kind == DeliveryKind::Delivered as i32
+            && let Ok(id) = <[u8; 16]>::try_from(message_id.as_slice())
+        {
+            self.emit(SessionEvent::StateChanged {
+                message_id: id,
+                state: MessageState::Delivered,
+            });
         }
         match &out {
             Some(Inbound::Message(r)) => self.emit(SessionEvent::Message(r.clone())),

@@ -278,10 +278,10 @@ impl Engine {
                 Ok((db.root_key(&u)?, db.devices(&u)?))
             })
             .await?;
-        if let (Some(_), devices) = &known {
-            if !devices.is_empty() {
-                return Ok(devices.clone());
-            }
+        if let (Some(_), devices) = &known
+            && !devices.is_empty()
+        {
+            return Ok(devices.clone());
         }
         let conn = self
             .conn
