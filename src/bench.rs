@@ -5,7 +5,12 @@
 //! figures can be collected by scripts. This module sits at the top of the dependency table and
 //! may use every other module.
 
+pub mod client;
 pub mod crypto;
+pub mod dm;
+pub mod fixtures;
+pub mod idle;
+pub mod search;
 
 use std::time::{Duration, Instant};
 

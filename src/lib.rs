@@ -34,3 +34,4 @@ pub mod protocol;
 pub mod relay;
 pub mod session;
 pub mod store;
+pub mod tui;

@@ -187,6 +187,88 @@ enum PassphraseCommand {
 enum BenchScenario {
     /// Costs of the crypto core: envelope, ratchet, room send and rotation, file encryption.
     Crypto(CryptoArgs),
+    /// Direct-message load through a relay, end to end: latency, throughput, relay CPU and RSS.
+    Dm(DmArgs),
+    /// Relay memory per idle authenticated connection.
+    Idle(IdleArgs),
+    /// Full-text search, paging and the conversation list over a large encrypted cache.
+    Search(SearchArgs),
+}
+
+#[derive(Args, Debug)]
+struct SearchArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Messages to fill the cache with (ignored when --cache holds one already).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    messages: u64,
+    /// Conversations to spread them over.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    conversations: u32,
+    /// Searches to time.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    queries: u32,
+    /// Keep the fixture cache in DIR and reuse it on later runs (default: a temporary one).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct DmArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Sender/recipient pairs, one connection per user [default: 50; 200 with --saturate].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4_900))]
+    pairs: Option<u32>,
+    /// Offered load across all pairs, messages per second (open loop).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate: u32,
+    /// Measured time (30s, 5m; a bare number is seconds).
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Unmeasured load before the measured time.
+    #[arg(long, default_value = "1s")]
+    warmup: String,
+    /// Longest wait for messages still in flight after the measured time.
+    #[arg(long, default_value = "5s")]
+    drain: String,
+    /// Measure capacity: a closed loop with --window messages in flight per pair; reports
+    /// delivered msgs/s against the 10,000 msgs/s target.
+    #[arg(long)]
+    saturate: bool,
+    /// Messages in flight per pair with --saturate.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    window: u32,
+    /// Load a running relay at this loopback URL instead of starting one.
+    #[arg(long, requires = "invite")]
+    relay: Option<String>,
+    /// An unused admin invite of the relay given with --relay.
+    #[arg(long, requires = "relay")]
+    invite: Option<String>,
+    /// Process id of the relay given with --relay, for its CPU and memory figures.
+    #[arg(long, requires = "relay")]
+    relay_pid: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+struct IdleArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Idle authenticated connections to open.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    connections: u32,
+    /// Load a running relay at this loopback URL instead of starting one.
+    #[arg(long, requires = "invite")]
+    relay: Option<String>,
+    /// An unused admin invite of the relay given with --relay.
+    #[arg(long, requires = "relay")]
+    invite: Option<String>,
+    /// Process id of the relay given with --relay, for its memory figures.
+    #[arg(long, requires = "relay")]
+    relay_pid: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -230,6 +312,94 @@ fn run_crypto_bench(args: &CryptoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn bench_target(
+    relay: Option<&String>,
+    invite: Option<&String>,
+    pid: Option<u32>,
+) -> anyhow::Result<bench::client::RelayTarget> {
+    Ok(match relay {
+        Some(url) => bench::client::RelayTarget::External {
+            url: url.clone(),
+            invite: invite.cloned().unwrap_or_default(),
+            pid,
+        },
+        None => bench::client::RelayTarget::Spawn {
+            exe: std::env::current_exe()?,
+        },
+    })
+}
+
+/// Usage problems found by a scenario keep the usage exit code.
+fn load_error(e: bench::client::LoadError) -> anyhow::Error {
+    match e {
+        bench::client::LoadError::Usage(m) => cli::UsageError(m).into(),
+        other => other.into(),
+    }
+}
+
+async fn run_dm_bench(a: &DmArgs) -> anyhow::Result<()> {
+    let mut o = bench::dm::Options::new(bench_target(
+        a.relay.as_ref(),
+        a.invite.as_ref(),
+        a.relay_pid,
+    )?);
+    o.pairs = a
+        .pairs
+        .map_or(if a.saturate { 200 } else { 50 }, |p| p as usize);
+    o.rate = f64::from(a.rate);
+    o.duration = cli::parse_duration(&a.duration)?;
+    o.warmup = cli::parse_duration(&a.warmup)?;
+    o.drain = cli::parse_duration(&a.drain)?;
+    o.saturate = a.saturate;
+    o.window = a.window as usize;
+    let report = bench::dm::run(&o).await.map_err(load_error)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        bench::dm::print(&report, &mut out)?;
+    }
+    Ok(())
+}
+
+fn run_search_bench(a: &SearchArgs) -> anyhow::Result<()> {
+    let o = bench::search::Options {
+        messages: usize::try_from(a.messages)?,
+        conversations: a.conversations as usize,
+        queries: a.queries as usize,
+        cache: a.cache.clone(),
+        ..bench::search::Options::default()
+    };
+    let report = bench::search::run(&o)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        bench::search::print(&report, &mut out)?;
+    }
+    Ok(())
+}
+
+async fn run_idle_bench(a: &IdleArgs) -> anyhow::Result<()> {
+    let mut o = bench::idle::Options::new(bench_target(
+        a.relay.as_ref(),
+        a.invite.as_ref(),
+        a.relay_pid,
+    )?);
+    o.connections = a.connections as usize;
+    let report = bench::idle::run(&o).await.map_err(load_error)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        bench::idle::print(&report, &mut out)?;
+    }
+    Ok(())
+}
+
 fn client_context(cli: &Cli) -> anyhow::Result<commands::Context> {
     let paths = config::Paths::from_env()?;
     let config = config::Config::load(cli.config.as_deref(), &paths)?;
@@ -269,6 +439,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             scenario: BenchScenario::Crypto(args),
         } => run_crypto_bench(args),
+        Command::Bench {
+            scenario: BenchScenario::Dm(args),
+        } => run_dm_bench(args).await,
+        Command::Bench {
+            scenario: BenchScenario::Idle(args),
+        } => run_idle_bench(args).await,
+        Command::Bench {
+            scenario: BenchScenario::Search(args),
+        } => run_search_bench(args),
         Command::Serve(a) => {
             let mut config = cinder::relay::RelayConfig::new(a.listen, a.data.clone());
             config.network_name = a.network_name.clone();

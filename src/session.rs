@@ -32,7 +32,9 @@ use crate::crypto::CryptoError;
 use crate::crypto::identity::{DeviceCertificate, DeviceKeys};
 use crate::crypto::primitives::{DhKeyPair, SigningKeyPair};
 use crate::protocol::{ErrorCode, UserDevices};
-use crate::store::{AccountRecord, MessageRecord, MessageState, Store, StoreError};
+use crate::store::{
+    AccountRecord, ConversationSummary, MessageRecord, MessageState, Store, StoreError,
+};
 
 /// Everything that can go wrong in the session engine.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +220,30 @@ pub(crate) enum Command {
         admin: bool,
         reply: oneshot::Sender<Result<String, SessionError>>,
     },
+    Conversations {
+        reply: oneshot::Sender<Result<Vec<ConversationSummary>, SessionError>>,
+    },
+    History {
+        conversation: String,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<MessageRecord>, SessionError>>,
+    },
+    HistoryBefore {
+        conversation: String,
+        before: Option<[u8; 16]>,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<MessageRecord>, SessionError>>,
+    },
+    Search {
+        conversation: Option<String>,
+        query: String,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<MessageRecord>, SessionError>>,
+    },
+    MarkRead {
+        conversation: String,
+        reply: oneshot::Sender<Result<u64, SessionError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -229,6 +255,20 @@ pub struct SessionHandle {
     cmd: mpsc::Sender<Command>,
     events: broadcast::Sender<SessionEvent>,
     profile_dir: Arc<PathBuf>,
+    account: Arc<AccountInfo>,
+}
+
+/// Public facts about the signed-in account, for display.
+#[derive(Clone, Debug)]
+pub struct AccountInfo {
+    /// Canonical username.
+    pub username: String,
+    /// Display name.
+    pub display_name: String,
+    /// Network name.
+    pub network_name: String,
+    /// Relay URL.
+    pub server_url: String,
 }
 
 impl SessionHandle {
@@ -283,6 +323,114 @@ impl SessionHandle {
             reply,
         })
         .await
+    }
+
+    /// The conversations in the cache, most recent first.
+    ///
+    /// # Errors
+    /// Cache errors.
+    pub async fn conversations(&self) -> Result<Vec<ConversationSummary>, SessionError> {
+        self.call(|reply| Command::Conversations { reply }).await
+    }
+
+    /// The `limit` newest messages of a conversation, oldest first.
+    ///
+    /// # Errors
+    /// Cache errors.
+    pub async fn history(
+        &self,
+        conversation: &str,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, SessionError> {
+        let conversation = conversation.to_owned();
+        self.call(|reply| Command::History {
+            conversation,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// One page of a conversation: the `limit` messages just older than message `before` (the
+    /// newest if `None`), oldest first. Pass the first message of a page to get the one before
+    /// it; an empty page means the start of the history.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownMessage`] if `before` is no longer in the cache; cache errors.
+    pub async fn history_before(
+        &self,
+        conversation: &str,
+        before: Option<[u8; 16]>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, SessionError> {
+        let conversation = conversation.to_owned();
+        self.call(|reply| Command::HistoryBefore {
+            conversation,
+            before,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// The `limit` newest messages of any conversation whose text matches what the user typed,
+    /// newest first (every word must occur; the last one may be a prefix). Input without a
+    /// letter or digit finds nothing; no input is a syntax error.
+    ///
+    /// # Errors
+    /// Cache errors.
+    pub async fn search(
+        &self,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, SessionError> {
+        let query = query.to_owned();
+        self.call(|reply| Command::Search {
+            conversation: None,
+            query,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// [`Self::search`] within one conversation.
+    ///
+    /// # Errors
+    /// Cache errors.
+    pub async fn search_in(
+        &self,
+        conversation: &str,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, SessionError> {
+        let (conversation, query) = (Some(conversation.to_owned()), query.to_owned());
+        self.call(|reply| Command::Search {
+            conversation,
+            query,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    /// Marks every message of a conversation that has arrived until now as read; returns how
+    /// many are still unread (normally 0).
+    ///
+    /// # Errors
+    /// Cache errors.
+    pub async fn mark_read(&self, conversation: &str) -> Result<u64, SessionError> {
+        let conversation = conversation.to_owned();
+        self.call(|reply| Command::MarkRead {
+            conversation,
+            reply,
+        })
+        .await
+    }
+
+    /// The signed-in account.
+    pub fn account(&self) -> &AccountInfo {
+        &self.account
     }
 
     /// Subscribes to events.

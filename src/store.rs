@@ -71,6 +71,9 @@ pub enum StoreError {
     /// A file operation failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A message id the caller gave (e.g. a paging anchor) is not in the cache.
+    #[error("no such message in the cache")]
+    UnknownMessage,
 }
 
 /// Result alias for the store.

@@ -208,12 +208,14 @@ fn every_record_type_survives_close_and_reopen() {
             ConversationSummary {
                 conversation: "room".into(),
                 last_activity_ms: 3_005,
-                messages: 1
+                messages: 1,
+                unread: 1,
             },
             ConversationSummary {
                 conversation: "bob".into(),
                 last_activity_ms: 2_005,
-                messages: 2
+                messages: 2,
+                unread: 1,
             },
         ]
     );

@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use super::connection::{Connection, Push};
-use super::{Command, EngineOptions, Keys, SessionError, SessionEvent, SessionHandle};
+use super::{AccountInfo, Command, EngineOptions, Keys, SessionError, SessionEvent, SessionHandle};
 use crate::crypto::primitives;
 use crate::protocol::{self, frame::Body};
 use crate::store::{AccountRecord, Store};
@@ -60,6 +60,12 @@ pub fn spawn(store: Store, opts: EngineOptions) -> Result<SessionHandle, Session
         cmd: cmd_tx,
         events,
         profile_dir,
+        account: Arc::new(AccountInfo {
+            username: account.username.clone(),
+            display_name: account.display_name.clone(),
+            network_name: account.network_name.clone(),
+            server_url: account.server_url.clone(),
+        }),
     })
 }
 
@@ -153,6 +159,59 @@ impl Engine {
                 reply,
             } => {
                 let r = self.create_invite(email, admin).await;
+                let _ = reply.send(r);
+            }
+            Command::Conversations { reply } => {
+                let r = self.blocking(|s, _| Ok(s.db().conversations()?)).await;
+                let _ = reply.send(r);
+            }
+            Command::History {
+                conversation,
+                limit,
+                reply,
+            } => {
+                let r = self
+                    .blocking(move |s, _| Ok(s.db().history(&conversation, limit)?))
+                    .await;
+                let _ = reply.send(r);
+            }
+            Command::HistoryBefore {
+                conversation,
+                before,
+                limit,
+                reply,
+            } => {
+                let r = self
+                    .blocking(move |s, _| {
+                        Ok(s.db().history_before(&conversation, before, limit)?)
+                    })
+                    .await;
+                let _ = reply.send(r);
+            }
+            Command::Search {
+                conversation,
+                query,
+                limit,
+                reply,
+            } => {
+                let r = self
+                    .blocking(move |s, _| {
+                        let db = s.db();
+                        Ok(match &conversation {
+                            Some(c) => db.search_in(c, &query, limit)?,
+                            None => db.search(&query, limit)?,
+                        })
+                    })
+                    .await;
+                let _ = reply.send(r);
+            }
+            Command::MarkRead {
+                conversation,
+                reply,
+            } => {
+                let r = self
+                    .blocking(move |s, _| Ok(s.db().mark_read(&conversation, super::now_ms())?))
+                    .await;
                 let _ = reply.send(r);
             }
             Command::Shutdown { .. } => {}

@@ -10,6 +10,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRe
 use rusqlite::{Connection, OptionalExtension as _, Row, ToSql, params};
 use zeroize::Zeroizing;
 
+use super::schema::{self, INSERT_MESSAGE, MESSAGE_COLUMNS};
 use super::{Result, StoreError};
 
 /// Data access to an open cache, in autocommit mode or inside [`super::Store::transaction`].
@@ -186,6 +187,8 @@ pub struct ConversationSummary {
     pub last_activity_ms: u64,
     /// How many messages it holds.
     pub messages: u64,
+    /// How many of its incoming messages arrived after the read mark ([`Db::mark_read`]).
+    pub unread: u64,
 }
 
 /// SQLite integers are signed 64-bit; a timestamp or sequence number beyond `i64::MAX` is
@@ -229,8 +232,47 @@ fn secret_vec_opt(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Zeroizin
     }
 }
 
-const MESSAGE_COLUMNS: &str = "message_id, conversation, outgoing, sender, sender_device, \
-                               sent_at_ms, received_at_ms, text, state";
+/// [`MESSAGE_COLUMNS`] of the `messages` table aliased as `m`, for joins.
+const M_COLUMNS: &str = "m.message_id, m.conversation, m.outgoing, m.sender, m.sender_device, \
+                         m.sent_at_ms, m.received_at_ms, m.text, m.state";
+
+/// Most terms of a search query; more add nothing a person would type but cost time.
+const MAX_QUERY_TERMS: usize = 32;
+
+/// Turns what a person typed into a safe FTS5 query, or `None` if it has nothing to search for.
+///
+/// Each whitespace-separated word becomes a quoted string, so FTS5 operators and syntax
+/// (`AND`, `NEAR`, `*`, `^`, `"`, `:`, parentheses) are searched for as text and can never
+/// make the query invalid; inside one word, punctuation separates tokens that must follow each
+/// other (`foo-bar` finds "foo bar"). Words without a letter or digit are dropped. The last word
+/// matches as a prefix, for search-as-you-type, unless the input ends in whitespace (the word is
+/// finished).
+pub(super) fn fts_query(input: &str) -> Option<String> {
+    let words: Vec<&str> = input
+        .split_whitespace()
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .take(MAX_QUERY_TERMS)
+        .collect();
+    let prefix = !input.ends_with(char::is_whitespace);
+    let mut query = String::with_capacity(input.len() + 4 * words.len());
+    for (i, word) in words.iter().enumerate() {
+        if i > 0 {
+            query.push(' ');
+        }
+        query.push('"');
+        query.push_str(&word.replace('"', "\"\""));
+        query.push('"');
+        if prefix && i + 1 == words.len() {
+            query.push('*');
+        }
+    }
+    (!query.is_empty()).then_some(query)
+}
+
+/// A `usize` limit as SQLite's `LIMIT`: beyond `i64` means "all", which a negative limit says.
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(-1)
+}
 
 fn message_from_row(row: &Row<'_>) -> rusqlite::Result<MessageRecord> {
     Ok(MessageRecord {
@@ -577,25 +619,39 @@ impl<'a> Db<'a> {
     /// SQL errors.
     pub fn insert_message(&self, m: &MessageRecord) -> Result<bool> {
         // ON CONFLICT names the id column, so other constraint violations still raise errors
-        // (INSERT OR IGNORE would swallow them too).
-        let n = self.0.execute(
-            &format!(
-                "INSERT INTO messages ({MESSAGE_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (message_id) DO NOTHING"
-            ),
-            params![
-                m.message_id,
-                m.conversation,
-                m.outgoing,
-                m.sender,
-                m.sender_device,
-                sql_u64(m.sent_at_ms)?,
-                sql_u64(m.received_at_ms)?,
-                m.text,
-                m.state,
-            ],
-        )?;
+        // (INSERT OR IGNORE would swallow them too). Triggers index the text and update the
+        // conversation's summary.
+        let (lo, hi) = schema::seq_range(m.sent_at_ms);
+        let n = self.0.prepare_cached(&INSERT_MESSAGE)?.execute(params![
+            m.message_id,
+            m.conversation,
+            m.outgoing,
+            m.sender,
+            m.sender_device,
+            sql_u64(m.sent_at_ms)?,
+            sql_u64(m.received_at_ms)?,
+            m.text,
+            m.state,
+            lo,
+            hi,
+        ])?;
+        Ok(n == 1)
+    }
+
+    /// Deletes a message (expiry, burn, "delete for me"); returns `false` if there was none.
+    ///
+    /// Its text leaves the search index in the same transaction (no delete markers are left to
+    /// a later merge) and the freed pages are zeroed; the conversation's summary follows.
+    /// Checkpoint afterwards ([`super::Store::checkpoint_truncate`]) to drop the old page
+    /// versions from the WAL.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn delete_message(&self, message_id: &[u8; 16]) -> Result<bool> {
+        let n = self
+            .0
+            .prepare_cached("DELETE FROM messages WHERE message_id = ?1")?
+            .execute([message_id])?;
         Ok(n == 1)
     }
 
@@ -635,35 +691,170 @@ impl<'a> Db<'a> {
     /// # Errors
     /// SQL errors.
     pub fn history(&self, conversation: &str, limit: usize) -> Result<Vec<MessageRecord>> {
-        let mut stmt = self.0.prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM (
-                 SELECT rowid AS seq, * FROM messages WHERE conversation = ?1
-                 ORDER BY sent_at_ms DESC, rowid DESC LIMIT ?2)
-             ORDER BY sent_at_ms ASC, seq ASC"
-        ))?;
-        // A limit beyond i64 means "all"; SQLite treats a negative LIMIT that way.
-        let limit = i64::try_from(limit).unwrap_or(-1);
-        let rows = stmt.query_map(params![conversation, limit], message_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.history_before(conversation, None, limit)
     }
 
-    /// Every conversation with its last activity and message count, most recent first.
+    /// One page of `conversation`: the `limit` messages just older than message `before` (the
+    /// newest ones if `None`), returned oldest first, in the order of [`Self::history`].
+    ///
+    /// Walks an index backwards from `before`, so a page costs the same at the top of a
+    /// million-message history as at its start. To page back, pass the first message of the
+    /// previous page; an empty page means the start was reached. `before` may belong to
+    /// another conversation; its place in time is what counts.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownMessage`] if `before` is not in the cache (deleted since the last
+    /// page, say); SQL errors.
+    pub fn history_before(
+        &self,
+        conversation: &str,
+        before: Option<[u8; 16]>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
+        let limit = sql_limit(limit);
+        let mut page = match before {
+            None => {
+                let mut stmt = self.0.prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation = ?1
+                     ORDER BY seq DESC LIMIT ?2"
+                ))?;
+                let rows = stmt.query_map(params![conversation, limit], message_from_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            }
+            Some(id) => {
+                let seq: i64 = self
+                    .0
+                    .prepare_cached("SELECT seq FROM messages WHERE message_id = ?1")?
+                    .query_row([id], |r| r.get(0))
+                    .optional()?
+                    .ok_or(StoreError::UnknownMessage)?;
+                let mut stmt = self.0.prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation = ?1 AND seq < ?2
+                     ORDER BY seq DESC LIMIT ?3"
+                ))?;
+                let rows = stmt.query_map(params![conversation, seq, limit], message_from_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            }
+        };
+        page.reverse();
+        Ok(page)
+    }
+
+    /// Every conversation with its last activity, message count and unread count, most recent
+    /// first.
+    ///
+    /// Reads the summaries the triggers keep, one row per conversation: it costs the same with
+    /// a million messages in the cache as with ten.
     ///
     /// # Errors
     /// SQL errors.
     pub fn conversations(&self) -> Result<Vec<ConversationSummary>> {
         let mut stmt = self.0.prepare_cached(
-            "SELECT conversation, MAX(MAX(sent_at_ms, received_at_ms)) AS last, COUNT(*)
-             FROM messages GROUP BY conversation ORDER BY last DESC, conversation ASC",
+            "SELECT conversation, last_activity_ms, messages, unread FROM conversations
+             ORDER BY last_activity_ms DESC, conversation ASC",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(ConversationSummary {
                 conversation: r.get(0)?,
                 last_activity_ms: get_u64(r, 1)?,
                 messages: get_u64(r, 2)?,
+                unread: get_u64(r, 3)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Marks the incoming messages of `conversation` that arrived (by this cache's clock,
+    /// `received_at_ms`) up to `up_to_ms` as read; returns the conversation's unread count.
+    ///
+    /// The mark only moves forward, so a late or repeated call cannot unread anything. Arrival
+    /// time rather than the sender's timestamp, because a sender's clock may run ahead: marking
+    /// "everything up to now" must cover every message already shown. Costs one index step per
+    /// message still unread afterwards.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn mark_read(&self, conversation: &str, up_to_ms: u64) -> Result<u64> {
+        let unread = self
+            .0
+            .prepare_cached(
+                "UPDATE conversations SET
+                     last_read_ms = max(last_read_ms, ?2),
+                     unread = (SELECT count(*) FROM messages
+                               WHERE conversation = ?1 AND outgoing = 0
+                                 AND received_at_ms > max(conversations.last_read_ms, ?2))
+                 WHERE conversation = ?1
+                 RETURNING unread",
+            )?
+            .query_row(params![conversation, sql_u64(up_to_ms)?], |r| get_u64(r, 0))
+            .optional()?;
+        Ok(unread.unwrap_or(0))
+    }
+
+    // --- search --------------------------------------------------------------------------
+
+    /// The `limit` newest messages (across all conversations) whose text matches `query`,
+    /// newest first.
+    ///
+    /// `query` is what a person typed: every word must occur, the last one as a prefix (see
+    /// [`fts_query`] for the rules). Matching ignores case and diacritics. Nothing typed can
+    /// produce a query syntax error; input without a letter or digit finds nothing.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn search(&self, query: &str, limit: usize) -> Result<Vec<MessageRecord>> {
+        self.search_matching(None, query, limit)
+    }
+
+    /// [`Self::search`] within one conversation.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn search_in(
+        &self,
+        conversation: &str,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
+        self.search_matching(Some(conversation), query, limit)
+    }
+
+    fn search_matching(
+        &self,
+        conversation: Option<&str>,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>> {
+        let Some(fts) = fts_query(query) else {
+            return Ok(Vec::new());
+        };
+        let limit = sql_limit(limit);
+        // CROSS JOIN keeps the index as the outer loop: it yields matches newest first (rowid
+        // order is history order), so the scan stops after `limit` rows instead of sorting
+        // every match.
+        let rows = match conversation {
+            None => {
+                let mut stmt = self.0.prepare_cached(&format!(
+                    "SELECT {M_COLUMNS} FROM messages_fts CROSS JOIN messages AS m
+                         ON m.seq = messages_fts.rowid
+                     WHERE messages_fts MATCH ?1
+                     ORDER BY messages_fts.rowid DESC LIMIT ?2"
+                ))?;
+                stmt.query_map(params![fts, limit], message_from_row)?
+                    .collect::<rusqlite::Result<_>>()?
+            }
+            Some(c) => {
+                let mut stmt = self.0.prepare_cached(&format!(
+                    "SELECT {M_COLUMNS} FROM messages_fts CROSS JOIN messages AS m
+                         ON m.seq = messages_fts.rowid
+                     WHERE messages_fts MATCH ?1 AND m.conversation = ?3
+                     ORDER BY messages_fts.rowid DESC LIMIT ?2"
+                ))?;
+                stmt.query_map(params![fts, limit, c], message_from_row)?
+                    .collect::<rusqlite::Result<_>>()?
+            }
+        };
+        Ok(rows)
     }
 
     // --- relay deliveries ----------------------------------------------------------------
@@ -790,12 +981,14 @@ mod tests {
                 ConversationSummary {
                     conversation: "a".into(),
                     last_activity_ms: 5000,
-                    messages: 2
+                    messages: 2,
+                    unread: 2,
                 },
                 ConversationSummary {
                     conversation: "b".into(),
                     last_activity_ms: 1003,
-                    messages: 1
+                    messages: 1,
+                    unread: 1,
                 },
             ]
         );

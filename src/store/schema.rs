@@ -2,6 +2,22 @@
 //!
 //! `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`. A released migration is never
 //! edited; a change is a new entry.
+//!
+//! Version 2 orders the history by a key, `seq`, instead of re-sorting on every read, and keeps
+//! everything a large cache would otherwise have to aggregate up to date with triggers:
+//! - `messages.seq` (the rowid) is `sent_at_ms << 20` plus the arrival rank among messages with
+//!   the same timestamp, so rowid order *is* history order (sender's timestamp, ties by
+//!   arrival). Paging and search then walk an index backwards and stop after `limit` rows.
+//! - `messages_fts` is an external-content FTS5 index over `messages.text` keyed by `seq`; it
+//!   lives in the same SQLCipher database, so it is encrypted like everything else. Its
+//!   `secure-delete` option removes a deleted message's terms from the index at once instead of
+//!   leaving them behind delete markers until a merge, and `PRAGMA secure_delete` zeroes the
+//!   freed space.
+//! - `conversations` holds each conversation's last activity, message and unread counts and
+//!   read mark, maintained by the triggers on `messages`, so the conversation list costs one
+//!   row per conversation however long the history is.
+
+use std::sync::LazyLock;
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -90,16 +106,201 @@ CREATE TABLE processed_deliveries (
 CREATE INDEX processed_deliveries_by_age ON processed_deliveries (processed_at);
 ";
 
-const MIGRATIONS: &[&str] = &[V1];
+/// Schema version 2, part one: the new tables. `messages` is rebuilt with an explicit `seq`
+/// rowid (see the module documentation); the old table is renamed and copied in key order by
+/// [`v2`] before part two runs.
+const V2_TABLES: &str = "
+DROP INDEX messages_by_conversation;
+ALTER TABLE messages RENAME TO messages_v1;
+
+CREATE TABLE messages (
+    seq            INTEGER PRIMARY KEY,
+    message_id     BLOB    NOT NULL UNIQUE CHECK (length(message_id) = 16),
+    conversation   TEXT    NOT NULL,
+    outgoing       INTEGER NOT NULL CHECK (outgoing IN (0, 1)),
+    sender         TEXT    NOT NULL,
+    sender_device  BLOB    NOT NULL CHECK (length(sender_device) = 16),
+    sent_at_ms     INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    text           TEXT    NOT NULL,
+    state          TEXT    NOT NULL CHECK (state IN ('sending', 'sent', 'delivered', 'read',
+                                                     'failed', 'received', 'undecryptable'))
+) STRICT;
+
+-- One row per conversation that holds messages. `unread` counts its incoming messages that
+-- arrived (received_at_ms, the local clock) after `last_read_ms`.
+CREATE TABLE conversations (
+    conversation     TEXT    PRIMARY KEY,
+    last_activity_ms INTEGER NOT NULL,
+    messages         INTEGER NOT NULL CHECK (messages >= 0),
+    unread           INTEGER NOT NULL CHECK (unread >= 0),
+    last_read_ms     INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+";
+
+/// Schema version 2, part two: indexes, the search index, the summaries and the triggers that
+/// keep both in step with `messages`.
+const V2_FINISH: &str = "
+DROP TABLE messages_v1;
+
+-- Paging: a conversation's messages in history order.
+CREATE INDEX messages_by_conversation ON messages (conversation, seq);
+-- The last activity of a conversation after its latest message is deleted.
+CREATE INDEX messages_by_activity ON messages (conversation, max(sent_at_ms, received_at_ms));
+-- Counting unread messages when the read mark moves.
+CREATE INDEX messages_incoming ON messages (conversation, received_at_ms) WHERE outgoing = 0;
+
+CREATE VIRTUAL TABLE messages_fts USING fts5(
+    text,
+    content = 'messages',
+    content_rowid = 'seq',
+    tokenize = 'unicode61 remove_diacritics 2',
+    prefix = '1 2 3'
+);
+INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1);
+INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');
+
+-- History that predates read marks counts as read: it has been shown by `recv` or `history`.
+INSERT INTO conversations (conversation, last_activity_ms, messages, unread, last_read_ms)
+SELECT conversation, max(max(sent_at_ms, received_at_ms)), count(*), 0,
+       coalesce(max(CASE WHEN outgoing = 0 THEN received_at_ms END), 0)
+FROM messages GROUP BY conversation;
+
+CREATE TRIGGER messages_after_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, text) VALUES (NEW.seq, NEW.text);
+    INSERT INTO conversations (conversation, last_activity_ms, messages, unread, last_read_ms)
+    VALUES (NEW.conversation, max(NEW.sent_at_ms, NEW.received_at_ms), 1,
+            NEW.outgoing = 0 AND NEW.received_at_ms > 0, 0)
+    ON CONFLICT (conversation) DO UPDATE SET
+        last_activity_ms = max(last_activity_ms, excluded.last_activity_ms),
+        messages = messages + 1,
+        unread = unread + (NEW.outgoing = 0 AND NEW.received_at_ms > last_read_ms);
+END;
+
+CREATE TRIGGER messages_after_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', OLD.seq, OLD.text);
+    UPDATE conversations SET
+        messages = messages - 1,
+        unread = unread - (OLD.outgoing = 0 AND OLD.received_at_ms > last_read_ms),
+        last_activity_ms = CASE
+            WHEN max(OLD.sent_at_ms, OLD.received_at_ms) < last_activity_ms THEN last_activity_ms
+            ELSE coalesce((SELECT max(sent_at_ms, received_at_ms) FROM messages
+                           WHERE conversation = OLD.conversation
+                           ORDER BY max(sent_at_ms, received_at_ms) DESC LIMIT 1), 0)
+        END
+    WHERE conversation = OLD.conversation;
+    DELETE FROM conversations WHERE conversation = OLD.conversation AND messages = 0;
+END;
+
+-- Text may change (an edit); the search index follows.
+CREATE TRIGGER messages_after_text_update AFTER UPDATE OF text ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', OLD.seq, OLD.text);
+    INSERT INTO messages_fts (rowid, text) VALUES (NEW.seq, NEW.text);
+END;
+
+-- A message's place in history and in its conversation's summary is fixed when it arrives;
+-- moving it is a delete and an insert, which keep the summaries right.
+CREATE TRIGGER messages_fixed_place
+BEFORE UPDATE OF seq, conversation, outgoing, sent_at_ms, received_at_ms ON messages
+WHEN NEW.seq IS NOT OLD.seq OR NEW.conversation IS NOT OLD.conversation
+     OR NEW.outgoing IS NOT OLD.outgoing OR NEW.sent_at_ms IS NOT OLD.sent_at_ms
+     OR NEW.received_at_ms IS NOT OLD.received_at_ms
+BEGIN
+    SELECT RAISE(ABORT, 'a message cannot move in the history');
+END;
+";
+
+/// Bits of `seq` below the timestamp: up to 2^20 messages can share one millisecond before
+/// their keys spill over (see [`INSERT_MESSAGE`]).
+const SEQ_RANK_BITS: u32 = 20;
+
+/// The range of `seq` keys for messages sent at `sent_at_ms`: `[lo, hi)`.
+///
+/// Timestamps beyond the year 2248 (`2^43` ms) are clamped, so every key fits an `i64`.
+pub(super) fn seq_range(sent_at_ms: u64) -> (i64, i64) {
+    const MAX_MS: u64 = (1 << (63 - SEQ_RANK_BITS)) - 1;
+    let lo = sent_at_ms.min(MAX_MS) << SEQ_RANK_BITS;
+    let hi = lo + (1 << SEQ_RANK_BITS);
+    // Both are below 2^63 by the clamp; the fallback only keeps this free of panics.
+    (
+        i64::try_from(lo).unwrap_or(i64::MAX),
+        i64::try_from(hi).unwrap_or(i64::MAX),
+    )
+}
+
+/// The `seq` of a new message, given its [`seq_range`] bound to `?lo` and `?hi`: one past the
+/// last key in the range, so messages with equal timestamps keep their arrival order. If the
+/// range is full (2^20 messages in one millisecond, which only a hostile sender produces), the
+/// key is one past the largest overall: still unique, only out of place.
+fn next_seq_sql(lo: &str, hi: &str) -> String {
+    format!(
+        "(SELECT CASE WHEN k < {hi} THEN k
+                      ELSE (SELECT coalesce(max(seq), 0) + 1 FROM messages) END
+          FROM (SELECT coalesce((SELECT seq + 1 FROM messages
+                                 WHERE seq >= {lo} AND seq < {hi}
+                                 ORDER BY seq DESC LIMIT 1), {lo}) AS k))"
+    )
+}
+
+/// The message columns besides `seq`, in the order of [`super::db::MessageRecord`].
+pub(super) const MESSAGE_COLUMNS: &str = "message_id, conversation, outgoing, sender, \
+                                          sender_device, sent_at_ms, received_at_ms, text, state";
+
+/// Inserts a message: `?1`..`?9` are [`MESSAGE_COLUMNS`], `?10` and `?11` its [`seq_range`].
+/// A known `message_id` changes nothing; other constraint violations are errors.
+pub(super) static INSERT_MESSAGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO messages (seq, {MESSAGE_COLUMNS})
+         SELECT {}, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE true
+         ON CONFLICT (message_id) DO NOTHING",
+        next_seq_sql("?10", "?11")
+    )
+});
+
+/// Step 1 to 2: see the module documentation.
+fn v2(c: &Connection) -> Result<()> {
+    c.execute_batch(V2_TABLES)?;
+    {
+        // Copied in history order, so each key is assigned exactly as `INSERT_MESSAGE` would
+        // have done had the messages arrived in this order.
+        let mut read = c.prepare(
+            "SELECT rowid, sent_at_ms FROM messages_v1 ORDER BY sent_at_ms ASC, rowid ASC",
+        )?;
+        let mut copy = c.prepare(&format!(
+            "INSERT INTO messages (seq, {MESSAGE_COLUMNS})
+             SELECT {}, {MESSAGE_COLUMNS} FROM messages_v1 WHERE rowid = ?1",
+            next_seq_sql("?2", "?3")
+        ))?;
+        let mut rows = read.query([])?;
+        while let Some(row) = rows.next()? {
+            let rowid: i64 = row.get(0)?;
+            let sent: i64 = row.get(1)?;
+            let (lo, hi) = seq_range(u64::try_from(sent).unwrap_or(0));
+            copy.execute([rowid, lo, hi])?;
+        }
+    }
+    c.execute_batch(V2_FINISH)?;
+    Ok(())
+}
+
+/// One migration step; `MIGRATIONS[i]` goes from version `i` to `i + 1`.
+type Step = fn(&Connection) -> Result<()>;
+
+const MIGRATIONS: &[Step] = &[|c| Ok(c.execute_batch(V1)?), v2];
 
 /// The schema version this build writes.
-pub(super) const VERSION: i64 = 1;
+pub(super) const VERSION: i64 = 2;
 
 /// Brings the schema up to [`VERSION`] in one transaction.
 ///
 /// # Errors
 /// [`StoreError::Corrupt`] for a database from a newer cinder, SQL errors.
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
+    migrate_to(conn, VERSION)
+}
+
+/// Brings the schema up to `target` in one transaction (tests build old versions with it).
+pub(super) fn migrate_to(conn: &mut Connection, target: i64) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if current > VERSION {
@@ -107,15 +308,20 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
             "schema version {current} is newer than this cinder understands ({VERSION})"
         )));
     }
-    let from = usize::try_from(current)
-        .map_err(|_| StoreError::Corrupt(format!("invalid schema version {current}")))?;
-    if from == MIGRATIONS.len() {
+    let version = |v: i64| {
+        usize::try_from(v)
+            .ok()
+            .filter(|&v| v <= MIGRATIONS.len())
+            .ok_or_else(|| StoreError::Corrupt(format!("invalid schema version {v}")))
+    };
+    let (from, to) = (version(current)?, version(target)?);
+    if from >= to {
         return Ok(());
     }
-    for step in &MIGRATIONS[from..] {
-        tx.execute_batch(step)?;
+    for step in &MIGRATIONS[from..to] {
+        step(&tx)?;
     }
-    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.pragma_update(None, "user_version", target)?;
     tx.commit()?;
     Ok(())
 }
@@ -143,7 +349,8 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(tables, 8);
+        // v1's eight, `conversations`, and the search index with its four shadow tables.
+        assert_eq!(tables, 14);
         conn.pragma_update(None, "user_version", VERSION + 1)
             .unwrap();
         assert!(matches!(migrate(&mut conn), Err(StoreError::Corrupt(_))));

@@ -1,0 +1,1123 @@
+//! `cinder bench dm`: direct-message load through a real relay, end to end.
+//!
+//! `pairs` senders each talk to their own recipient, one WebSocket per user, with the full
+//! client-side cryptography per message: an envelope sealed under a fresh content key, the key
+//! package wrapped by the pairwise Double Ratchet session, a protocol `Send`; the recipient
+//! decrypts the ratchet message, opens the envelope and acknowledges the mailbox item (acks are
+//! batched when several deliveries are already waiting). The relay stores every message durably
+//! before `SendOk` and before pushing it, exactly as for real clients; the `Delivered` notices it
+//! sends back are acknowledged too.
+//!
+//! The load is open loop: one scheduling thread walks a fixed timetable of intended send times
+//! (`rate` messages per second in total, pairs interleaved so the aggregate is smooth) and never
+//! waits for `SendOk` (replies are matched to frame ids asynchronously). Latency is measured
+//! from a message's *intended* send time to the moment its recipient finished decrypting it, so
+//! a stall anywhere (relay, network, the load generator itself) shows up in the figures instead
+//! of silently lowering the offered load (no coordinated omission). Values go to an HdrHistogram
+//! in microseconds. A warm-up (default 1 s) runs at full rate before the measured window.
+//!
+//! `--saturate` measures capacity instead: a closed loop in which every pair keeps `window`
+//! messages in flight; the figure of merit is delivered messages per second, and latency is
+//! then measured from the actual send time.
+//!
+//! Setup is not measured: registration (real keys, certificates and prekeys), session
+//! establishment with `FetchKeys` and PQXDH, and one message each way per pair.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_tungstenite::tungstenite::Message;
+use zeroize::Zeroizing;
+
+use super::client::{
+    self, Identity, LoadError, Relay, RelayTarget, Ws, lock, opt, unix_ms, verdict,
+};
+use crate::crypto::envelope::{self, KeyPackage, MessageId, Payload, PayloadKind, Timers};
+use crate::crypto::handshake::{self, PairwiseMessage, Session};
+use crate::crypto::identity::RootPublicKey;
+use crate::crypto::prekeys::{self, DevicePrekeys};
+use crate::protocol::{
+    self, DEFAULT_MAX_FRAME, DeliveryKind, ErrorCode, Frame, decode_frame, encode_frame,
+    frame::Body, names,
+};
+
+/// The p99 latency target, milliseconds (at [`P99_TARGET_RATE`]).
+pub const P99_TARGET_MS: f64 = 5.0;
+/// The offered load the p99 target is defined at, messages per second.
+pub const P99_TARGET_RATE: f64 = 1000.0;
+/// The saturation target: delivered messages per second.
+pub const SATURATION_TARGET: f64 = 10_000.0;
+
+/// Most acknowledgements batched into one `Ack`.
+const MAX_ACK_BATCH: usize = 64;
+/// Registrations running at once during setup.
+const REGISTER_CONCURRENCY: usize = 16;
+/// Longest wait for every pair's handshake and first reply.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After this long without a new delivery during the drain, recipients fetch their mailboxes
+/// (a push the relay dropped because a connection's push queue was full is only fetchable).
+const STALL_BEFORE_FETCH: Duration = Duration::from_millis(500);
+
+/// Options of `cinder bench dm`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Sender/recipient pairs (two connections each).
+    pub pairs: usize,
+    /// Offered messages per second across all pairs (open loop; ignored with `saturate`).
+    pub rate: f64,
+    /// The measured window.
+    pub duration: Duration,
+    /// Unmeasured load before the window.
+    pub warmup: Duration,
+    /// Longest wait for messages still in flight after the window.
+    pub drain: Duration,
+    /// Closed loop with `window` messages in flight per pair, to measure capacity.
+    pub saturate: bool,
+    /// Messages in flight per pair with `saturate`.
+    pub window: usize,
+    /// Characters of text per message.
+    pub text_len: usize,
+    /// The relay to load.
+    pub relay: RelayTarget,
+}
+
+impl Options {
+    /// The defaults: 50 pairs, 1,000 msgs/s, 10 s measured after 1 s of warm-up.
+    pub fn new(relay: RelayTarget) -> Self {
+        Self {
+            pairs: 50,
+            rate: 1000.0,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            drain: Duration::from_secs(5),
+            saturate: false,
+            window: 32,
+            text_len: 100,
+            relay,
+        }
+    }
+}
+
+/// The figures of one run.
+#[derive(Serialize, Debug, Clone)]
+pub struct Report {
+    /// Always "dm".
+    pub scenario: &'static str,
+    /// "open-loop" or "saturate".
+    pub mode: &'static str,
+    /// "spawned" (a child process) or "external".
+    pub relay: &'static str,
+    /// Sender/recipient pairs.
+    pub pairs: usize,
+    /// Length of the measured window, seconds.
+    pub duration_s: f64,
+    /// Unmeasured warm-up, seconds.
+    pub warmup_s: f64,
+    /// Offered load (open loop: the configured rate; saturate: what was sent in the window).
+    pub offered_msgs_per_sec: f64,
+    /// Messages decrypted by recipients during the window, per second.
+    pub achieved_msgs_per_sec: f64,
+    /// Messages whose (intended) send time fell in the window and that were sent.
+    pub sent: u64,
+    /// Of those, decrypted by their recipient (during the window or the drain).
+    pub delivered: u64,
+    /// `sent - delivered`: not decrypted by the end of the drain.
+    pub lost: u64,
+    /// Scheduled in the window but not sent before it closed (the load generator fell behind).
+    pub not_sent: u64,
+    /// Delivered only by a mailbox fetch because the relay dropped the live push.
+    pub fetched_after_dropped_push: u64,
+    /// Sends the relay answered with an error other than `RateLimited`.
+    pub send_errors: u64,
+    /// Requests the relay answered `RateLimited` (retried after its delay).
+    pub rate_limited: u64,
+    /// Deliveries that failed to decrypt or verify.
+    pub decrypt_errors: u64,
+    /// Median latency, intended send to decrypted, milliseconds.
+    pub latency_p50_ms: f64,
+    /// 90th percentile, milliseconds.
+    pub latency_p90_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub latency_p99_ms: f64,
+    /// 99.9th percentile, milliseconds.
+    pub latency_p999_ms: f64,
+    /// Largest latency, milliseconds.
+    pub latency_max_ms: f64,
+    /// Mean latency, milliseconds.
+    pub latency_mean_ms: f64,
+    /// Relay CPU time (user + system) during the window per message decrypted in it, us.
+    pub relay_cpu_us_per_msg: Option<f64>,
+    /// Relay CPU during the window, percent of one core.
+    pub relay_cpu_percent: Option<f64>,
+    /// Relay resident memory at the end of the window, MiB.
+    pub relay_rss_mib: Option<f64>,
+    /// Relay peak resident memory, MiB.
+    pub relay_peak_rss_mib: Option<f64>,
+    /// This load generator's CPU during the window, percent of one core.
+    pub client_cpu_percent: Option<f64>,
+    /// The p99 target, milliseconds.
+    pub p99_target_ms: f64,
+    /// p99 within target with nothing lost or left unsent (the target is defined at
+    /// 1,000 msgs/s; see `offered_msgs_per_sec`).
+    pub p99_target_met: bool,
+    /// The saturation target, delivered messages per second.
+    pub saturation_target_msgs_per_sec: f64,
+    /// With `--saturate`: whether `achieved_msgs_per_sec` reached the target.
+    pub saturation_target_met: Option<bool>,
+    /// The machine's 1-minute load average just before the run: other processes competing
+    /// for the same cores distort every figure.
+    pub load_average_before: Option<f64>,
+    /// The first error seen, if any.
+    pub first_error: Option<String>,
+}
+
+/// A request sent without waiting, kept until its answer in case it must be retried.
+struct InFlight {
+    send: bool,
+    msg: Message,
+}
+
+/// One user's connection: the writer task's queue and the bookkeeping of frame ids.
+struct Conn {
+    out: mpsc::UnboundedSender<Message>,
+    /// Set by the reader when the connection ends; requests then fail at once.
+    closed: AtomicBool,
+    next_id: AtomicU64,
+    waiters: Mutex<HashMap<u64, oneshot::Sender<Body>>>,
+    inflight: Mutex<HashMap<u64, InFlight>>,
+}
+
+impl Conn {
+    /// Sends a request whose answer the reader accounts for (pipelined).
+    fn fire(&self, body: Body, send: bool) -> Result<(), LoadError> {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let msg = Message::binary(encode_frame(&Frame {
+            id,
+            body: Some(body),
+        }));
+        lock(&self.inflight).insert(
+            id,
+            InFlight {
+                send,
+                msg: msg.clone(),
+            },
+        );
+        self.out
+            .send(msg)
+            .map_err(|_| LoadError::Unreachable("connection closed".into()))
+    }
+
+    /// Sends a request and waits for its answer (set-up and fetches only).
+    async fn request(&self, what: &'static str, body: Body) -> Result<Body, LoadError> {
+        for _ in 0..50 {
+            if self.closed.load(Relaxed) {
+                return Err(LoadError::Unreachable("connection closed".into()));
+            }
+            let id = self.next_id.fetch_add(1, Relaxed);
+            let (tx, rx) = oneshot::channel();
+            lock(&self.waiters).insert(id, tx);
+            let msg = Message::binary(encode_frame(&Frame {
+                id,
+                body: Some(body.clone()),
+            }));
+            if self.out.send(msg).is_err() {
+                return Err(LoadError::Unreachable("connection closed".into()));
+            }
+            let reply = tokio::time::timeout(client::REQUEST_TIMEOUT, rx).await;
+            lock(&self.waiters).remove(&id);
+            match reply {
+                Ok(Ok(Body::Error(e))) if e.code == ErrorCode::RateLimited as u32 => {
+                    let wait = u64::from(e.retry_after_ms).clamp(1, 5_000);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                Ok(Ok(Body::Error(e))) => return Err(client::refused(what, &e)),
+                Ok(Ok(b)) => return Ok(b),
+                Ok(Err(_)) => return Err(LoadError::Unreachable("connection closed".into())),
+                Err(_) => return Err(LoadError::Unreachable(format!("no answer to {what}"))),
+            }
+        }
+        Err(LoadError::Protocol(format!("{what} stayed rate limited")))
+    }
+}
+
+/// A bench user: keys, prekeys and sessions in memory, one connection.
+struct User {
+    id: Identity,
+    prekeys: Mutex<DevicePrekeys>,
+    sessions: Mutex<HashMap<String, Session>>,
+    seen: Mutex<HashSet<u64>>,
+    conn: Conn,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    not_sent: AtomicU64,
+    delivered: AtomicU64,
+    in_window: AtomicU64,
+    late: AtomicU64,
+    send_errors: AtomicU64,
+    rate_limited: AtomicU64,
+    decrypt_errors: AtomicU64,
+    warm: AtomicU64,
+}
+
+#[derive(Default)]
+struct PairCount {
+    sent: AtomicU64,
+    decrypted: AtomicU64,
+}
+
+/// State shared by the scheduler, the readers and the orchestrator.
+struct Shared {
+    t0: Instant,
+    /// The measured window, microseconds since `t0` (`u64::MAX` until set).
+    window_start: AtomicU64,
+    window_end: AtomicU64,
+    roots: HashMap<String, RootPublicKey>,
+    pairs: Vec<PairCount>,
+    c: Counters,
+    hist: Mutex<Histogram<u64>>,
+    first_error: Mutex<Option<String>>,
+    sender: OnceLock<Thread>,
+    saturate: bool,
+    window: u64,
+    text_len: usize,
+}
+
+impl Shared {
+    fn us(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.t0).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn in_window(&self, us: u64) -> bool {
+        us >= self.window_start.load(Relaxed) && us < self.window_end.load(Relaxed)
+    }
+
+    fn note(&self, e: impl std::fmt::Display) {
+        let mut first = lock(&self.first_error);
+        if first.is_none() {
+            *first = Some(e.to_string());
+        }
+    }
+}
+
+/// Seals `flag pair intended_us ...` for `peer` and sends it without waiting.
+fn send_message(
+    user: &User,
+    sh: &Shared,
+    peer: &str,
+    flag: &str,
+    pair: usize,
+    intended_us: u64,
+) -> Result<(), LoadError> {
+    let mut text = format!("{flag} {pair} {intended_us} ");
+    let pad = sh.text_len.saturating_sub(text.len());
+    text.extend(std::iter::repeat_n('x', pad));
+    let payload = Payload {
+        message_id: MessageId::random()?,
+        sent_at_ms: unix_ms(),
+        conversation: names::dm_conversation(&user.id.username, peer).into_bytes(),
+        kind: PayloadKind::Text(text),
+        timers: Timers::default(),
+        reply_to: None,
+    };
+    let (package, body) = envelope::seal(&payload)?;
+    let (entry, device) = {
+        let mut sessions = lock(&user.sessions);
+        let s = sessions
+            .get_mut(peer)
+            .ok_or_else(|| LoadError::Protocol(format!("no session with {peer}")))?;
+        (s.encrypt(&package.encode())?.encode(), s.peer_device())
+    };
+    user.conn.fire(
+        Body::Send(protocol::Send {
+            message_id: payload.message_id.0.to_vec(),
+            body,
+            entries: vec![protocol::KeyEntry {
+                recipient_user: peer.to_owned(),
+                recipient_device: device.0.to_vec(),
+                payload: entry,
+            }],
+            recipients: vec![peer.to_owned()],
+            delete_by_ms: 0,
+        }),
+        true,
+    )
+}
+
+/// Decrypts one delivery as a real client does: ratchet (or handshake), key package, envelope.
+fn open_delivery(user: &User, sh: &Shared, d: &protocol::Delivery) -> Result<String, LoadError> {
+    let msg = PairwiseMessage::decode(&d.payload)?;
+    let now = unix_ms() / 1000;
+    let plaintext = Zeroizing::new({
+        let mut sessions = lock(&user.sessions);
+        match sessions.get_mut(&d.sender_user) {
+            Some(s) if s.accepts(&msg) => s.decrypt(&msg, now)?,
+            _ => {
+                let PairwiseMessage::Initial(init) = &msg else {
+                    return Err(LoadError::Protocol(
+                        "a message from a device without a session".into(),
+                    ));
+                };
+                if init.sender_cert.user_id != d.sender_user
+                    || init.sender_cert.device_id.0.as_slice() != d.sender_device.as_slice()
+                {
+                    return Err(LoadError::Protocol(
+                        "the handshake certificate does not match the sender".into(),
+                    ));
+                }
+                let root = sh
+                    .roots
+                    .get(&d.sender_user)
+                    .ok_or_else(|| LoadError::Protocol("a message from an unknown user".into()))?;
+                let mut pre = lock(&user.prekeys);
+                let (s, pt) = handshake::respond(
+                    &user.id.keys,
+                    &user.id.cert,
+                    &mut pre,
+                    root,
+                    &[],
+                    init,
+                    now,
+                )?;
+                sessions.insert(d.sender_user.clone(), s);
+                pt
+            }
+        }
+    });
+    let package = KeyPackage::decode(&plaintext)?;
+    let payload = envelope::open(&package, &d.body)?;
+    let conversation = names::dm_conversation(&user.id.username, &d.sender_user);
+    if payload.message_id.0.as_slice() != d.message_id.as_slice()
+        || payload.conversation != conversation.as_bytes()
+    {
+        return Err(LoadError::Protocol(
+            "a body spliced under another id or conversation".into(),
+        ));
+    }
+    match payload.kind {
+        PayloadKind::Text(t) => Ok(t),
+        _ => Err(LoadError::Protocol("not a text message".into())),
+    }
+}
+
+/// Accounts for a decrypted text: warm-up handshakes, or a load message's latency.
+fn on_text(user: &User, sh: &Shared, from: &str, text: &str, late: bool) {
+    let done = Instant::now();
+    let mut it = text.split_whitespace();
+    let (Some(flag), Some(pair), Some(intended)) = (it.next(), it.next(), it.next()) else {
+        sh.note("a message without the bench header");
+        return;
+    };
+    let (Ok(pair), Ok(intended)) = (pair.parse::<usize>(), intended.parse::<u64>()) else {
+        sh.note("a message with a malformed bench header");
+        return;
+    };
+    match flag {
+        "w" => {
+            if let Err(e) = send_message(user, sh, from, "r", pair, 0) {
+                sh.note(e);
+            }
+        }
+        "r" => {
+            sh.c.warm.fetch_add(1, Relaxed);
+        }
+        _ => {
+            let now = sh.us(done);
+            if let Some(p) = sh.pairs.get(pair) {
+                p.decrypted.fetch_add(1, Relaxed);
+            }
+            if sh.in_window(now) {
+                sh.c.in_window.fetch_add(1, Relaxed);
+            }
+            if sh.in_window(intended) {
+                sh.c.delivered.fetch_add(1, Relaxed);
+                if late {
+                    sh.c.late.fetch_add(1, Relaxed);
+                }
+                lock(&sh.hist).saturating_record(now.saturating_sub(intended).max(1));
+            }
+            if sh.saturate
+                && let Some(t) = sh.sender.get()
+            {
+                t.unpark();
+            }
+        }
+    }
+}
+
+/// Handles one mailbox item; returns the sequence number to acknowledge.
+fn on_delivery(user: &User, sh: &Shared, d: protocol::Delivery, late: bool) -> Option<u64> {
+    if !lock(&user.seen).insert(d.seq) {
+        // Already handled (a fetch overlapping a push); its ack is on its way.
+        return None;
+    }
+    if d.kind == DeliveryKind::Delivered as i32 {
+        return Some(d.seq);
+    }
+    match open_delivery(user, sh, &d) {
+        Ok(text) => on_text(user, sh, &d.sender_user, &text, late),
+        Err(e) => {
+            sh.c.decrypt_errors.fetch_add(1, Relaxed);
+            sh.note(e);
+        }
+    }
+    Some(d.seq)
+}
+
+/// Matches an answer to the request that caused it.
+fn on_reply(user: &User, sh: &Shared, id: u64, body: Body) {
+    if let Some(tx) = lock(&user.conn.waiters).remove(&id) {
+        let _ = tx.send(body);
+        return;
+    }
+    let Some(f) = lock(&user.conn.inflight).remove(&id) else {
+        return;
+    };
+    match body {
+        Body::Error(e) if e.code == ErrorCode::RateLimited as u32 => {
+            sh.c.rate_limited.fetch_add(1, Relaxed);
+            let wait = Duration::from_millis(u64::from(e.retry_after_ms).clamp(1, 5_000));
+            let msg = f.msg.clone();
+            lock(&user.conn.inflight).insert(id, f);
+            let out = user.conn.out.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = out.send(msg);
+            });
+        }
+        Body::Error(e) => {
+            if f.send {
+                sh.c.send_errors.fetch_add(1, Relaxed);
+            }
+            sh.note(client::refused(if f.send { "send" } else { "ack" }, &e));
+        }
+        _ => {}
+    }
+}
+
+fn flush_acks(user: &User, sh: &Shared, acks: &mut Vec<u64>) {
+    if acks.is_empty() {
+        return;
+    }
+    let seqs = std::mem::take(acks);
+    if let Err(e) = user.conn.fire(Body::Ack(protocol::Ack { seqs }), false) {
+        sh.note(e);
+    }
+}
+
+/// Reads one connection: pushes are decrypted and acknowledged, answers matched to requests.
+/// Acks go out as soon as no further frame is already waiting, so they batch under load.
+async fn reader(user: Arc<User>, sh: Arc<Shared>, mut stream: SplitStream<Ws>) {
+    let mut acks = Vec::new();
+    loop {
+        let next = if acks.is_empty() {
+            stream.next().await
+        } else {
+            match stream.next().now_or_never() {
+                Some(n) => n,
+                None => {
+                    flush_acks(&user, &sh, &mut acks);
+                    continue;
+                }
+            }
+        };
+        let bytes = match next {
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+            Some(Ok(_)) => continue,
+        };
+        let frame = match decode_frame(&bytes, DEFAULT_MAX_FRAME) {
+            Ok(f) => f,
+            Err(e) => {
+                sh.note(format!("undecodable frame from the relay: {e}"));
+                continue;
+            }
+        };
+        match frame.body {
+            Some(Body::Delivery(d)) if frame.id == 0 => {
+                if let Some(seq) = on_delivery(&user, &sh, d, false) {
+                    acks.push(seq);
+                }
+            }
+            Some(body) if frame.id != 0 => on_reply(&user, &sh, frame.id, body),
+            _ => {}
+        }
+        if acks.len() >= MAX_ACK_BATCH {
+            flush_acks(&user, &sh, &mut acks);
+        }
+    }
+    flush_acks(&user, &sh, &mut acks);
+    user.conn.closed.store(true, Relaxed);
+    // Dropping the waiters' senders fails their requests now rather than at their timeout.
+    lock(&user.conn.waiters).clear();
+}
+
+/// Writes one connection's queue, batching whatever is already queued into one flush.
+async fn writer(mut sink: SplitSink<Ws, Message>, mut rx: mpsc::UnboundedReceiver<Message>) {
+    while let Some(m) = rx.recv().await {
+        let close = matches!(m, Message::Close(_));
+        if sink.feed(m).await.is_err() {
+            return;
+        }
+        while let Ok(m) = rx.try_recv() {
+            if sink.feed(m).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() || close {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// One sender and its recipient.
+struct Lane {
+    user: Arc<User>,
+    peer: String,
+    pair: usize,
+}
+
+fn send_load(lane: &Lane, sh: &Shared, intended_us: u64) {
+    if let Some(p) = sh.pairs.get(lane.pair) {
+        p.sent.fetch_add(1, Relaxed);
+    }
+    if sh.in_window(intended_us) {
+        sh.c.sent.fetch_add(1, Relaxed);
+    }
+    if let Err(e) = send_message(&lane.user, sh, &lane.peer, "m", lane.pair, intended_us) {
+        sh.c.send_errors.fetch_add(1, Relaxed);
+        sh.note(e);
+    }
+}
+
+/// The scheduling thread: seals and sends every message at its intended time (open loop), or
+/// keeps each pair's window full (saturate), until the window closes.
+fn drive(lanes: &[Lane], sh: &Shared, start_us: u64, rate: f64) {
+    let _ = sh.sender.set(std::thread::current());
+    let end = sh.window_end.load(Relaxed);
+    if lanes.is_empty() {
+        return;
+    }
+    if sh.saturate {
+        loop {
+            if sh.us(Instant::now()) >= end {
+                return;
+            }
+            let mut progressed = false;
+            for lane in lanes {
+                let Some(p) = sh.pairs.get(lane.pair) else {
+                    continue;
+                };
+                let in_flight = p
+                    .sent
+                    .load(Relaxed)
+                    .saturating_sub(p.decrypted.load(Relaxed));
+                if in_flight < sh.window {
+                    send_load(lane, sh, sh.us(Instant::now()));
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                std::thread::park_timeout(Duration::from_millis(1));
+            }
+        }
+    }
+    let interval_us = 1e6 / rate;
+    let mut k: u64 = 0;
+    loop {
+        let intended = start_us + (k as f64 * interval_us) as u64;
+        if intended >= end {
+            return;
+        }
+        let target = sh.t0 + Duration::from_micros(intended);
+        let now = Instant::now();
+        if target > now {
+            std::thread::sleep(target - now);
+        } else if sh.us(now) >= end {
+            // Fell behind past the window's end: what is left of the window was never sent.
+            let from = intended.max(sh.window_start.load(Relaxed));
+            let left = ((end - from) as f64 / interval_us).ceil() as u64;
+            sh.c.not_sent.fetch_add(left, Relaxed);
+            return;
+        }
+        let lane = &lanes[(k % lanes.len() as u64) as usize];
+        send_load(lane, sh, intended);
+        k += 1;
+    }
+}
+
+/// Fetches and processes every recipient's mailbox (items whose push the relay dropped).
+async fn fetch_mailboxes(users: &[Arc<User>], sh: &Shared) {
+    for user in users {
+        loop {
+            let page = match user
+                .conn
+                .request("fetch", Body::Fetch(protocol::Fetch { limit: 500 }))
+                .await
+            {
+                Ok(Body::Deliveries(p)) => p,
+                Ok(_) => {
+                    sh.note("unexpected answer to Fetch");
+                    break;
+                }
+                Err(e) => {
+                    sh.note(e);
+                    break;
+                }
+            };
+            let mut acks: Vec<u64> = page
+                .items
+                .into_iter()
+                .filter_map(|d| on_delivery(user, sh, d, true))
+                .collect();
+            flush_acks(user, sh, &mut acks);
+            if !page.more {
+                break;
+            }
+        }
+    }
+}
+
+/// Runs the scenario: starts (or checks) the relay, sets up the users, loads, reports.
+///
+/// # Errors
+/// [`LoadError`] if the relay cannot be started or reached, or refuses set-up; failures during
+/// the measured run are counted in the report instead.
+pub async fn run(opts: &Options) -> Result<Report, LoadError> {
+    if opts.pairs == 0 {
+        return Err(LoadError::Usage("--pairs must be at least 1".into()));
+    }
+    let rate_ok = opts.rate.is_finite() && opts.rate > 0.0;
+    if !opts.saturate && !rate_ok {
+        return Err(LoadError::Usage("--rate must be positive".into()));
+    }
+    if opts.duration.is_zero() {
+        return Err(LoadError::Usage("--duration must be positive".into()));
+    }
+    if opts.saturate && opts.window == 0 {
+        return Err(LoadError::Usage("--window must be at least 1".into()));
+    }
+    client::raise_open_files_limit();
+    let load_average = client::load_average();
+    let relay = Relay::start(&opts.relay, &[]).await?;
+    let result = run_with(&relay, opts).await.map(|r| Report {
+        load_average_before: load_average,
+        ..r
+    });
+    relay.stop().await;
+    result
+}
+
+type Registered = (usize, Identity, Ws, DevicePrekeys);
+
+async fn register_all(
+    url: &str,
+    ids: Vec<Identity>,
+    invites: Vec<String>,
+) -> Result<Vec<Registered>, LoadError> {
+    let sem = Arc::new(Semaphore::new(REGISTER_CONCURRENCY));
+    let mut set = JoinSet::new();
+    for (i, (id, invite)) in ids.into_iter().zip(invites).enumerate() {
+        let sem = sem.clone();
+        let url = url.to_owned();
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let (ws, pre) = client::register(
+                &url,
+                &id,
+                &invite,
+                prekeys::ONE_TIME_BATCH,
+                prekeys::PQ_BATCH,
+                client::busy_config(),
+            )
+            .await?;
+            Ok::<_, LoadError>((i, id, ws, pre))
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.map_err(|e| LoadError::Protocol(format!("registration task failed: {e}")))??);
+    }
+    out.sort_by_key(|r| r.0);
+    Ok(out)
+}
+
+async fn run_with(relay: &Relay, opts: &Options) -> Result<Report, LoadError> {
+    let prefix = client::run_prefix()?;
+    let admin = Identity::generate(&format!("{prefix}-admin"))?;
+    let (mut admin_ws, _) = client::register(
+        &relay.url,
+        &admin,
+        &relay.admin_invite,
+        0,
+        0,
+        client::busy_config(),
+    )
+    .await?;
+    let invites = client::create_invites(&mut admin_ws, 2, 2 * opts.pairs).await?;
+    let _ = admin_ws.close(None).await;
+
+    let mut ids = Vec::with_capacity(2 * opts.pairs);
+    for i in 0..opts.pairs {
+        ids.push(Identity::generate(&format!("{prefix}-s{i}"))?);
+        ids.push(Identity::generate(&format!("{prefix}-r{i}"))?);
+    }
+    let roots = ids
+        .iter()
+        .map(|i| (i.username.clone(), i.root_public()))
+        .collect();
+    let registered = register_all(&relay.url, ids, invites).await?;
+
+    let hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .map_err(|e| LoadError::Protocol(format!("histogram: {e}")))?;
+    let sh = Arc::new(Shared {
+        t0: Instant::now(),
+        window_start: AtomicU64::new(u64::MAX),
+        window_end: AtomicU64::new(u64::MAX),
+        roots,
+        pairs: (0..opts.pairs).map(|_| PairCount::default()).collect(),
+        c: Counters::default(),
+        hist: Mutex::new(hist),
+        first_error: Mutex::new(None),
+        sender: OnceLock::new(),
+        saturate: opts.saturate,
+        window: opts.window as u64,
+        text_len: opts.text_len,
+    });
+
+    let mut users = Vec::with_capacity(registered.len());
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    for (_, id, ws, pre) in registered {
+        let (sink, stream) = ws.split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let user = Arc::new(User {
+            id,
+            prekeys: Mutex::new(pre),
+            sessions: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashSet::new()),
+            conn: Conn {
+                out: tx,
+                closed: AtomicBool::new(false),
+                next_id: AtomicU64::new(2),
+                waiters: Mutex::new(HashMap::new()),
+                inflight: Mutex::new(HashMap::new()),
+            },
+        });
+        tasks.push(tokio::spawn(writer(sink, rx)));
+        tasks.push(tokio::spawn(reader(user.clone(), sh.clone(), stream)));
+        users.push(user);
+    }
+
+    let result = load(&users, &sh, opts, relay.pid).await;
+    for u in &users {
+        let _ = u.conn.out.send(Message::Close(None));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for t in &tasks {
+        t.abort();
+    }
+    result
+}
+
+async fn establish(lanes: &[Lane], sh: &Shared) -> Result<(), LoadError> {
+    for lane in lanes {
+        let Body::KeyBundle(kb) = lane
+            .user
+            .conn
+            .request(
+                "fetch keys",
+                Body::FetchKeys(protocol::FetchKeys {
+                    username: lane.peer.clone(),
+                }),
+            )
+            .await?
+        else {
+            return Err(LoadError::Protocol("unexpected answer to FetchKeys".into()));
+        };
+        // The pinned root key: what registration produced, as a real client pins on first use.
+        let root = sh
+            .roots
+            .get(&lane.peer)
+            .ok_or_else(|| LoadError::Protocol("unknown peer".into()))?;
+        if kb.root_key.as_slice() != root.0.as_slice() {
+            return Err(LoadError::Protocol(format!(
+                "the relay served another root key for {}",
+                lane.peer
+            )));
+        }
+        let device = kb
+            .devices
+            .first()
+            .ok_or_else(|| LoadError::Protocol(format!("{} has no device", lane.peer)))?;
+        let bundle = client::bundle_from(device)?;
+        let session = handshake::initiate(
+            &lane.user.id.keys,
+            &lane.user.id.cert,
+            root,
+            &lane.peer,
+            &bundle,
+            &[],
+            unix_ms() / 1000,
+        )?;
+        lock(&lane.user.sessions).insert(lane.peer.clone(), session);
+        send_message(&lane.user, sh, &lane.peer, "w", lane.pair, 0)?;
+    }
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    while sh.c.warm.load(Relaxed) < lanes.len() as u64 {
+        if Instant::now() >= deadline {
+            let why = lock(&sh.first_error).clone().unwrap_or_default();
+            return Err(LoadError::Protocol(format!(
+                "only {} of {} pairs completed their handshake in time {why}",
+                sh.c.warm.load(Relaxed),
+                lanes.len()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+async fn load(
+    users: &[Arc<User>],
+    sh: &Arc<Shared>,
+    opts: &Options,
+    relay_pid: Option<u32>,
+) -> Result<Report, LoadError> {
+    let lanes: Vec<Lane> = users
+        .chunks(2)
+        .enumerate()
+        .filter_map(|(pair, c)| match c {
+            [s, r] => Some(Lane {
+                user: s.clone(),
+                peer: r.id.username.clone(),
+                pair,
+            }),
+            _ => None,
+        })
+        .collect();
+    let recipients: Vec<Arc<User>> = users.iter().skip(1).step_by(2).cloned().collect();
+    establish(&lanes, sh).await?;
+
+    // The timetable: a short lead so the thread is up, the warm-up, then the window.
+    let start = sh.us(Instant::now()) + 20_000;
+    let window_start = start + u64::try_from(opts.warmup.as_micros()).unwrap_or(u64::MAX / 4);
+    let window_end =
+        window_start + u64::try_from(opts.duration.as_micros()).unwrap_or(u64::MAX / 4);
+    sh.window_start.store(window_start, Relaxed);
+    sh.window_end.store(window_end, Relaxed);
+    let rate = opts.rate;
+    let (sh2, lanes2) = (sh.clone(), lanes);
+    let driver = tokio::task::spawn_blocking(move || drive(&lanes2, &sh2, start, rate));
+
+    let me = std::process::id();
+    tokio::time::sleep_until((sh.t0 + Duration::from_micros(window_start)).into()).await;
+    let relay_cpu0 = relay_pid.and_then(client::process_cpu_us);
+    let self_cpu0 = client::process_cpu_us(me);
+    tokio::time::sleep_until((sh.t0 + Duration::from_micros(window_end)).into()).await;
+    let relay_cpu1 = relay_pid.and_then(client::process_cpu_us);
+    let self_cpu1 = client::process_cpu_us(me);
+    let relay_mem = relay_pid.and_then(client::process_memory_kib);
+    let _ = driver.await;
+
+    // Drain: wait for what is still in flight; fetch mailboxes if deliveries stall.
+    let deadline = Instant::now() + opts.drain;
+    let mut last = (sh.c.delivered.load(Relaxed), Instant::now());
+    while sh.c.delivered.load(Relaxed) < sh.c.sent.load(Relaxed) && Instant::now() < deadline {
+        if recipients.iter().all(|u| u.conn.closed.load(Relaxed)) {
+            sh.note("the relay closed every connection");
+            break;
+        }
+        let now = Instant::now();
+        let d = sh.c.delivered.load(Relaxed);
+        if d != last.0 {
+            last = (d, now);
+        } else if now.duration_since(last.1) >= STALL_BEFORE_FETCH {
+            let left = deadline.saturating_duration_since(now);
+            let _ = tokio::time::timeout(left, fetch_mailboxes(&recipients, sh)).await;
+            last.1 = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let window_s = (window_end - window_start) as f64 / 1e6;
+    let c = &sh.c;
+    let sent = c.sent.load(Relaxed);
+    let delivered = c.delivered.load(Relaxed);
+    let not_sent = c.not_sent.load(Relaxed);
+    let in_window = c.in_window.load(Relaxed);
+    let hist = lock(&sh.hist).clone();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let q = |p: f64| {
+        if hist.is_empty() {
+            0.0
+        } else {
+            ms(hist.value_at_quantile(p))
+        }
+    };
+    let cpu_delta = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64),
+        _ => None,
+    };
+    let relay_cpu_us = cpu_delta(relay_cpu0, relay_cpu1);
+    let self_cpu_us = cpu_delta(self_cpu0, self_cpu1);
+    let achieved = in_window as f64 / window_s;
+    let offered = if opts.saturate {
+        sent as f64 / window_s
+    } else {
+        opts.rate
+    };
+    let lost = sent.saturating_sub(delivered);
+    let p99 = q(0.99);
+    Ok(Report {
+        scenario: "dm",
+        mode: if opts.saturate {
+            "saturate"
+        } else {
+            "open-loop"
+        },
+        relay: match opts.relay {
+            RelayTarget::Spawn { .. } => "spawned",
+            RelayTarget::External { .. } => "external",
+        },
+        pairs: opts.pairs,
+        duration_s: window_s,
+        warmup_s: opts.warmup.as_secs_f64(),
+        offered_msgs_per_sec: offered,
+        achieved_msgs_per_sec: achieved,
+        sent,
+        delivered,
+        lost,
+        not_sent,
+        fetched_after_dropped_push: c.late.load(Relaxed),
+        send_errors: c.send_errors.load(Relaxed),
+        rate_limited: c.rate_limited.load(Relaxed),
+        decrypt_errors: c.decrypt_errors.load(Relaxed),
+        latency_p50_ms: q(0.5),
+        latency_p90_ms: q(0.9),
+        latency_p99_ms: p99,
+        latency_p999_ms: q(0.999),
+        latency_max_ms: if hist.is_empty() { 0.0 } else { ms(hist.max()) },
+        latency_mean_ms: if hist.is_empty() {
+            0.0
+        } else {
+            hist.mean() / 1000.0
+        },
+        relay_cpu_us_per_msg: relay_cpu_us
+            .filter(|_| in_window > 0)
+            .map(|us| us / in_window as f64),
+        relay_cpu_percent: relay_cpu_us.map(|us| us / (window_s * 1e6) * 100.0),
+        relay_rss_mib: relay_mem.map(|(rss, _)| rss as f64 / 1024.0),
+        relay_peak_rss_mib: relay_mem.map(|(_, hwm)| hwm as f64 / 1024.0),
+        client_cpu_percent: self_cpu_us.map(|us| us / (window_s * 1e6) * 100.0),
+        p99_target_ms: P99_TARGET_MS,
+        p99_target_met: delivered > 0 && lost == 0 && not_sent == 0 && p99 <= P99_TARGET_MS,
+        saturation_target_msgs_per_sec: SATURATION_TARGET,
+        saturation_target_met: opts.saturate.then_some(achieved >= SATURATION_TARGET),
+        load_average_before: None,
+        first_error: lock(&sh.first_error).clone(),
+    })
+}
+
+/// Prints the report as a table.
+///
+/// # Errors
+/// I/O errors of `out`.
+pub fn print(r: &Report, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "cinder bench dm ({}, {} pairs, {} relay, {:.0} s measured after {:.0} s warm-up)",
+        r.mode, r.pairs, r.relay, r.duration_s, r.warmup_s
+    )?;
+    writeln!(
+        out,
+        "  offered                      {:>10.1} msgs/s",
+        r.offered_msgs_per_sec
+    )?;
+    writeln!(
+        out,
+        "  achieved (decrypted)         {:>10.1} msgs/s",
+        r.achieved_msgs_per_sec
+    )?;
+    writeln!(
+        out,
+        "  sent / delivered / lost      {} / {} / {}   (not sent in time {}, fetched after a dropped push {})",
+        r.sent, r.delivered, r.lost, r.not_sent, r.fetched_after_dropped_push
+    )?;
+    writeln!(
+        out,
+        "  send errors / rate limited   {} / {}   decrypt errors {}",
+        r.send_errors, r.rate_limited, r.decrypt_errors
+    )?;
+    writeln!(
+        out,
+        "  latency p50 / p90 / p99      {:.3} / {:.3} / {:.3} ms",
+        r.latency_p50_ms, r.latency_p90_ms, r.latency_p99_ms
+    )?;
+    writeln!(
+        out,
+        "  latency p99.9 / max / mean   {:.3} / {:.3} / {:.3} ms",
+        r.latency_p999_ms, r.latency_max_ms, r.latency_mean_ms
+    )?;
+    writeln!(
+        out,
+        "  relay CPU                    {:>10} us/msg   ({} % of one core)",
+        opt(r.relay_cpu_us_per_msg, 1),
+        opt(r.relay_cpu_percent, 1)
+    )?;
+    writeln!(
+        out,
+        "  relay RSS                    {:>10} MiB now, {} MiB peak",
+        opt(r.relay_rss_mib, 1),
+        opt(r.relay_peak_rss_mib, 1)
+    )?;
+    writeln!(
+        out,
+        "  load generator CPU           {:>10} % of one core",
+        opt(r.client_cpu_percent, 1)
+    )?;
+    let at = if (r.offered_msgs_per_sec - P99_TARGET_RATE).abs() < 0.5 && r.mode == "open-loop" {
+        String::new()
+    } else {
+        " (the target is defined at an offered 1,000 msgs/s)".to_owned()
+    };
+    writeln!(
+        out,
+        "  p99 <= {} ms, nothing lost   {}{at}",
+        r.p99_target_ms,
+        verdict(r.p99_target_met)
+    )?;
+    match r.saturation_target_met {
+        Some(ok) => writeln!(
+            out,
+            "  saturation >= {:.0} msgs/s   {}",
+            r.saturation_target_msgs_per_sec,
+            verdict(ok)
+        )?,
+        None => writeln!(
+            out,
+            "  saturation                   not measured (use --saturate)"
+        )?,
+    }
+    writeln!(
+        out,
+        "  load average before the run  {:>10}   (other processes share the cores)",
+        opt(r.load_average_before, 2)
+    )?;
+    if let Some(e) = &r.first_error {
+        writeln!(out, "  first error                  {e}")?;
+    }
+    Ok(())
+}
