@@ -3,8 +3,8 @@
 
 cinder_root() { cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd; }
 
-# Debian packages the build and the tests need.
-CINDER_APT_PACKAGES=(pkg-config libssl-dev python3 python3-venv python3-pip)
+# Debian packages the build and the tests need (tmux: the end-to-end UI test, tests/tui_tmux.rs).
+CINDER_APT_PACKAGES=(pkg-config libssl-dev python3 python3-venv python3-pip tmux)
 
 missing_apt_packages() {
   local missing=()

@@ -13,7 +13,7 @@ use cinder::{bench, config, logging};
 
 /// Cinder: an end-to-end encrypted team messenger for the terminal.
 #[derive(Parser, Debug)]
-#[command(name = "cinder", version, about, long_about = None, propagate_version = true, arg_required_else_help = true)]
+#[command(name = "cinder", version, about, long_about = None, propagate_version = true)]
 struct Cli {
     /// Profile name, or a directory if it contains '/' (default: $CINDER_PROFILE or "default").
     #[arg(long, global = true)]
@@ -36,12 +36,15 @@ struct Cli {
     /// Print timing figures (key derivation, command) to stderr.
     #[arg(long, global = true)]
     timings: bool,
+    /// What to do (default: chat).
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The terminal UI (also what `cinder` alone runs).
+    Chat,
     /// Run the relay server.
     Serve(ServeArgs),
     /// Create an account on a relay with an invite code.
@@ -413,6 +416,7 @@ fn client_context(cli: &Cli) -> anyhow::Result<commands::Context> {
         },
         config,
         timings: cli.timings,
+        config_dir: paths.config_dir.clone(),
     })
 }
 
@@ -435,7 +439,8 @@ fn start_logging(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    match &cli.command {
+    let command = cli.command.as_ref().unwrap_or(&Command::Chat);
+    match command {
         Command::Bench {
             scenario: BenchScenario::Crypto(args),
         } => run_crypto_bench(args),
@@ -478,6 +483,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                     .await
                 }
+                Command::Chat => commands::cmd_chat(&ctx).await,
                 Command::Send(a) => commands::cmd_send(&ctx, &a.to, &a.text).await,
                 Command::Recv(a) => {
                     commands::cmd_recv(&ctx, a.json, a.follow, a.timeout.as_deref()).await

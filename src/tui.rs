@@ -10,10 +10,10 @@ pub mod action;
 pub mod app;
 pub mod complete;
 pub mod keymap;
+pub mod run;
 pub mod theme;
 pub mod view;
 pub mod wrap;
-// pub mod run; (enabled when search/paging land)
 
 /// Errors that stop the UI before or while it runs.
 #[derive(Debug, thiserror::Error)]

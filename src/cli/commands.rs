@@ -26,6 +26,8 @@ pub struct Context {
     pub config: Config,
     /// Print timing figures to stderr.
     pub timings: bool,
+    /// The configuration directory (themes/, keymap.toml).
+    pub config_dir: PathBuf,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -359,5 +361,37 @@ pub async fn cmd_passphrase_change(ctx: &Context, new_sources: Sources) -> anyho
     })
     .await??;
     println!("Passphrase changed.");
+    Ok(())
+}
+
+/// `cinder chat` (and `cinder` alone): the terminal UI.
+pub async fn cmd_chat(ctx: &Context) -> anyhow::Result<()> {
+    if !Store::exists(&ctx.profile_dir) {
+        return Err(UsageError(format!(
+            "no profile at {}; run `cinder register` first (or try `cinder demo`)",
+            ctx.profile_dir.display()
+        ))
+        .into());
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Err(UsageError(
+            "the chat UI needs a terminal; for scripts use send, recv and history".into(),
+        )
+        .into());
+    }
+    let passphrase = passphrase::read_non_interactive(&ctx.passphrase)?;
+    let ui = &ctx.config.ui;
+    crate::tui::run::run(crate::tui::run::TuiOptions {
+        profile_dir: ctx.profile_dir.clone(),
+        theme: ui.theme.clone(),
+        keymap: ui.keymap.clone(),
+        config_dir: ctx.config_dir.clone(),
+        bell: ui.bell,
+        desktop_notifications: ui.desktop_notifications,
+        mouse: ui.mouse,
+        reconnect_max: ctx.config.network.reconnect_max(),
+        passphrase,
+    })
+    .await?;
     Ok(())
 }

@@ -98,3 +98,20 @@ pub fn read(
     }
     Ok(value)
 }
+
+/// Reads the passphrase from a non-interactive source only (file, command, environment), for
+/// the terminal UI, which draws its own prompt when this returns `None`.
+///
+/// # Errors
+/// [`PassphraseError`] when a configured source fails.
+pub fn read_non_interactive(
+    sources: &Sources,
+) -> Result<Option<Zeroizing<Vec<u8>>>, PassphraseError> {
+    if sources.file.is_none()
+        && sources.command.is_none()
+        && std::env::var_os(sources.env_var()).is_none()
+    {
+        return Ok(None);
+    }
+    read(sources, "", false).map(Some)
+}

@@ -470,6 +470,9 @@ fn key_string(k: Key) -> String {
     out
 }
 
+/// Where a binding goes in [`Keymap::bindings`]: action rank, sequence length, [`sort_key`].
+type BindingOrder = (usize, usize, Vec<(u32, u8, String)>);
+
 /// Orders keys the way people list them: fewer modifiers first, then characters, named keys and
 /// function keys, then by name.
 fn sort_key(seq: &[Key]) -> Vec<(u32, u8, String)> {
@@ -679,7 +682,7 @@ impl Keymap {
         let Some(table) = self.tables.get(&self.effective(mode)) else {
             return Vec::new();
         };
-        let mut rows: Vec<((usize, usize, Vec<(u32, u8, String)>), Binding)> = table
+        let mut rows: Vec<(BindingOrder, Binding)> = table
             .iter()
             .map(|(seq, target)| {
                 let keys = seq_string(seq);

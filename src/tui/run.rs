@@ -67,7 +67,12 @@ fn restore(mouse: bool) {
     if mouse {
         let _ = execute!(out, DisableMouseCapture);
     }
-    let _ = execute!(out, DisableBracketedPaste, LeaveAlternateScreen, cursor::Show);
+    let _ = execute!(
+        out,
+        DisableBracketedPaste,
+        LeaveAlternateScreen,
+        cursor::Show
+    );
 }
 
 impl TerminalGuard {
@@ -152,9 +157,12 @@ async fn run_editor(text: &str, mouse: bool) -> Result<String, String> {
     }
     let status = status.map_err(|e| format!("cannot run {editor}: {e}"))?;
     if !status.success() {
-        return Err(format!("{editor} exited with {status}; the draft was not changed"));
+        return Err(format!(
+            "{editor} exited with {status}; the draft was not changed"
+        ));
     }
-    let new = std::fs::read_to_string(file.path()).map_err(|e| format!("cannot read the draft: {e}"))?;
+    let new =
+        std::fs::read_to_string(file.path()).map_err(|e| format!("cannot read the draft: {e}"))?;
     // Overwrite before unlinking (the tempfile is removed on drop).
     let _ = std::fs::write(file.path(), vec![0u8; new.len()]);
     Ok(new)
@@ -172,7 +180,8 @@ fn local_offset_secs() -> i32 {
 pub async fn run(opts: TuiOptions) -> Result<(), TuiError> {
     let theme_dir = opts.config_dir.join("themes");
     let keymap_file = opts.config_dir.join("keymap.toml");
-    let keymap = Keymap::load(&opts.keymap, Some(&keymap_file)).map_err(|e| TuiError::Config(e.to_string()))?;
+    let keymap = Keymap::load(&opts.keymap, Some(&keymap_file))
+        .map_err(|e| TuiError::Config(e.to_string()))?;
     let (theme, theme_error) = match Theme::load(&opts.theme, Some(&theme_dir)) {
         Ok(t) => (t, None),
         Err(e) => (Theme::default_theme(), Some(e.to_string())),
@@ -352,11 +361,23 @@ fn spawn_effect(
             let tx2 = raw;
             tokio::spawn(async move {
                 let pass = Zeroizing::new(pass.into_bytes());
-                let opened = tokio::task::spawn_blocking(move || session::unlock(&dir, &pass)).await;
+                let opened =
+                    tokio::task::spawn_blocking(move || session::unlock(&dir, &pass)).await;
                 match opened {
                     Ok(Ok(store)) => {
-                        let ca_pem = store.db().blob("ca_cert").ok().flatten().map(|b| b.to_vec());
-                        match session::spawn(store, EngineOptions { ca_pem, ..engine_opts }) {
+                        let ca_pem = store
+                            .db()
+                            .blob("ca_cert")
+                            .ok()
+                            .flatten()
+                            .map(|b| b.to_vec());
+                        match session::spawn(
+                            store,
+                            EngineOptions {
+                                ca_pem,
+                                ..engine_opts
+                            },
+                        ) {
                             Ok(h) => {
                                 let _ = tx2.send(LoopMsg::Unlocked(h));
                             }
@@ -369,7 +390,8 @@ fn spawn_effect(
                         let _ = tx2.send(LoopMsg::Ui(UiEvent::UnlockFailed(e.to_string())));
                     }
                     Err(_) => {
-                        let _ = tx2.send(LoopMsg::Ui(UiEvent::UnlockFailed("unlock crashed".into())));
+                        let _ =
+                            tx2.send(LoopMsg::Ui(UiEvent::UnlockFailed("unlock crashed".into())));
                     }
                 }
             });
@@ -405,7 +427,10 @@ fn spawn_effect(
                         .await
                         .map(|c| Some(UiEvent::Conversations(c)))
                         .map_err(|e| e.to_string()),
-                    Effect::LoadHistory { conversation, before } => h
+                    Effect::LoadHistory {
+                        conversation,
+                        before,
+                    } => h
                         .history_before(&conversation, before, PAGE)
                         .await
                         .map(|messages| {
@@ -416,7 +441,11 @@ fn spawn_effect(
                             })
                         })
                         .map_err(|e| e.to_string()),
-                    Effect::MarkRead(c) => h.mark_read(&c).await.map(|()| None).map_err(|e| e.to_string()),
+                    Effect::MarkRead(c) => h
+                        .mark_read(&c)
+                        .await
+                        .map(|_| None)
+                        .map_err(|e| e.to_string()),
                     Effect::Search(q) => h
                         .search(&q, 100)
                         .await
