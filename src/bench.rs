@@ -11,6 +11,7 @@ pub mod dm;
 pub mod fixtures;
 pub mod idle;
 pub mod search;
+pub mod tui;
 
 use std::time::{Duration, Instant};
 

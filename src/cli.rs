@@ -6,6 +6,7 @@
 //! unreachable, 5 refused by the relay, 1 anything else.
 
 pub mod commands;
+pub mod demo;
 pub mod passphrase;
 
 use std::time::Duration;

@@ -196,6 +196,36 @@ enum BenchScenario {
     Idle(IdleArgs),
     /// Full-text search, paging and the conversation list over a large encrypted cache.
     Search(SearchArgs),
+    /// UI frame time for a conversation of many messages at 80x24, 200x50 and 300x80.
+    Render(RenderArgs),
+    /// Start to first drawn frame over a large cache (key derivation reported separately).
+    Startup(StartupArgs),
+}
+
+#[derive(Args, Debug)]
+struct RenderArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Messages in the conversation.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Frames per terminal size.
+    #[arg(long, default_value_t = 300)]
+    frames: usize,
+}
+
+#[derive(Args, Debug)]
+struct StartupArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Messages in the cache.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// Reuse (or create) the cache in this directory instead of a temporary one.
+    #[arg(long)]
+    cache: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -453,6 +483,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             scenario: BenchScenario::Search(args),
         } => run_search_bench(args),
+        Command::Bench {
+            scenario: BenchScenario::Render(a),
+        } => {
+            let r = bench::tui::render(a.messages, a.frames)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "cinder bench render ({} messages in one conversation)",
+                    r.messages
+                );
+                for s in &r.sizes {
+                    println!(
+                        "  {:>3}x{:<3} wall p50 {:.3} / p99 {:.3} / max {:.3} ms   CPU p50 {:.3} / p99 {:.3} ms  ({} frames; target p99 <= 2 ms: wall {}, CPU {})",
+                        s.width,
+                        s.height,
+                        s.p50_ms,
+                        s.p99_ms,
+                        s.max_ms,
+                        s.cpu_p50_ms,
+                        s.cpu_p99_ms,
+                        s.frames,
+                        if s.p99_ms <= 2.0 { "meets" } else { "MISSES" },
+                        if s.cpu_p99_ms <= 2.0 {
+                            "meets"
+                        } else {
+                            "MISSES"
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Bench {
+            scenario: BenchScenario::Startup(a),
+        } => {
+            let r = bench::tui::startup(a.messages, a.cache.as_deref()).await?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("cinder bench startup ({} cached messages)", r.messages);
+                if r.fill_s > 0.0 {
+                    println!("  fill (not part of start-up)       {:>9.1} s", r.fill_s);
+                }
+                println!(
+                    "  key derivation (Argon2id default) {:>9.1} ms",
+                    r.key_derivation_ms
+                );
+                println!(
+                    "  start to first frame, excluding it {:>8.1} ms  (target <= 200 ms: {})",
+                    r.to_first_frame_ms,
+                    if r.meets_target {
+                        "meets target"
+                    } else {
+                        "MISSES target"
+                    }
+                );
+            }
+            Ok(())
+        }
         Command::Serve(a) => {
             let mut config = cinder::relay::RelayConfig::new(a.listen, a.data.clone());
             config.network_name = a.network_name.clone();

@@ -340,6 +340,24 @@ pub fn process_cpu_us(pid: u32) -> Option<u64> {
     Some((utime + stime).saturating_mul(1_000_000) / clock_ticks_per_sec())
 }
 
+/// Time the threads of process `pid` spent waiting on a run queue for a CPU (runnable but not
+/// running), summed over threads, in microseconds (`/proc/<pid>/task/*/schedstat`). It shows
+/// how much other work (including other processes) competed for the cores.
+pub fn process_runqueue_wait_us(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        let wait_ns: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+        total = total.saturating_add(wait_ns / 1000);
+    }
+    Some(total)
+}
+
 /// Resident set size and its peak of process `pid`, in KiB (`VmRSS`, `VmHWM`).
 pub fn process_memory_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -539,10 +557,12 @@ pub fn bundle_from(d: &protocol::DeviceBundle) -> Result<PrekeyBundle, LoadError
     })
 }
 
-/// The WebSocket settings for a busy client connection (tungstenite's defaults, frame limits
-/// as the relay's).
+/// The WebSocket settings for a busy client connection: frame limits as the relay's and a
+/// 16 KiB read buffer (tungstenite zero-fills its whole read buffer on every read, so its
+/// 128 KiB default costs a 128 KiB memset per small frame).
 pub fn busy_config() -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
         .max_message_size(Some(DEFAULT_MAX_FRAME))
         .max_frame_size(Some(DEFAULT_MAX_FRAME))
 }
@@ -764,6 +784,7 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(process_cpu_us(pid).is_some());
+        assert!(process_runqueue_wait_us(pid).is_some());
         let (rss, hwm) = process_memory_kib(pid).unwrap();
         assert!(rss > 0 && hwm >= rss);
         let (soft, hard) = open_files_limit(pid).unwrap();

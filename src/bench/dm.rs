@@ -165,6 +165,9 @@ pub struct Report {
     pub relay_peak_rss_mib: Option<f64>,
     /// This load generator's CPU during the window, percent of one core.
     pub client_cpu_percent: Option<f64>,
+    /// Time the relay's threads spent runnable but waiting for a CPU during the window, summed
+    /// over threads, as a percentage of the window (CPU contention; ideally near 0).
+    pub relay_runqueue_wait_percent: Option<f64>,
     /// The p99 target, milliseconds.
     pub p99_target_ms: f64,
     /// p99 within target with nothing lost or left unsent (the target is defined at
@@ -925,9 +928,11 @@ async fn load(
     let me = std::process::id();
     tokio::time::sleep_until((sh.t0 + Duration::from_micros(window_start)).into()).await;
     let relay_cpu0 = relay_pid.and_then(client::process_cpu_us);
+    let relay_wait0 = relay_pid.and_then(client::process_runqueue_wait_us);
     let self_cpu0 = client::process_cpu_us(me);
     tokio::time::sleep_until((sh.t0 + Duration::from_micros(window_end)).into()).await;
     let relay_cpu1 = relay_pid.and_then(client::process_cpu_us);
+    let relay_wait1 = relay_pid.and_then(client::process_runqueue_wait_us);
     let self_cpu1 = client::process_cpu_us(me);
     let relay_mem = relay_pid.and_then(client::process_memory_kib);
     let _ = driver.await;
@@ -1022,6 +1027,8 @@ async fn load(
         relay_rss_mib: relay_mem.map(|(rss, _)| rss as f64 / 1024.0),
         relay_peak_rss_mib: relay_mem.map(|(_, hwm)| hwm as f64 / 1024.0),
         client_cpu_percent: self_cpu_us.map(|us| us / (window_s * 1e6) * 100.0),
+        relay_runqueue_wait_percent: cpu_delta(relay_wait0, relay_wait1)
+            .map(|us| us / (window_s * 1e6) * 100.0),
         p99_target_ms: P99_TARGET_MS,
         p99_target_met: delivered > 0 && lost == 0 && not_sent == 0 && p99 <= P99_TARGET_MS,
         saturation_target_msgs_per_sec: SATURATION_TARGET,
@@ -1087,6 +1094,11 @@ pub fn print(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         out,
         "  load generator CPU           {:>10} % of one core",
         opt(r.client_cpu_percent, 1)
+    )?;
+    writeln!(
+        out,
+        "  relay waiting for a CPU      {:>10} % of the window (run-queue time, all threads)",
+        opt(r.relay_runqueue_wait_percent, 1)
     )?;
     let at = if (r.offered_msgs_per_sec - P99_TARGET_RATE).abs() < 0.5 && r.mode == "open-loop" {
         String::new()

@@ -509,12 +509,8 @@ pub fn fill_store(
     let mut left = messages;
     while left > 0 {
         let n = left.min(BATCH);
-        store.transaction(|db: &Db<'_>| -> Result<(), StoreError> {
-            for _ in 0..n {
-                db.insert_message(&generator.next_message())?;
-            }
-            Ok(())
-        })?;
+        let batch: Vec<MessageRecord> = (0..n).map(|_| generator.next_message()).collect();
+        store.transaction(|db: &Db<'_>| db.insert_messages(&batch))?;
         left -= n;
     }
     let read_mark = generator.clock_ms().saturating_sub(600_000);

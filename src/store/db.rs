@@ -618,24 +618,58 @@ impl<'a> Db<'a> {
     /// # Errors
     /// SQL errors.
     pub fn insert_message(&self, m: &MessageRecord) -> Result<bool> {
-        // ON CONFLICT names the id column, so other constraint violations still raise errors
-        // (INSERT OR IGNORE would swallow them too). Triggers index the text and update the
-        // conversation's summary.
-        let (lo, hi) = schema::seq_range(m.sent_at_ms);
-        let n = self.0.prepare_cached(&INSERT_MESSAGE)?.execute(params![
-            m.message_id,
-            m.conversation,
-            m.outgoing,
-            m.sender,
-            m.sender_device,
-            sql_u64(m.sent_at_ms)?,
-            sql_u64(m.received_at_ms)?,
-            m.text,
-            m.state,
-            lo,
-            hi,
-        ])?;
-        Ok(n == 1)
+        Ok(self.insert_messages(std::slice::from_ref(m))? == 1)
+    }
+
+    /// Adds messages to the history, atomically; returns how many were new (known ids change
+    /// nothing). Their text is indexed for [`Self::search`] and their conversations' summaries
+    /// are updated.
+    ///
+    /// Prefer one call for a batch (a mailbox sync, an import) inside one transaction: the
+    /// search index then writes one segment for the batch rather than one per message.
+    ///
+    /// # Errors
+    /// SQL errors; nothing is inserted then.
+    pub fn insert_messages(&self, messages: &[MessageRecord]) -> Result<usize> {
+        self.atomically(|| {
+            // Rows first, index second: an insert into `messages` opens a statement savepoint,
+            // at which FTS5 would write out the terms it has pending (see `schema`).
+            let mut insert = self.0.prepare_cached(&INSERT_MESSAGE)?;
+            let mut new = Vec::with_capacity(messages.len());
+            for m in messages {
+                // ON CONFLICT names the id column, so other constraint violations still raise
+                // errors (INSERT OR IGNORE would swallow them too).
+                let (lo, hi) = schema::seq_range(m.sent_at_ms);
+                let seq: Option<i64> = insert
+                    .query_row(
+                        params![
+                            m.message_id,
+                            m.conversation,
+                            m.outgoing,
+                            m.sender,
+                            m.sender_device,
+                            sql_u64(m.sent_at_ms)?,
+                            sql_u64(m.received_at_ms)?,
+                            m.text,
+                            m.state,
+                            lo,
+                            hi,
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(seq) = seq {
+                    new.push((seq, m.text.as_str()));
+                }
+            }
+            let mut index = self
+                .0
+                .prepare_cached("INSERT INTO messages_fts (rowid, text) VALUES (?1, ?2)")?;
+            for (seq, text) in &new {
+                index.execute(params![seq, text])?;
+            }
+            Ok(new.len())
+        })
     }
 
     /// Deletes a message (expiry, burn, "delete for me"); returns `false` if there was none.

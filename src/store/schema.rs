@@ -12,7 +12,10 @@
 //!   lives in the same SQLCipher database, so it is encrypted like everything else. Its
 //!   `secure-delete` option removes a deleted message's terms from the index at once instead of
 //!   leaving them behind delete markers until a merge, and `PRAGMA secure_delete` zeroes the
-//!   freed space.
+//!   freed space. Deletes and text changes reach it through triggers; new messages are indexed
+//!   by `Db::insert_messages` after their rows are written, because FTS5 writes its pending
+//!   terms out as a new segment at every statement savepoint, and a trigger would make every
+//!   insert such a statement: a batch would build one segment per message instead of one.
 //! - `conversations` holds each conversation's last activity, message and unread counts and
 //!   read mark, maintained by the triggers on `messages`, so the conversation list costs one
 //!   row per conversation however long the history is.
@@ -166,8 +169,8 @@ SELECT conversation, max(max(sent_at_ms, received_at_ms)), count(*), 0,
        coalesce(max(CASE WHEN outgoing = 0 THEN received_at_ms END), 0)
 FROM messages GROUP BY conversation;
 
+-- New text is indexed by `Db::insert_messages`, not here: see the module documentation.
 CREATE TRIGGER messages_after_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO messages_fts (rowid, text) VALUES (NEW.seq, NEW.text);
     INSERT INTO conversations (conversation, last_activity_ms, messages, unread, last_read_ms)
     VALUES (NEW.conversation, max(NEW.sent_at_ms, NEW.received_at_ms), 1,
             NEW.outgoing = 0 AND NEW.received_at_ms > 0, 0)
@@ -246,13 +249,15 @@ fn next_seq_sql(lo: &str, hi: &str) -> String {
 pub(super) const MESSAGE_COLUMNS: &str = "message_id, conversation, outgoing, sender, \
                                           sender_device, sent_at_ms, received_at_ms, text, state";
 
-/// Inserts a message: `?1`..`?9` are [`MESSAGE_COLUMNS`], `?10` and `?11` its [`seq_range`].
-/// A known `message_id` changes nothing; other constraint violations are errors.
+/// Inserts a message and returns its `seq`: `?1`..`?9` are [`MESSAGE_COLUMNS`], `?10` and
+/// `?11` its [`seq_range`]. A known `message_id` changes nothing and returns no row; other
+/// constraint violations are errors. The caller indexes the text.
 pub(super) static INSERT_MESSAGE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO messages (seq, {MESSAGE_COLUMNS})
          SELECT {}, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE true
-         ON CONFLICT (message_id) DO NOTHING",
+         ON CONFLICT (message_id) DO NOTHING
+         RETURNING seq",
         next_seq_sql("?10", "?11")
     )
 });

@@ -49,6 +49,18 @@ pub struct ConvView {
     pub more_before: bool,
     /// Whether a history load is in flight.
     pub loading: bool,
+    /// Wrapped heights of messages at the last drawn width, so lines scrolled past are
+    /// counted without wrapping them again (drawing stays proportional to the window).
+    pub heights: std::cell::RefCell<HeightCache>,
+}
+
+/// Per-message wrapped heights for one width; indices follow `ConvView::messages`.
+#[derive(Clone, Debug, Default)]
+pub struct HeightCache {
+    /// The width the heights are for.
+    pub cols: usize,
+    /// Body lines per message (without separators), keyed by message id.
+    pub lines: HashMap<[u8; 16], u16>,
 }
 
 /// Connection state as the status bar shows it.

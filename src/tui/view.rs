@@ -304,54 +304,105 @@ fn same_day(app: &App, a: u64, b: u64) -> bool {
     x.year() == y.year() && x.ordinal() == y.ordinal()
 }
 
+fn new_marker_line<'a>(app: &App, cols: usize) -> Line<'a> {
+    let label = " new messages ";
+    let side = cols.saturating_sub(label.len()) / 2;
+    Line::styled(
+        format!(
+            "{}{label}{}",
+            "─".repeat(side),
+            "─".repeat(cols.saturating_sub(side + label.len()))
+        ),
+        app.theme.style("message.new_marker"),
+    )
+}
+
+/// All lines of message `i` with its separators, top to bottom.
+fn block_lines<'a>(app: &App, v: &'a ConvView, i: usize, cols: usize) -> Vec<Line<'a>> {
+    let m = &v.messages[i];
+    let mut lines = Vec::new();
+    if i == 0 || !same_day(app, v.messages[i - 1].sent_at_ms, m.sent_at_ms) {
+        lines.push(day_line(app, m.sent_at_ms, cols));
+    }
+    if v.new_marker == Some(i) {
+        lines.push(new_marker_line(app, cols));
+    }
+    lines.extend(message_lines(app, m, cols));
+    lines
+}
+
+/// Height of message `i` with its separators, from the cache when possible.
+fn block_height(app: &App, v: &ConvView, i: usize, cols: usize) -> usize {
+    let m = &v.messages[i];
+    let seps = usize::from(i == 0 || !same_day(app, v.messages[i - 1].sent_at_ms, m.sent_at_ms))
+        + usize::from(v.new_marker == Some(i));
+    let mut cache = v.heights.borrow_mut();
+    if cache.cols != cols {
+        cache.cols = cols;
+        cache.lines.clear();
+    }
+    let body = match cache.lines.get(&m.message_id) {
+        Some(&h) => usize::from(h),
+        None => {
+            let h = message_lines(app, m, cols).len();
+            cache
+                .lines
+                .insert(m.message_id, u16::try_from(h).unwrap_or(u16::MAX));
+            h
+        }
+    };
+    seps + body
+}
+
 /// The visible lines of a conversation: walks from the newest message back only as far as the
-/// window (plus the scroll offset) needs. Returns the lines, top to bottom, and whether the
-/// oldest loaded message was reached.
+/// window needs. Messages entirely below the window (scrolled past) are counted from cached
+/// heights, so only the messages on screen are wrapped and styled. Returns the lines, top to
+/// bottom, whether the oldest loaded message is on screen, and the effective scroll offset.
 pub fn visible_lines<'a>(
     app: &App,
     v: &'a ConvView,
     cols: usize,
     rows: usize,
 ) -> (Vec<Line<'a>>, bool, usize) {
-    let need = rows + v.scroll;
-    let mut rev: Vec<Line<'a>> = Vec::with_capacity(need + 8);
-    let mut reached_top = true;
-    for (i, m) in v.messages.iter().enumerate().rev() {
-        let mut lines = message_lines(app, m, cols);
-        if v.new_marker == Some(i) {
-            let label = " new messages ";
-            let side = cols.saturating_sub(label.len()) / 2;
-            lines.insert(
-                0,
-                Line::styled(
-                    format!(
-                        "{}{label}{}",
-                        "─".repeat(side),
-                        "─".repeat(cols.saturating_sub(side + label.len()))
-                    ),
-                    app.theme.style("message.new_marker"),
-                ),
-            );
+    let mut scroll = v.scroll;
+    loop {
+        let mut skipped = 0usize;
+        let mut rev: Vec<Line<'a>> = Vec::with_capacity(rows + 8);
+        let mut oldest_shown = false;
+        for i in (0..v.messages.len()).rev() {
+            if skipped < scroll {
+                let h = block_height(app, v, i, cols);
+                if skipped + h <= scroll {
+                    skipped += h;
+                    continue;
+                }
+            }
+            let lines = block_lines(app, v, i, cols);
+            for line in lines.into_iter().rev() {
+                if skipped < scroll {
+                    skipped += 1;
+                } else if rev.len() < rows {
+                    rev.push(line);
+                }
+            }
+            if rev.len() >= rows {
+                oldest_shown = i == 0;
+                break;
+            }
+            oldest_shown = i == 0;
         }
-        let first_of_day = i == 0 || !same_day(app, v.messages[i - 1].sent_at_ms, m.sent_at_ms);
-        if first_of_day {
-            lines.insert(0, day_line(app, m.sent_at_ms, cols));
+        // Scrolled past the oldest line: pin the top of the conversation to the top.
+        if rev.len() < rows && scroll > 0 {
+            let total = skipped + rev.len();
+            let max_scroll = total.saturating_sub(rows);
+            if max_scroll < scroll {
+                scroll = max_scroll;
+                continue;
+            }
         }
-        rev.extend(lines.into_iter().rev());
-        if rev.len() >= need {
-            reached_top = i == 0 && rev.len() == need;
-            break;
-        }
+        rev.reverse();
+        return (rev, oldest_shown, scroll);
     }
-    if rev.len() < need {
-        reached_top = true;
-    }
-    // The scroll offset cannot go past the oldest line.
-    let scroll = v.scroll.min(rev.len().saturating_sub(rows));
-    let end = rev.len().min(scroll + rows);
-    let mut out: Vec<Line<'a>> = rev[scroll..end].to_vec();
-    out.reverse();
-    (out, reached_top, scroll)
 }
 
 fn draw_conversation(frame: &mut Frame<'_>, app: &App, area: Rect) -> Drawn {
