@@ -30,6 +30,8 @@ impl KdfParams {
         t: 3,
         p: 4,
     };
+    /// The highest memory cost accepted (4 GiB).
+    pub const MAX_M_KIB: u32 = 4 * 1024 * 1024;
     /// The lowest memory cost a real profile may use.
     pub const FLOOR_M_KIB: u32 = 64 * 1024;
     /// Cheap parameters for tests only; never chosen unless a caller asks by name.
@@ -48,7 +50,9 @@ impl KdfParams {
             || self.p == 0
             || self.p > 64
             || self.t > 100
-            || self.m_kib > 16 * 1024 * 1024
+            // The header is read before anything is authenticated, so a tampered one must
+            // not ask for more memory than a workstation has (an allocation failure aborts).
+            || self.m_kib > Self::MAX_M_KIB
         {
             return Err(CryptoError::Limit("argon2 parameters"));
         }
@@ -200,5 +204,13 @@ mod tests {
         KdfParams::DEFAULT.validate(false).unwrap();
         assert!(CacheHeader::decode(b"CNDR").is_err());
         assert!(CacheHeader::decode(&[0u8; 80]).is_err());
+        let mut huge = CacheHeader::create(b"p", KdfParams::INSECURE_FOR_TESTS)
+            .unwrap()
+            .0;
+        huge.params.m_kib = 16 * 1024 * 1024;
+        assert!(matches!(
+            CacheHeader::decode(&huge.encode()),
+            Err(CryptoError::Limit(_))
+        ));
     }
 }
