@@ -45,6 +45,12 @@ struct Cli {
 enum Command {
     /// The terminal UI (also what `cinder` alone runs).
     Chat,
+    /// A throwaway demo: embedded relay, demo network and users who talk back; opens the UI.
+    Demo {
+        /// Keep the temporary directory (relay data and profiles) after the UI closes.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run the relay server.
     Serve(ServeArgs),
     /// Create an account on a relay with an invite code.
@@ -574,6 +580,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                 }
                 Command::Chat => commands::cmd_chat(&ctx).await,
+                Command::Demo { keep } => {
+                    cinder::cli::demo::run_demo(cinder::cli::demo::DemoOptions {
+                        theme: ctx.config.ui.theme.clone(),
+                        keymap: ctx.config.ui.keymap.clone(),
+                        config_dir: ctx.config_dir.clone(),
+                        keep: *keep,
+                    })
+                    .await
+                }
                 Command::Send(a) => commands::cmd_send(&ctx, &a.to, &a.text).await,
                 Command::Recv(a) => {
                     commands::cmd_recv(&ctx, a.json, a.follow, a.timeout.as_deref()).await
