@@ -155,6 +155,11 @@ pub struct Report {
     pub latency_max_ms: f64,
     /// Mean latency, milliseconds.
     pub latency_mean_ms: f64,
+    /// How late the load generator itself started sealing a message after its intended time:
+    /// 99th percentile, milliseconds (open loop; large values mean the generator is starved).
+    pub send_lag_p99_ms: f64,
+    /// The largest such lag, milliseconds.
+    pub send_lag_max_ms: f64,
     /// Relay CPU time (user + system) during the window per message decrypted in it, us.
     pub relay_cpu_us_per_msg: Option<f64>,
     /// Relay CPU during the window, percent of one core.
@@ -291,6 +296,7 @@ struct Shared {
     pairs: Vec<PairCount>,
     c: Counters,
     hist: Mutex<Histogram<u64>>,
+    lag: Mutex<Histogram<u64>>,
     first_error: Mutex<Option<String>>,
     sender: OnceLock<Thread>,
     saturate: bool,
@@ -657,6 +663,10 @@ fn drive(lanes: &[Lane], sh: &Shared, start_us: u64, rate: f64) {
             return;
         }
         let lane = &lanes[(k % lanes.len() as u64) as usize];
+        if sh.in_window(intended) {
+            let lag = sh.us(Instant::now()).saturating_sub(intended);
+            lock(&sh.lag).saturating_record(lag.max(1));
+        }
         send_load(lane, sh, intended);
         k += 1;
     }
@@ -793,6 +803,7 @@ async fn run_with(relay: &Relay, opts: &Options) -> Result<Report, LoadError> {
         roots,
         pairs: (0..opts.pairs).map(|_| PairCount::default()).collect(),
         c: Counters::default(),
+        lag: Mutex::new(hist.clone()),
         hist: Mutex::new(hist),
         first_error: Mutex::new(None),
         sender: OnceLock::new(),
@@ -964,6 +975,7 @@ async fn load(
     let not_sent = c.not_sent.load(Relaxed);
     let in_window = c.in_window.load(Relaxed);
     let hist = lock(&sh.hist).clone();
+    let lag = lock(&sh.lag).clone();
     let ms = |us: u64| us as f64 / 1000.0;
     let q = |p: f64| {
         if hist.is_empty() {
@@ -1020,6 +1032,12 @@ async fn load(
         } else {
             hist.mean() / 1000.0
         },
+        send_lag_p99_ms: if lag.is_empty() {
+            0.0
+        } else {
+            ms(lag.value_at_quantile(0.99))
+        },
+        send_lag_max_ms: if lag.is_empty() { 0.0 } else { ms(lag.max()) },
         relay_cpu_us_per_msg: relay_cpu_us
             .filter(|_| in_window > 0)
             .map(|us| us / in_window as f64),
@@ -1077,6 +1095,11 @@ pub fn print(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         out,
         "  latency p99.9 / max / mean   {:.3} / {:.3} / {:.3} ms",
         r.latency_p999_ms, r.latency_max_ms, r.latency_mean_ms
+    )?;
+    writeln!(
+        out,
+        "  generator send lag p99 / max {:.3} / {:.3} ms (intended time to sealing)",
+        r.send_lag_p99_ms, r.send_lag_max_ms
     )?;
     writeln!(
         out,

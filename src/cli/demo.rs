@@ -782,8 +782,9 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
         );
     } else {
         let shown = tmp.path().display().to_string();
-        if let Err(e) = tmp.close() {
-            eprintln!("cinder demo: could not remove {shown}: {e}");
+        match tmp.close() {
+            Ok(()) => eprintln!("cinder demo: stopped; removed {shown}"),
+            Err(e) => eprintln!("cinder demo: could not remove {shown}: {e}"),
         }
     }
     outcome
@@ -1014,6 +1015,19 @@ mod tests {
         assert!(extra.is_empty(), "unexpected messages: {extra:?}");
 
         h.shutdown().await;
+        demo.stop().await;
+        assert!(demo.relay.is_none() && demo.bots.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_step_says_which_and_stops_what_started() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A regular file where the relay's data directory should go.
+        let root = tmp.path().join("not-a-directory");
+        std::fs::write(&root, b"x").unwrap();
+        let mut demo = Demo::new(&root, "dana".into());
+        let e = set_up(&mut demo).await.unwrap_err();
+        assert_eq!(e.to_string(), "the demo could not start its relay");
         demo.stop().await;
         assert!(demo.relay.is_none() && demo.bots.is_empty());
     }

@@ -10,7 +10,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRe
 use rusqlite::{Connection, OptionalExtension as _, Row, ToSql, params};
 use zeroize::Zeroizing;
 
-use super::schema::{self, INSERT_MESSAGE, MESSAGE_COLUMNS};
+use super::schema::{self, COUNT_MESSAGE, INDEX_MESSAGE, INSERT_MESSAGE, MESSAGE_COLUMNS};
 use super::{Result, StoreError};
 
 /// Data access to an open cache, in autocommit mode or inside [`super::Store::transaction`].
@@ -632,39 +632,35 @@ impl<'a> Db<'a> {
     /// SQL errors; nothing is inserted then.
     pub fn insert_messages(&self, messages: &[MessageRecord]) -> Result<usize> {
         self.atomically(|| {
-            // Rows first, index second: an insert into `messages` opens a statement savepoint,
-            // at which FTS5 would write out the terms it has pending (see `schema`).
-            let mut insert = self.0.prepare_cached(&INSERT_MESSAGE)?;
+            let mut insert = self.0.prepare_cached(INSERT_MESSAGE)?;
+            let mut count = self.0.prepare_cached(COUNT_MESSAGE)?;
             let mut new = Vec::with_capacity(messages.len());
             for m in messages {
+                let seq = schema::next_seq(self.0, m.sent_at_ms)?;
+                let received = sql_u64(m.received_at_ms)?;
                 // ON CONFLICT names the id column, so other constraint violations still raise
                 // errors (INSERT OR IGNORE would swallow them too).
-                let (lo, hi) = schema::seq_range(m.sent_at_ms);
-                let seq: Option<i64> = insert
-                    .query_row(
-                        params![
-                            m.message_id,
-                            m.conversation,
-                            m.outgoing,
-                            m.sender,
-                            m.sender_device,
-                            sql_u64(m.sent_at_ms)?,
-                            sql_u64(m.received_at_ms)?,
-                            m.text,
-                            m.state,
-                            lo,
-                            hi,
-                        ],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if let Some(seq) = seq {
+                let n = insert.execute(params![
+                    m.message_id,
+                    m.conversation,
+                    m.outgoing,
+                    m.sender,
+                    m.sender_device,
+                    sql_u64(m.sent_at_ms)?,
+                    received,
+                    m.text,
+                    m.state,
+                    seq,
+                ])?;
+                if n == 1 {
+                    let activity = sql_u64(m.sent_at_ms.max(m.received_at_ms))?;
+                    count.execute(params![m.conversation, activity, !m.outgoing, received])?;
                     new.push((seq, m.text.as_str()));
                 }
             }
-            let mut index = self
-                .0
-                .prepare_cached("INSERT INTO messages_fts (rowid, text) VALUES (?1, ?2)")?;
+            // The index last: FTS5 keeps the batch's terms in memory and writes them as one
+            // segment (see `schema`).
+            let mut index = self.0.prepare_cached(INDEX_MESSAGE)?;
             for (seq, text) in &new {
                 index.execute(params![seq, text])?;
             }

@@ -12,15 +12,18 @@
 //!   lives in the same SQLCipher database, so it is encrypted like everything else. Its
 //!   `secure-delete` option removes a deleted message's terms from the index at once instead of
 //!   leaving them behind delete markers until a merge, and `PRAGMA secure_delete` zeroes the
-//!   freed space. Deletes and text changes reach it through triggers; new messages are indexed
-//!   by `Db::insert_messages` after their rows are written, because FTS5 writes its pending
-//!   terms out as a new segment at every statement savepoint, and a trigger would make every
-//!   insert such a statement: a batch would build one segment per message instead of one.
+//!   freed space.
 //! - `conversations` holds each conversation's last activity, message and unread counts and
-//!   read mark, maintained by the triggers on `messages`, so the conversation list costs one
-//!   row per conversation however long the history is.
-
-use std::sync::LazyLock;
+//!   read mark, so the conversation list costs one row per conversation however long the
+//!   history is.
+//!
+//! Deletes and updates of `messages` keep the index and the summaries right through triggers,
+//! whoever issues them. Inserts do it in `Db::insert_messages` instead ([`INSERT_MESSAGE`],
+//! [`INDEX_MESSAGE`], [`COUNT_MESSAGE`]): a trigger makes every insert a statement with its own
+//! savepoint, at which FTS5 writes its pending terms out as a new segment (one per message
+//! instead of one per batch), and whose journal SQLite trims by walking the enclosing
+//! savepoint's whole in-memory journal (quadratic in the batch size). A plain single-row
+//! insert needs neither.
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -169,17 +172,7 @@ SELECT conversation, max(max(sent_at_ms, received_at_ms)), count(*), 0,
        coalesce(max(CASE WHEN outgoing = 0 THEN received_at_ms END), 0)
 FROM messages GROUP BY conversation;
 
--- New text is indexed by `Db::insert_messages`, not here: see the module documentation.
-CREATE TRIGGER messages_after_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO conversations (conversation, last_activity_ms, messages, unread, last_read_ms)
-    VALUES (NEW.conversation, max(NEW.sent_at_ms, NEW.received_at_ms), 1,
-            NEW.outgoing = 0 AND NEW.received_at_ms > 0, 0)
-    ON CONFLICT (conversation) DO UPDATE SET
-        last_activity_ms = max(last_activity_ms, excluded.last_activity_ms),
-        messages = messages + 1,
-        unread = unread + (NEW.outgoing = 0 AND NEW.received_at_ms > last_read_ms);
-END;
-
+-- Inserts are indexed and counted by `Db::insert_messages`: see the module documentation.
 CREATE TRIGGER messages_after_delete AFTER DELETE ON messages BEGIN
     INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', OLD.seq, OLD.text);
     UPDATE conversations SET
@@ -214,13 +207,13 @@ END;
 ";
 
 /// Bits of `seq` below the timestamp: up to 2^20 messages can share one millisecond before
-/// their keys spill over (see [`INSERT_MESSAGE`]).
+/// their keys spill over (see [`next_seq`]).
 const SEQ_RANK_BITS: u32 = 20;
 
 /// The range of `seq` keys for messages sent at `sent_at_ms`: `[lo, hi)`.
 ///
 /// Timestamps beyond the year 2248 (`2^43` ms) are clamped, so every key fits an `i64`.
-pub(super) fn seq_range(sent_at_ms: u64) -> (i64, i64) {
+fn seq_range(sent_at_ms: u64) -> (i64, i64) {
     const MAX_MS: u64 = (1 << (63 - SEQ_RANK_BITS)) - 1;
     let lo = sent_at_ms.min(MAX_MS) << SEQ_RANK_BITS;
     let hi = lo + (1 << SEQ_RANK_BITS);
@@ -231,57 +224,70 @@ pub(super) fn seq_range(sent_at_ms: u64) -> (i64, i64) {
     )
 }
 
-/// The `seq` of a new message, given its [`seq_range`] bound to `?lo` and `?hi`: one past the
-/// last key in the range, so messages with equal timestamps keep their arrival order. If the
-/// range is full (2^20 messages in one millisecond, which only a hostile sender produces), the
-/// key is one past the largest overall: still unique, only out of place.
-fn next_seq_sql(lo: &str, hi: &str) -> String {
-    format!(
-        "(SELECT CASE WHEN k < {hi} THEN k
-                      ELSE (SELECT coalesce(max(seq), 0) + 1 FROM messages) END
-          FROM (SELECT coalesce((SELECT seq + 1 FROM messages
-                                 WHERE seq >= {lo} AND seq < {hi}
-                                 ORDER BY seq DESC LIMIT 1), {lo}) AS k))"
-    )
+/// The `seq` for a new message sent at `sent_at_ms`: one past the last key in its
+/// [`seq_range`], so messages with equal timestamps keep their arrival order. If the range is
+/// full (2^20 messages in one millisecond, which only a hostile sender produces), one past the
+/// largest key overall: still unique, only out of place.
+pub(super) fn next_seq(c: &Connection, sent_at_ms: u64) -> rusqlite::Result<i64> {
+    let (lo, hi) = seq_range(sent_at_ms);
+    let k: i64 = c
+        .prepare_cached(
+            "SELECT coalesce((SELECT seq + 1 FROM messages WHERE seq >= ?1 AND seq < ?2
+                              ORDER BY seq DESC LIMIT 1), ?1)",
+        )?
+        .query_row([lo, hi], |r| r.get(0))?;
+    if k < hi {
+        return Ok(k);
+    }
+    c.prepare_cached("SELECT coalesce(max(seq), 0) + 1 FROM messages")?
+        .query_row([], |r| r.get(0))
 }
 
 /// The message columns besides `seq`, in the order of [`super::db::MessageRecord`].
 pub(super) const MESSAGE_COLUMNS: &str = "message_id, conversation, outgoing, sender, \
                                           sender_device, sent_at_ms, received_at_ms, text, state";
 
-/// Inserts a message and returns its `seq`: `?1`..`?9` are [`MESSAGE_COLUMNS`], `?10` and
-/// `?11` its [`seq_range`]. A known `message_id` changes nothing and returns no row; other
-/// constraint violations are errors. The caller indexes the text.
-pub(super) static INSERT_MESSAGE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO messages (seq, {MESSAGE_COLUMNS})
-         SELECT {}, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE true
-         ON CONFLICT (message_id) DO NOTHING
-         RETURNING seq",
-        next_seq_sql("?10", "?11")
-    )
-});
+/// Inserts a message: `?1`..`?9` are [`MESSAGE_COLUMNS`], `?10` its [`next_seq`]. A known
+/// `message_id` changes nothing; other constraint violations are errors.
+pub(super) const INSERT_MESSAGE: &str = "
+INSERT INTO messages (message_id, conversation, outgoing, sender, sender_device, sent_at_ms,
+                      received_at_ms, text, state, seq)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+ON CONFLICT (message_id) DO NOTHING";
+
+/// Indexes a new message's text: `?1` its `seq`, `?2` its text.
+pub(super) const INDEX_MESSAGE: &str = "INSERT INTO messages_fts (rowid, text) VALUES (?1, ?2)";
+
+/// Counts a new message in its conversation's summary: `?1` the conversation, `?2` its
+/// activity time (the later of sent and received), `?3` whether it is incoming, `?4` its
+/// `received_at_ms`.
+pub(super) const COUNT_MESSAGE: &str = "
+INSERT INTO conversations (conversation, last_activity_ms, messages, unread, last_read_ms)
+VALUES (?1, ?2, 1, ?3 AND ?4 > 0, 0)
+ON CONFLICT (conversation) DO UPDATE SET
+    last_activity_ms = max(last_activity_ms, excluded.last_activity_ms),
+    messages = messages + 1,
+    unread = unread + (?3 AND ?4 > last_read_ms)";
 
 /// Step 1 to 2: see the module documentation.
 fn v2(c: &Connection) -> Result<()> {
     c.execute_batch(V2_TABLES)?;
     {
-        // Copied in history order, so each key is assigned exactly as `INSERT_MESSAGE` would
-        // have done had the messages arrived in this order.
+        // Copied in history order, so each key is assigned exactly as an insert would have
+        // done had the messages arrived in this order.
         let mut read = c.prepare(
             "SELECT rowid, sent_at_ms FROM messages_v1 ORDER BY sent_at_ms ASC, rowid ASC",
         )?;
         let mut copy = c.prepare(&format!(
             "INSERT INTO messages (seq, {MESSAGE_COLUMNS})
-             SELECT {}, {MESSAGE_COLUMNS} FROM messages_v1 WHERE rowid = ?1",
-            next_seq_sql("?2", "?3")
+             SELECT ?2, {MESSAGE_COLUMNS} FROM messages_v1 WHERE rowid = ?1"
         ))?;
         let mut rows = read.query([])?;
         while let Some(row) = rows.next()? {
             let rowid: i64 = row.get(0)?;
             let sent: i64 = row.get(1)?;
-            let (lo, hi) = seq_range(u64::try_from(sent).unwrap_or(0));
-            copy.execute([rowid, lo, hi])?;
+            let seq = next_seq(c, u64::try_from(sent).unwrap_or(0))?;
+            copy.execute([rowid, seq])?;
         }
     }
     c.execute_batch(V2_FINISH)?;
