@@ -256,6 +256,7 @@ pub struct SessionHandle {
     events: broadcast::Sender<SessionEvent>,
     profile_dir: Arc<PathBuf>,
     account: Arc<AccountInfo>,
+    connected: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Public facts about the signed-in account, for display.
@@ -426,6 +427,12 @@ impl SessionHandle {
             reply,
         })
         .await
+    }
+
+    /// Whether the engine is logged in to the relay right now (for observers that subscribe
+    /// after the first `Connected` event may already have passed).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The signed-in account.

@@ -7,9 +7,14 @@
 fn readme_key_table_matches_the_generated_one() {
     let generated = cinder::tui::keymap::keys_markdown().unwrap();
     let start = generated.find("## default").unwrap();
-    let end = generated[start + 5..].find("\n## ").map_or(generated.len(), |i| start + 5 + i);
-    let want = generated[start..end].trim().replacen("## default", "#### default keymap", 1);
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let end = generated[start + 5..]
+        .find("\n## ")
+        .map_or(generated.len(), |i| start + 5 + i);
+    let want = generated[start..end]
+        .trim()
+        .replacen("## default", "#### default keymap", 1);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let a = readme.find("<!-- keys:begin").unwrap();
     let a = a + readme[a..].find('\n').unwrap() + 1;
     let b = readme.find("<!-- keys:end -->").unwrap();
@@ -19,8 +24,13 @@ fn readme_key_table_matches_the_generated_one() {
 
 #[test]
 fn readme_lists_every_command() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     for c in cinder::tui::action::COMMANDS {
-        assert!(readme.contains(&format!("`/{}", c.name)), "README misses /{}", c.name);
+        assert!(
+            readme.contains(&format!("`/{}", c.name)),
+            "README misses /{}",
+            c.name
+        );
     }
 }

@@ -160,6 +160,16 @@ pub struct Report {
     pub send_lag_p99_ms: f64,
     /// The largest such lag, milliseconds.
     pub send_lag_max_ms: f64,
+    /// Latency split at the relay's receive stamp (`server_ts_ms`, taken when the store runs
+    /// the send, before its commit; millisecond resolution): intended send time to that stamp
+    /// (generator, socket, relay connection task, store queue), p50 and p99 in ms.
+    pub to_relay_p50_ms: f64,
+    /// See `to_relay_p50_ms`.
+    pub to_relay_p99_ms: f64,
+    /// From the relay's stamp to decrypted (commit, push, socket, recipient), p50, ms.
+    pub from_relay_p50_ms: f64,
+    /// See `from_relay_p50_ms`.
+    pub from_relay_p99_ms: f64,
     /// Relay CPU time (user + system) during the window per message decrypted in it, us.
     pub relay_cpu_us_per_msg: Option<f64>,
     /// Relay CPU during the window, percent of one core.
@@ -297,6 +307,10 @@ struct Shared {
     c: Counters,
     hist: Mutex<Histogram<u64>>,
     lag: Mutex<Histogram<u64>>,
+    to_relay: Mutex<Histogram<u64>>,
+    from_relay: Mutex<Histogram<u64>>,
+    /// Wall clock at `t0`, microseconds since the Unix epoch (to compare with relay stamps).
+    wall0_us: u64,
     first_error: Mutex<Option<String>>,
     sender: OnceLock<Thread>,
     saturate: bool,
@@ -422,8 +436,9 @@ fn open_delivery(user: &User, sh: &Shared, d: &protocol::Delivery) -> Result<Str
 }
 
 /// Accounts for a decrypted text: warm-up handshakes, or a load message's latency.
-fn on_text(user: &User, sh: &Shared, from: &str, text: &str, late: bool) {
+fn on_text(user: &User, sh: &Shared, from: &str, text: &str, server_ts_ms: u64, late: bool) {
     let done = Instant::now();
+    let done_wall_ms = unix_ms();
     let mut it = text.split_whitespace();
     let (Some(flag), Some(pair), Some(intended)) = (it.next(), it.next(), it.next()) else {
         sh.note("a message without the bench header");
@@ -456,6 +471,11 @@ fn on_text(user: &User, sh: &Shared, from: &str, text: &str, late: bool) {
                     sh.c.late.fetch_add(1, Relaxed);
                 }
                 lock(&sh.hist).saturating_record(now.saturating_sub(intended).max(1));
+                let intended_wall_ms = (sh.wall0_us + intended) / 1000;
+                lock(&sh.to_relay)
+                    .saturating_record(server_ts_ms.saturating_sub(intended_wall_ms) * 1000 + 1);
+                lock(&sh.from_relay)
+                    .saturating_record(done_wall_ms.saturating_sub(server_ts_ms) * 1000 + 1);
             }
             if sh.saturate
                 && let Some(t) = sh.sender.get()
@@ -476,7 +496,7 @@ fn on_delivery(user: &User, sh: &Shared, d: protocol::Delivery, late: bool) -> O
         return Some(d.seq);
     }
     match open_delivery(user, sh, &d) {
-        Ok(text) => on_text(user, sh, &d.sender_user, &text, late),
+        Ok(text) => on_text(user, sh, &d.sender_user, &text, d.server_ts_ms, late),
         Err(e) => {
             sh.c.decrypt_errors.fetch_add(1, Relaxed);
             sh.note(e);
@@ -804,6 +824,11 @@ async fn run_with(relay: &Relay, opts: &Options) -> Result<Report, LoadError> {
         pairs: (0..opts.pairs).map(|_| PairCount::default()).collect(),
         c: Counters::default(),
         lag: Mutex::new(hist.clone()),
+        to_relay: Mutex::new(hist.clone()),
+        from_relay: Mutex::new(hist.clone()),
+        wall0_us: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(0)),
         hist: Mutex::new(hist),
         first_error: Mutex::new(None),
         sender: OnceLock::new(),
@@ -976,6 +1001,16 @@ async fn load(
     let in_window = c.in_window.load(Relaxed);
     let hist = lock(&sh.hist).clone();
     let lag = lock(&sh.lag).clone();
+    let to_relay = lock(&sh.to_relay).clone();
+    let from_relay = lock(&sh.from_relay).clone();
+    // Recorded as ms * 1000 + 1; report whole milliseconds.
+    let ms_q = |h: &Histogram<u64>, p: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            (h.value_at_quantile(p) / 1000) as f64
+        }
+    };
     let ms = |us: u64| us as f64 / 1000.0;
     let q = |p: f64| {
         if hist.is_empty() {
@@ -1038,6 +1073,10 @@ async fn load(
             ms(lag.value_at_quantile(0.99))
         },
         send_lag_max_ms: if lag.is_empty() { 0.0 } else { ms(lag.max()) },
+        to_relay_p50_ms: ms_q(&to_relay, 0.5),
+        to_relay_p99_ms: ms_q(&to_relay, 0.99),
+        from_relay_p50_ms: ms_q(&from_relay, 0.5),
+        from_relay_p99_ms: ms_q(&from_relay, 0.99),
         relay_cpu_us_per_msg: relay_cpu_us
             .filter(|_| in_window > 0)
             .map(|us| us / in_window as f64),
@@ -1100,6 +1139,11 @@ pub fn print(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         out,
         "  generator send lag p99 / max {:.3} / {:.3} ms (intended time to sealing)",
         r.send_lag_p99_ms, r.send_lag_max_ms
+    )?;
+    writeln!(
+        out,
+        "  split at relay stamp, p50/p99 to relay {:.0} / {:.0} ms, from relay {:.0} / {:.0} ms (1 ms resolution)",
+        r.to_relay_p50_ms, r.to_relay_p99_ms, r.from_relay_p50_ms, r.from_relay_p99_ms
     )?;
     writeln!(
         out,

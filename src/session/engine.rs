@@ -26,6 +26,7 @@ pub(crate) struct Engine {
     failures: u32,
     next_attempt: Option<Instant>,
     pub(crate) prekey_counts: Option<(u32, u32)>,
+    connected: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Starts the engine for an unlocked store.
@@ -54,7 +55,9 @@ pub fn spawn(store: Store, opts: EngineOptions) -> Result<SessionHandle, Session
         failures: 0,
         next_attempt: auto.then(Instant::now),
         prekey_counts: None,
+        connected: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
+    let connected = Arc::clone(&engine.connected);
     tokio::spawn(engine.run(cmd_rx));
     Ok(SessionHandle {
         cmd: cmd_tx,
@@ -66,6 +69,7 @@ pub fn spawn(store: Store, opts: EngineOptions) -> Result<SessionHandle, Session
             network_name: account.network_name.clone(),
             server_url: account.server_url.clone(),
         }),
+        connected,
     })
 }
 
@@ -261,6 +265,8 @@ impl Engine {
         if self.conn.take().is_none() {
             return;
         }
+        self.connected
+            .store(false, std::sync::atomic::Ordering::Release);
         let retry_in = self.schedule_retry();
         self.emit(SessionEvent::Disconnected { retry_in, reason });
     }
@@ -291,6 +297,8 @@ impl Engine {
         match self.connect().await {
             Ok(()) => {
                 self.failures = 0;
+                self.connected
+                    .store(true, std::sync::atomic::Ordering::Release);
                 self.emit(SessionEvent::Connected);
                 if let Err(e) = self.maintain_prekeys().await {
                     tracing::warn!("prekey maintenance failed: {e}");

@@ -981,18 +981,22 @@ impl App {
 
     /// Applies something that happened outside the UI.
     pub fn on_event(&mut self, ev: UiEvent) -> Vec<Effect> {
+        let was_dirty = self.dirty;
         self.dirty = true;
         match ev {
             UiEvent::Tick => {
+                // A tick only adds reasons to redraw (an expired notice, a countdown); it must
+                // never cancel a redraw that the frame cap postponed.
+                self.dirty =
+                    was_dirty || matches!(self.connection, Connection::Reconnecting { .. });
                 if self
                     .notice
                     .as_ref()
                     .is_some_and(|n| Instant::now() >= n.until)
                 {
                     self.notice = None;
+                    self.dirty = true;
                 }
-                // Only countdowns need a redraw on a tick.
-                self.dirty = matches!(self.connection, Connection::Reconnecting { .. });
                 Vec::new()
             }
             UiEvent::Unlocked => Vec::new(),
@@ -1365,6 +1369,25 @@ mod tests {
         a.update(Action::Submit);
         assert_eq!(a.current(), Some("dm:alice:carol"));
         assert!(a.overlay.is_none());
+    }
+
+    #[test]
+    fn a_tick_keeps_a_pending_redraw() {
+        let mut a = app("default");
+        a.dirty = true;
+        a.on_event(UiEvent::Tick);
+        assert!(a.dirty, "a postponed redraw survives the tick");
+        a.dirty = false;
+        a.on_event(UiEvent::Tick);
+        assert!(!a.dirty, "an idle tick draws nothing");
+        a.say("hello", false);
+        a.notice.as_mut().unwrap().until = Instant::now();
+        a.dirty = false;
+        a.on_event(UiEvent::Tick);
+        assert!(
+            a.dirty && a.notice.is_none(),
+            "an expired notice is cleared and redrawn"
+        );
     }
 
     #[test]

@@ -53,7 +53,12 @@ pub struct TuiOptions {
 
 enum LoopMsg {
     Ui(UiEvent),
-    Unlocked(SessionHandle),
+    /// The engine and a subscription taken before it could emit anything, so the first
+    /// `Connected` is never missed.
+    Unlocked(
+        SessionHandle,
+        tokio::sync::broadcast::Receiver<crate::session::SessionEvent>,
+    ),
 }
 
 /// Puts the terminal into UI mode and restores it on drop (and on panic).
@@ -290,9 +295,8 @@ pub async fn run(opts: TuiOptions) -> Result<(), TuiError> {
             }
             Some(msg) = rx.recv() => match msg {
                 LoopMsg::Ui(ev) => pending.extend(app.on_event(ev)),
-                LoopMsg::Unlocked(handle) => {
+                LoopMsg::Unlocked(handle, mut sub) => {
                     let acct = handle.account().clone();
-                    let mut sub = handle.subscribe();
                     let t = tx.clone();
                     tokio::spawn(async move {
                         loop {
@@ -310,8 +314,12 @@ pub async fn run(opts: TuiOptions) -> Result<(), TuiError> {
                             }
                         }
                     });
+                    let already = handle.is_connected();
                     session = Some(handle);
                     pending.extend(app.unlocked(&acct.username, &acct.network_name));
+                    if already {
+                        pending.extend(app.on_event(UiEvent::Session(crate::session::SessionEvent::Connected)));
+                    }
                 }
             },
             _ = tick.tick() => pending.extend(app.on_event(UiEvent::Tick)),
@@ -379,7 +387,8 @@ fn spawn_effect(
                             },
                         ) {
                             Ok(h) => {
-                                let _ = tx2.send(LoopMsg::Unlocked(h));
+                                let sub = h.subscribe();
+                                let _ = tx2.send(LoopMsg::Unlocked(h, sub));
                             }
                             Err(e) => {
                                 let _ = tx2.send(LoopMsg::Ui(UiEvent::UnlockFailed(e.to_string())));
