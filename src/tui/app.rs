@@ -368,11 +368,10 @@ impl App {
         }
         let idx = idx.min(self.conversations.len() - 1);
         // Leaving a conversation: its unread marker is spent.
-        if let Some(old) = self.current().map(str::to_owned) {
-            if let Some(v) = self.views.get_mut(&old) {
+        if let Some(old) = self.current().map(str::to_owned)
+            && let Some(v) = self.views.get_mut(&old) {
                 v.new_marker = None;
             }
-        }
         self.selected = idx;
         self.dirty = true;
         let mut fx = Vec::new();
@@ -888,11 +887,10 @@ impl App {
             Action::PageDown => self.scroll(-(self.page_height.max(2) as isize - 1)),
             Action::ScrollTop => self.scroll(isize::MAX / 2),
             Action::ScrollBottom => {
-                if let Some(id) = self.current().map(str::to_owned) {
-                    if let Some(v) = self.views.get_mut(&id) {
+                if let Some(id) = self.current().map(str::to_owned)
+                    && let Some(v) = self.views.get_mut(&id) {
                         v.scroll = 0;
                     }
-                }
             }
             Action::Submit => return self.submit(),
             Action::ExternalEditor => return vec![Effect::Editor(self.composer.text.clone())],
@@ -972,11 +970,10 @@ impl App {
         }
         self.conversations.insert(0, item);
         // Most recent first, but never move the selection away from what the user looks at.
-        if let Some(cur) = current {
-            if let Some(p) = self.conversations.iter().position(|c| c.id == cur) {
+        if let Some(cur) = current
+            && let Some(p) = self.conversations.iter().position(|c| c.id == cur) {
                 self.selected = p;
             }
-        }
     }
 
     /// Applies something that happened outside the UI.
@@ -1020,7 +1017,7 @@ impl App {
                     }
                 }
                 self.conversations
-                    .sort_by(|a, b| b.last_activity_ms.cmp(&a.last_activity_ms));
+                    .sort_by_key(|c| std::cmp::Reverse(c.last_activity_ms));
                 let idx = current
                     .and_then(|c| self.conversations.iter().position(|x| x.id == c))
                     .unwrap_or(0);
@@ -1065,11 +1062,9 @@ impl App {
                     results: r,
                     ..
                 }) = &mut self.overlay
-                {
-                    if *q == query {
+                    && *q == query {
                         *r = Some(results);
                     }
-                }
                 Vec::new()
             }
             UiEvent::Queued(m) => {
@@ -1162,11 +1157,10 @@ impl App {
                             body: format!("New message from {from}"),
                         });
                     }
-                } else if incoming {
-                    if let Some(id) = self.current().map(str::to_owned) {
+                } else if incoming
+                    && let Some(id) = self.current().map(str::to_owned) {
                         fx.push(Effect::MarkRead(id));
                     }
-                }
                 fx
             }
             SessionEvent::Undecryptable { from, error, .. } => {
