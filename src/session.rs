@@ -25,6 +25,9 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+/// The cache's message and conversation records, as the UI sees them (the UI reaches the
+/// cache only through the session).
+pub use crate::store::{ConversationSummary, MessageRecord, MessageState};
 pub use connection::check_url;
 pub use engine::spawn;
 
@@ -32,9 +35,7 @@ use crate::crypto::CryptoError;
 use crate::crypto::identity::{DeviceCertificate, DeviceKeys};
 use crate::crypto::primitives::{DhKeyPair, SigningKeyPair};
 use crate::protocol::{ErrorCode, UserDevices};
-use crate::store::{
-    AccountRecord, ConversationSummary, MessageRecord, MessageState, Store, StoreError,
-};
+use crate::store::{AccountRecord, Store, StoreError};
 
 /// Everything that can go wrong in the session engine.
 #[derive(Debug, thiserror::Error)]

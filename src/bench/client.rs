@@ -558,11 +558,11 @@ pub fn bundle_from(d: &protocol::DeviceBundle) -> Result<PrekeyBundle, LoadError
 }
 
 /// The WebSocket settings for a busy client connection: frame limits as the relay's and a
-/// 16 KiB read buffer (tungstenite zero-fills its whole read buffer on every read, so its
+/// 8 KiB read buffer (tungstenite zero-fills its whole read buffer on every read, so its
 /// 128 KiB default costs a 128 KiB memset per small frame).
 pub fn busy_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(8 * 1024)
         .max_message_size(Some(DEFAULT_MAX_FRAME))
         .max_frame_size(Some(DEFAULT_MAX_FRAME))
 }

@@ -131,7 +131,8 @@ pub struct Report {
     pub sent: u64,
     /// Of those, decrypted by their recipient (during the window or the drain).
     pub delivered: u64,
-    /// `sent - delivered`: not decrypted by the end of the drain.
+    /// `sent - delivered`: not decrypted by the end of the drain (lost, or still queued when
+    /// the relay is overloaded).
     pub lost: u64,
     /// Scheduled in the window but not sent before it closed (the load generator fell behind).
     pub not_sent: u64,
@@ -1117,7 +1118,7 @@ pub fn print(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     )?;
     writeln!(
         out,
-        "  sent / delivered / lost      {} / {} / {}   (not sent in time {}, fetched after a dropped push {})",
+        "  sent / delivered / undelivered {} / {} / {}   (not sent in time {}, fetched after a dropped push {})",
         r.sent, r.delivered, r.lost, r.not_sent, r.fetched_after_dropped_push
     )?;
     writeln!(
@@ -1135,11 +1136,13 @@ pub fn print(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         "  latency p99.9 / max / mean   {:.3} / {:.3} / {:.3} ms",
         r.latency_p999_ms, r.latency_max_ms, r.latency_mean_ms
     )?;
-    writeln!(
-        out,
-        "  generator send lag p99 / max {:.3} / {:.3} ms (intended time to sealing)",
-        r.send_lag_p99_ms, r.send_lag_max_ms
-    )?;
+    if r.mode == "open-loop" {
+        writeln!(
+            out,
+            "  generator send lag p99 / max {:.3} / {:.3} ms (intended time to sealing)",
+            r.send_lag_p99_ms, r.send_lag_max_ms
+        )?;
+    }
     writeln!(
         out,
         "  split at relay stamp, p50/p99 to relay {:.0} / {:.0} ms, from relay {:.0} / {:.0} ms (1 ms resolution)",

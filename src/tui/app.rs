@@ -15,7 +15,7 @@ use super::keymap::{Keymap, Mode};
 use super::theme::Theme;
 use crate::protocol::names;
 use crate::session::SessionEvent;
-use crate::store::{ConversationSummary, MessageRecord, MessageState};
+use crate::session::{ConversationSummary, MessageRecord, MessageState};
 
 /// How many messages a conversation view loads at a time.
 pub const PAGE: usize = 200;
@@ -369,9 +369,10 @@ impl App {
         let idx = idx.min(self.conversations.len() - 1);
         // Leaving a conversation: its unread marker is spent.
         if let Some(old) = self.current().map(str::to_owned)
-            && let Some(v) = self.views.get_mut(&old) {
-                v.new_marker = None;
-            }
+            && let Some(v) = self.views.get_mut(&old)
+        {
+            v.new_marker = None;
+        }
         self.selected = idx;
         self.dirty = true;
         let mut fx = Vec::new();
@@ -888,9 +889,10 @@ impl App {
             Action::ScrollTop => self.scroll(isize::MAX / 2),
             Action::ScrollBottom => {
                 if let Some(id) = self.current().map(str::to_owned)
-                    && let Some(v) = self.views.get_mut(&id) {
-                        v.scroll = 0;
-                    }
+                    && let Some(v) = self.views.get_mut(&id)
+                {
+                    v.scroll = 0;
+                }
             }
             Action::Submit => return self.submit(),
             Action::ExternalEditor => return vec![Effect::Editor(self.composer.text.clone())],
@@ -971,9 +973,10 @@ impl App {
         self.conversations.insert(0, item);
         // Most recent first, but never move the selection away from what the user looks at.
         if let Some(cur) = current
-            && let Some(p) = self.conversations.iter().position(|c| c.id == cur) {
-                self.selected = p;
-            }
+            && let Some(p) = self.conversations.iter().position(|c| c.id == cur)
+        {
+            self.selected = p;
+        }
     }
 
     /// Applies something that happened outside the UI.
@@ -1062,9 +1065,10 @@ impl App {
                     results: r,
                     ..
                 }) = &mut self.overlay
-                    && *q == query {
-                        *r = Some(results);
-                    }
+                    && *q == query
+                {
+                    *r = Some(results);
+                }
                 Vec::new()
             }
             UiEvent::Queued(m) => {
@@ -1157,10 +1161,9 @@ impl App {
                             body: format!("New message from {from}"),
                         });
                     }
-                } else if incoming
-                    && let Some(id) = self.current().map(str::to_owned) {
-                        fx.push(Effect::MarkRead(id));
-                    }
+                } else if incoming && let Some(id) = self.current().map(str::to_owned) {
+                    fx.push(Effect::MarkRead(id));
+                }
                 fx
             }
             SessionEvent::Undecryptable { from, error, .. } => {

@@ -27,7 +27,7 @@ use super::keymap::{Keymap, Resolved};
 use super::theme::{self, Theme};
 use super::view;
 use crate::session::{self, EngineOptions, SessionHandle};
-use crate::store::{MessageRecord, MessageState};
+use crate::session::{MessageRecord, MessageState};
 
 /// What `cinder chat` passes in.
 pub struct TuiOptions {

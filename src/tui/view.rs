@@ -14,7 +14,7 @@ use super::action::{ACTIONS, COMMANDS};
 use super::app::{App, Connection, ConvView, Overlay};
 use super::keymap::Mode;
 use super::wrap::{truncate, width, wrap};
-use crate::store::{MessageRecord, MessageState};
+use crate::session::{MessageRecord, MessageState};
 
 /// Smallest usable terminal.
 pub const MIN_WIDTH: u16 = 80;
