@@ -537,3 +537,60 @@ fn files_are_private() {
     Store::change_passphrase(&dir, PW, b"n", P).unwrap();
     assert_eq!(mode(&dir.join("cache.header")), 0o600);
 }
+
+#[test]
+fn conversation_summaries_and_read_marks_survive_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    {
+        let s = Store::create(&dir, PW, P).unwrap();
+        let db = s.db();
+        // message(id): outgoing for even ids, sent at id seconds, received 5 ms later.
+        for id in 1..=6 {
+            db.insert_message(&message(id, "bob", &format!("b{id}")))
+                .unwrap();
+        }
+        for id in 7..=9 {
+            db.insert_message(&message(id, "room", &format!("r{id}")))
+                .unwrap();
+        }
+        // bob: incoming 1, 3, 5; read up to the arrival of 3.
+        assert_eq!(db.mark_read("bob", 3_005).unwrap(), 1);
+        // room: incoming 7, 9; 9 deleted (it was also the latest).
+        assert!(db.delete_message(&[9; 16]).unwrap());
+        assert_eq!(
+            db.conversations().unwrap(),
+            vec![
+                ConversationSummary {
+                    conversation: "room".into(),
+                    last_activity_ms: 8_005,
+                    messages: 2,
+                    unread: 1,
+                },
+                ConversationSummary {
+                    conversation: "bob".into(),
+                    last_activity_ms: 6_005,
+                    messages: 6,
+                    unread: 1,
+                },
+            ]
+        );
+    }
+    let s = Store::open(&dir, PW).unwrap();
+    let db = s.db();
+    let summary = |c: &str| {
+        db.conversations()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.conversation == c)
+            .unwrap()
+    };
+    assert_eq!((summary("bob").messages, summary("bob").unread), (6, 1));
+    assert_eq!((summary("room").messages, summary("room").unread), (2, 1));
+    db.insert_message(&message(11, "bob", "b11")).unwrap();
+    assert_eq!(summary("bob").unread, 2);
+    assert_eq!(summary("bob").last_activity_ms, 11_005);
+    assert_eq!(db.mark_read("bob", u64::MAX >> 2).unwrap(), 0);
+    assert_eq!(summary("bob").unread, 0);
+    assert_eq!(db.conversations().unwrap()[0].conversation, "bob");
+}

@@ -540,6 +540,8 @@ pub fn fill_cache(
 ) -> Result<FillReport, StoreError> {
     let t0 = Instant::now();
     let mut store = Store::create(dir, passphrase, KdfParams::INSECURE_FOR_TESTS)?;
+    // Room for the pages a batch dirties in a large cache.
+    store.set_cache_size(64 << 10)?;
     let conversations = fill_store(&mut store, conversations, messages)?;
     store.checkpoint_truncate()?;
     drop(store);

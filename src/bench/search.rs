@@ -130,7 +130,7 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 
 /// The queries, cycling through the kinds.
 fn queries(n: usize) -> Vec<(&'static str, String)> {
-    const ACCENTED: &[&str] = &["cafe", "naive", "grusse", "resume", "привет", "東京"];
+    const ACCENTED: &[&str] = &["cafe", "naive", "gruße", "resume", "привет", "東京"];
     let medium = &COMMON_WORDS[60..];
     (0..n)
         .map(|i| {

@@ -246,14 +246,17 @@ const MAX_QUERY_TERMS: usize = 32;
 /// make the query invalid; inside one word, punctuation separates tokens that must follow each
 /// other (`foo-bar` finds "foo bar"). Words without a letter or digit are dropped. The last word
 /// matches as a prefix, for search-as-you-type, unless the input ends in whitespace (the word is
-/// finished).
+/// finished) or it is a single character (which would match most of the cache, slowly: the
+/// index keeps prefixes of two and three characters).
 pub(super) fn fts_query(input: &str) -> Option<String> {
+    // Control characters separate words too: FTS5 would read a NUL as the end of the query.
+    let separator = |c: char| c.is_whitespace() || c.is_control();
     let words: Vec<&str> = input
-        .split_whitespace()
+        .split(separator)
         .filter(|w| w.chars().any(char::is_alphanumeric))
         .take(MAX_QUERY_TERMS)
         .collect();
-    let prefix = !input.ends_with(char::is_whitespace);
+    let prefix = !input.ends_with(separator);
     let mut query = String::with_capacity(input.len() + 4 * words.len());
     for (i, word) in words.iter().enumerate() {
         if i > 0 {
@@ -262,7 +265,7 @@ pub(super) fn fts_query(input: &str) -> Option<String> {
         query.push('"');
         query.push_str(&word.replace('"', "\"\""));
         query.push('"');
-        if prefix && i + 1 == words.len() {
+        if prefix && i + 1 == words.len() && word.chars().nth(1).is_some() {
             query.push('*');
         }
     }
@@ -659,7 +662,9 @@ impl<'a> Db<'a> {
                 }
             }
             // The index last: FTS5 keeps the batch's terms in memory and writes them as one
-            // segment (see `schema`).
+            // segment (see `schema`), provided the keys ascend; a smaller key makes it write
+            // out what it holds first.
+            new.sort_unstable_by_key(|&(seq, _)| seq);
             let mut index = self.0.prepare_cached(INDEX_MESSAGE)?;
             for (seq, text) in &new {
                 index.execute(params![seq, text])?;
@@ -826,9 +831,16 @@ impl<'a> Db<'a> {
     /// The `limit` newest messages (across all conversations) whose text matches `query`,
     /// newest first.
     ///
-    /// `query` is what a person typed: every word must occur, the last one as a prefix (see
-    /// [`fts_query`] for the rules). Matching ignores case and diacritics. Nothing typed can
-    /// produce a query syntax error; input without a letter or digit finds nothing.
+    /// `query` is what a person typed. Every whitespace-separated word must occur (punctuation
+    /// inside a word joins tokens that must follow each other: `foo-bar` finds "foo bar"); the
+    /// last word matches as a prefix, for search-as-you-type, unless the input ends in
+    /// whitespace or the word is a single character. Matching ignores case and diacritics.
+    /// FTS5 syntax (`AND`, `*`, `"`, `col:`, `NEAR(...)`) is searched for as text, so nothing
+    /// typed can produce a query error; input without a letter or digit finds nothing, and only
+    /// the first 32 words count.
+    ///
+    /// Walks the index newest first and stops after `limit` matches: about a millisecond for
+    /// 50 results in a million-message cache.
     ///
     /// # Errors
     /// SQL errors.
@@ -1119,6 +1131,490 @@ mod tests {
         assert_eq!(
             d.message(&[1; 16]).unwrap().unwrap().state,
             MessageState::Read
+        );
+    }
+
+    fn text_msg(id: u16, conv: &str, sent: u64, text: &str) -> MessageRecord {
+        let mut message_id = [0u8; 16];
+        message_id[..2].copy_from_slice(&id.to_be_bytes());
+        MessageRecord {
+            message_id,
+            conversation: conv.into(),
+            outgoing: false,
+            sender: "bob".into(),
+            sender_device: [9; 16],
+            sent_at_ms: sent,
+            received_at_ms: sent + 5,
+            text: text.into(),
+            state: MessageState::Received,
+        }
+    }
+
+    fn texts(v: &[MessageRecord]) -> Vec<&str> {
+        v.iter().map(|m| m.text.as_str()).collect()
+    }
+
+    /// `EXPLAIN QUERY PLAN` of `sql` (parameters bound to NULL), one line per step.
+    fn plan(c: &Connection, sql: &str) -> String {
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap();
+        rows.join("\n")
+    }
+
+    #[test]
+    fn user_input_becomes_a_quoted_fts_query() {
+        let q = |s: &str| fts_query(s);
+        assert_eq!(q("hello").as_deref(), Some("\"hello\"*"));
+        assert_eq!(q("hello world").as_deref(), Some("\"hello\" \"world\"*"));
+        assert_eq!(q("  hello   wor").as_deref(), Some("\"hello\" \"wor\"*"));
+        // A finished word (trailing space) and a single character match whole words.
+        assert_eq!(q("hello ").as_deref(), Some("\"hello\""));
+        assert_eq!(q("hello w").as_deref(), Some("\"hello\" \"w\""));
+        // Operators, quotes and stars are text inside quotes; quotes are doubled.
+        assert_eq!(q("ab AND cd").as_deref(), Some("\"ab\" \"AND\" \"cd\"*"));
+        assert_eq!(q("foo\0bar").as_deref(), Some("\"foo\" \"bar\"*"));
+        assert_eq!(q("\"foo").as_deref(), Some("\"\"\"foo\"*"));
+        assert_eq!(q("NEAR(a b)").as_deref(), Some("\"NEAR(a\" \"b)\"*"));
+        // Nothing to search for.
+        for empty in [
+            "",
+            "   ",
+            "*",
+            "\"",
+            "\"\"",
+            "- + * ^ : ( ) ,",
+            "\u{1F525}",
+            "\u{301}",
+        ] {
+            assert_eq!(q(empty), None, "{empty:?}");
+        }
+        // Pathological input is cut to a bounded number of terms.
+        let long = "word ".repeat(10_000);
+        assert_eq!(q(&long).unwrap().matches('"').count(), 2 * MAX_QUERY_TERMS);
+    }
+
+    #[test]
+    fn search_finds_newest_first_with_prefixes_case_and_diacritics() {
+        let c = db();
+        let d = Db::new(&c);
+        // Out of order, across conversations, two sharing a timestamp (arrival breaks the tie).
+        for (id, conv, sent, text) in [
+            (1, "a", 300, "The quick brown fox"),
+            (2, "b", 100, "a QUICK reply"),
+            (3, "a", 200, "slow and steady"),
+            (4, "b", 400, "quickly now"),
+            (5, "a", 400, "quick, quick!"),
+            (6, "c", 50, "Café au lait in Zürich"),
+            (7, "c", 60, "Привет, мир! 東京 tower"),
+        ] {
+            assert!(d.insert_message(&text_msg(id, conv, sent, text)).unwrap());
+        }
+        assert_eq!(
+            texts(&d.search("quick", 10).unwrap()),
+            [
+                "quick, quick!",
+                "quickly now",
+                "The quick brown fox",
+                "a QUICK reply"
+            ]
+        );
+        // A finished word does not match longer words.
+        assert_eq!(
+            texts(&d.search("quick ", 10).unwrap()),
+            ["quick, quick!", "The quick brown fox", "a QUICK reply"]
+        );
+        assert_eq!(
+            texts(&d.search("qui", 2).unwrap()),
+            ["quick, quick!", "quickly now"]
+        );
+        assert_eq!(
+            texts(&d.search("QUICK fox", 10).unwrap()),
+            ["The quick brown fox"]
+        );
+        assert_eq!(
+            texts(&d.search("brown-fox", 10).unwrap()),
+            ["The quick brown fox"]
+        );
+        assert_eq!(
+            texts(&d.search("fox brown", 10).unwrap()),
+            ["The quick brown fox"]
+        );
+        assert!(d.search("quick slow", 10).unwrap().is_empty());
+        assert_eq!(
+            texts(&d.search_in("b", "quick", 10).unwrap()),
+            ["quickly now", "a QUICK reply"]
+        );
+        assert!(d.search_in("nowhere", "quick", 10).unwrap().is_empty());
+        assert!(d.search("quick", 0).unwrap().is_empty());
+        assert_eq!(d.search("quick", usize::MAX).unwrap().len(), 4);
+        // Unicode: diacritics and case folded both ways, non-Latin scripts.
+        for q in ["cafe", "CAFÉ", "zurich", "züri", "привет", "мир", "東京"] {
+            assert_eq!(d.search(q, 10).unwrap().len(), 1, "{q}");
+        }
+    }
+
+    #[test]
+    fn no_input_is_an_fts_syntax_error() {
+        let c = db();
+        let d = Db::new(&c);
+        d.insert_message(&text_msg(
+            1,
+            "a",
+            1,
+            "foo AND bar OR baz NOT qux * \"quoted\" col:x",
+        ))
+        .unwrap();
+        let nasty = [
+            "\"foo",
+            "foo\"",
+            "\"",
+            "AND",
+            "OR",
+            "NOT",
+            "AND OR",
+            "foo AND",
+            "OR bar",
+            "*",
+            "**",
+            "foo*",
+            "*foo",
+            "^foo",
+            "foo:bar",
+            "col:x",
+            "text:foo",
+            "NEAR(foo bar)",
+            "NEAR",
+            "(",
+            ")",
+            "(foo",
+            "{foo bar}",
+            "+",
+            "-foo",
+            "foo -bar",
+            "'",
+            "''",
+            "\\",
+            "\0",
+            "foo\0bar",
+            "%",
+            "_",
+            ";",
+            "--",
+            "/*",
+            "\u{1F525}",
+            "\u{301}\u{345}",
+            "e\u{301}",
+            "\u{FEFF}",
+            "\t\n",
+            "ï",
+            "ß",
+            "İ",
+        ];
+        for q in nasty {
+            let r = d.search(q, 10);
+            assert!(r.is_ok(), "{q:?}: {r:?}");
+        }
+        // Syntax is searched for as text.
+        assert_eq!(d.search("AND OR", 10).unwrap().len(), 1);
+        assert_eq!(d.search("\"quoted", 10).unwrap().len(), 1);
+        assert_eq!(d.search("col:x", 10).unwrap().len(), 1);
+        assert_eq!(
+            d.search("word ".repeat(5000).as_str(), 10).unwrap().len(),
+            0
+        );
+    }
+
+    #[test]
+    fn deleting_a_message_removes_it_from_search_and_summaries() {
+        let c = db();
+        let d = Db::new(&c);
+        d.insert_message(&text_msg(1, "a", 100, "secret zebra"))
+            .unwrap();
+        d.insert_message(&text_msg(2, "a", 200, "plain zebra"))
+            .unwrap();
+        d.insert_message(&text_msg(3, "a", 300, "last words"))
+            .unwrap();
+        assert_eq!(d.search("zebra", 10).unwrap().len(), 2);
+        let id = text_msg(1, "", 0, "").message_id;
+        assert!(d.delete_message(&id).unwrap());
+        assert!(!d.delete_message(&id).unwrap());
+        assert!(d.search("secret", 10).unwrap().is_empty());
+        assert_eq!(texts(&d.search("zebra", 10).unwrap()), ["plain zebra"]);
+        // The index lists no such term (the byte-level proof is in `store::tests`).
+        c.execute_batch("CREATE VIRTUAL TABLE temp.vocab USING fts5vocab(main, messages_fts, row)")
+            .unwrap();
+        let terms: Vec<String> = c
+            .prepare("SELECT term FROM temp.vocab")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(!terms.iter().any(|t| t.contains("secret")), "{terms:?}");
+        // Deleting the latest message moves the conversation's activity back.
+        let s = d.conversations().unwrap();
+        assert_eq!(
+            (s[0].messages, s[0].unread, s[0].last_activity_ms),
+            (2, 2, 305)
+        );
+        d.delete_message(&text_msg(3, "", 0, "").message_id)
+            .unwrap();
+        let s = d.conversations().unwrap();
+        assert_eq!(
+            (s[0].messages, s[0].unread, s[0].last_activity_ms),
+            (1, 1, 205)
+        );
+        d.delete_message(&text_msg(2, "", 0, "").message_id)
+            .unwrap();
+        assert!(d.conversations().unwrap().is_empty());
+        assert!(d.search("zebra", 10).unwrap().is_empty());
+        c.execute_batch("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
+            .unwrap();
+    }
+
+    #[test]
+    fn an_edited_text_is_reindexed_and_a_message_cannot_move() {
+        let c = db();
+        let d = Db::new(&c);
+        d.insert_message(&text_msg(1, "a", 100, "before edit"))
+            .unwrap();
+        let id = text_msg(1, "", 0, "").message_id;
+        c.execute(
+            "UPDATE messages SET text = 'after edit' WHERE message_id = ?1",
+            [id],
+        )
+        .unwrap();
+        assert!(d.search("before", 10).unwrap().is_empty());
+        assert_eq!(texts(&d.search("after", 10).unwrap()), ["after edit"]);
+        for set in [
+            "sent_at_ms = 5",
+            "received_at_ms = 5",
+            "conversation = 'b'",
+            "outgoing = 1",
+            "seq = 1",
+        ] {
+            let r = c.execute(
+                &format!("UPDATE messages SET {set} WHERE message_id = ?1"),
+                [id],
+            );
+            assert!(r.is_err(), "{set}");
+        }
+        // State changes (receipts) are fine and change no summary.
+        assert!(d.set_message_state(&id, MessageState::Delivered).unwrap());
+        assert_eq!(d.conversations().unwrap()[0].messages, 1);
+        c.execute_batch("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
+            .unwrap();
+    }
+
+    #[test]
+    fn history_before_pages_through_once_in_order() {
+        let c = db();
+        let d = Db::new(&c);
+        // 1,000 messages in "a", interleaved with another conversation, timestamps repeating
+        // so ties must be broken by arrival, inserted in batches out of order.
+        let mut all = Vec::new();
+        for i in 0..1000u16 {
+            all.push(text_msg(i, "a", u64::from(i / 3) * 10, &format!("a{i}")));
+            all.push(text_msg(5000 + i, "b", u64::from(i) * 7, &format!("b{i}")));
+        }
+        for chunk in all.chunks(150).rev() {
+            d.insert_messages(chunk).unwrap();
+        }
+        let mut pages = Vec::new();
+        let mut before = None;
+        loop {
+            let page = d.history_before("a", before, 100).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert_eq!(page.len(), 100);
+            before = Some(page[0].message_id);
+            pages.push(page);
+        }
+        assert_eq!(pages.len(), 10);
+        // Chunks went in newest first, so arrival order among equal timestamps is by chunk.
+        let mut expected: Vec<&MessageRecord> =
+            all.iter().filter(|m| m.conversation == "a").collect();
+        expected.sort_by_key(|m| {
+            let pos = all
+                .iter()
+                .position(|x| x.message_id == m.message_id)
+                .unwrap_or(0);
+            (m.sent_at_ms, std::cmp::Reverse(pos / 150), pos)
+        });
+        let walked: Vec<&MessageRecord> = pages.iter().rev().flatten().collect();
+        assert_eq!(walked, expected);
+        assert_eq!(d.history("a", 100).unwrap(), pages[0]);
+        assert!(matches!(
+            d.history_before("a", Some([0xee; 16]), 10),
+            Err(StoreError::UnknownMessage)
+        ));
+    }
+
+    #[test]
+    fn paging_search_and_the_list_use_indexes_not_scans() {
+        let c = db();
+        let page = plan(
+            &c,
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation = ?1 AND seq < ?2
+                 ORDER BY seq DESC LIMIT ?3"
+            ),
+        );
+        assert!(
+            page.contains("USING INDEX messages_by_conversation"),
+            "{page}"
+        );
+        assert!(!page.contains("TEMP B-TREE"), "{page}");
+        let search = plan(
+            &c,
+            &format!(
+                "SELECT {M_COLUMNS} FROM messages_fts CROSS JOIN messages AS m
+                     ON m.seq = messages_fts.rowid
+                 WHERE messages_fts MATCH ?1 AND m.conversation = ?3
+                 ORDER BY messages_fts.rowid DESC LIMIT ?2"
+            ),
+        );
+        assert!(search.contains("VIRTUAL TABLE INDEX"), "{search}");
+        assert!(search.contains("INTEGER PRIMARY KEY"), "{search}");
+        assert!(!search.contains("TEMP B-TREE"), "{search}");
+        let unread = plan(
+            &c,
+            "SELECT count(*) FROM messages
+             WHERE conversation = ?1 AND outgoing = 0 AND received_at_ms > ?2",
+        );
+        assert!(
+            unread.contains("COVERING INDEX messages_incoming"),
+            "{unread}"
+        );
+        let activity = plan(
+            &c,
+            "SELECT max(sent_at_ms, received_at_ms) FROM messages WHERE conversation = ?1
+             ORDER BY max(sent_at_ms, received_at_ms) DESC LIMIT 1",
+        );
+        assert!(
+            activity.contains("INDEX messages_by_activity"),
+            "{activity}"
+        );
+        assert!(!activity.contains("TEMP B-TREE"), "{activity}");
+    }
+
+    #[test]
+    fn unread_counts_follow_inserts_read_marks_and_deletes() {
+        let c = db();
+        let d = Db::new(&c);
+        let unread = |d: &Db<'_>| {
+            d.conversations()
+                .unwrap()
+                .into_iter()
+                .map(|s| (s.conversation, s.unread))
+                .collect::<Vec<_>>()
+        };
+        let mut out = text_msg(1, "a", 100, "mine");
+        out.outgoing = true;
+        d.insert_message(&out).unwrap();
+        d.insert_message(&text_msg(2, "a", 200, "theirs")).unwrap(); // received 205
+        d.insert_message(&text_msg(3, "b", 150, "other")).unwrap(); // received 155
+        assert_eq!(unread(&d), [("a".into(), 1), ("b".into(), 1)]);
+        // Received at 205: a mark at 204 leaves it unread, 205 reads it.
+        assert_eq!(d.mark_read("a", 204).unwrap(), 1);
+        assert_eq!(d.mark_read("a", 205).unwrap(), 0);
+        assert_eq!(unread(&d), [("a".into(), 0), ("b".into(), 1)]);
+        // The mark never moves back.
+        assert_eq!(d.mark_read("a", 0).unwrap(), 0);
+        // New arrivals after the mark are unread; one delivered late (received before the
+        // mark) is not.
+        d.insert_message(&text_msg(4, "a", 300, "new")).unwrap(); // received 305
+        let mut late = text_msg(5, "a", 50, "late");
+        late.received_at_ms = 60;
+        d.insert_message(&late).unwrap();
+        assert_eq!(unread(&d), [("a".into(), 1), ("b".into(), 1)]);
+        // Deleting an unread message un-counts it; deleting a read one does not.
+        d.delete_message(&text_msg(4, "", 0, "").message_id)
+            .unwrap();
+        d.delete_message(&text_msg(2, "", 0, "").message_id)
+            .unwrap();
+        assert_eq!(unread(&d), [("b".into(), 1), ("a".into(), 0)]);
+        assert_eq!(d.mark_read("b", u64::MAX >> 1).unwrap(), 0);
+        assert_eq!(d.mark_read("nowhere", 1).unwrap(), 0);
+        // The counters agree with a recount.
+        let recount: i64 = c
+            .query_row(
+                "SELECT count(*) FROM messages m JOIN conversations c USING (conversation)
+                 WHERE m.outgoing = 0 AND m.received_at_ms > c.last_read_ms",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(recount, 0);
+    }
+
+    #[test]
+    fn batches_count_only_new_messages_and_keep_timestamp_ties_in_arrival_order() {
+        let c = db();
+        let d = Db::new(&c);
+        let batch: Vec<_> = (0..10)
+            .map(|i| text_msg(i, "a", 7, &format!("same {i}")))
+            .collect();
+        assert_eq!(d.insert_messages(&batch).unwrap(), 10);
+        assert_eq!(d.insert_messages(&batch).unwrap(), 0);
+        assert_eq!(d.insert_messages(&batch[5..]).unwrap(), 0);
+        let mut more = batch[8..].to_vec();
+        more.push(text_msg(10, "a", 7, "same 10"));
+        assert_eq!(d.insert_messages(&more).unwrap(), 1);
+        let h = d.history("a", 100).unwrap();
+        assert_eq!(h.len(), 11);
+        assert!(
+            h.iter()
+                .enumerate()
+                .all(|(i, m)| m.text == format!("same {i}"))
+        );
+        assert_eq!(d.conversations().unwrap()[0].messages, 11);
+        assert_eq!(texts(&d.search("same", 2).unwrap()), ["same 10", "same 9"]);
+        // A failing batch inserts nothing.
+        let mut bad = vec![text_msg(20, "a", 8, "fine")];
+        let mut broken = text_msg(21, "a", 9, "broken");
+        broken.sent_at_ms = u64::MAX;
+        bad.push(broken);
+        assert!(d.insert_messages(&bad).is_err());
+        assert_eq!(d.history("a", 100).unwrap().len(), 11);
+        assert_eq!(d.conversations().unwrap()[0].messages, 11);
+        assert!(d.search("fine", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_full_millisecond_spills_over_without_a_collision() {
+        let c = db();
+        let d = Db::new(&c);
+        d.insert_message(&text_msg(1, "a", 1, "early")).unwrap();
+        d.insert_message(&text_msg(2, "a", 5, "late")).unwrap();
+        // Fill the last key of millisecond 1's range by hand, as 2^20 messages would.
+        let last_of_1: i64 = (2 << 20) - 1;
+        c.execute_batch(&format!(
+            "INSERT INTO messages (seq, {MESSAGE_COLUMNS})
+             SELECT {last_of_1}, x'0303030303030303030303030303030f', conversation, outgoing,
+                    sender, sender_device, 1, received_at_ms, 'filler', state
+             FROM messages LIMIT 1"
+        ))
+        .unwrap();
+        assert!(d.insert_message(&text_msg(4, "a", 1, "spilled")).unwrap());
+        let seqs: Vec<i64> = c
+            .prepare("SELECT seq FROM messages ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(seqs.len(), 4);
+        assert_eq!(
+            *seqs.last().unwrap(),
+            (5 << 20) + 1,
+            "one past the largest key"
         );
     }
 }

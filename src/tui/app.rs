@@ -941,6 +941,18 @@ impl App {
                 return self.run_command(&line);
             }
             Action::OverlayUp | Action::OverlayDown => {}
+            // With nothing typed, Home/End scroll the conversation (to the oldest loaded message
+            // and back to the newest); with text they move the cursor.
+            Action::CursorHome if self.composer.text.is_empty() && self.mode != Mode::Normal => {
+                self.scroll(isize::MAX / 2);
+            }
+            Action::CursorEnd if self.composer.text.is_empty() && self.mode != Mode::Normal => {
+                if let Some(id) = self.current().map(str::to_owned)
+                    && let Some(v) = self.views.get_mut(&id)
+                {
+                    v.scroll = 0;
+                }
+            }
             other => {
                 // In vim's normal mode typing does not go to the composer.
                 if self.mode != Mode::Normal
@@ -1385,6 +1397,20 @@ mod tests {
             a.dirty && a.notice.is_none(),
             "an expired notice is cleared and redrawn"
         );
+    }
+
+    #[test]
+    fn home_and_end_scroll_when_the_composer_is_empty() {
+        let mut a = app("default");
+        a.update(Action::Run("/dm bob".into()));
+        a.update(Action::CursorHome);
+        assert!(a.views["dm:alice:bob"].scroll > 0);
+        a.update(Action::CursorEnd);
+        assert_eq!(a.views["dm:alice:bob"].scroll, 0);
+        typed(&mut a, "ab");
+        a.update(Action::CursorHome);
+        assert_eq!(a.composer.cursor, 0);
+        assert_eq!(a.views["dm:alice:bob"].scroll, 0);
     }
 
     #[test]
