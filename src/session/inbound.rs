@@ -207,25 +207,7 @@ impl Engine {
     }
 
     async fn pin_user(&mut self, user: &str) -> Result<(), SessionError> {
-        let conn = self
-            .conn
-            .as_ref()
-            .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
-        let Body::UserInfo(info) = conn
-            .request(Body::GetUser(protocol::GetUser {
-                username: user.to_owned(),
-            }))
-            .await?
-        else {
-            return Err(SessionError::Protocol(
-                "unexpected answer to GetUser".into(),
-            ));
-        };
-        let root: [u8; 32] = info
-            .root_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| SessionError::Protocol("malformed root key".into()))?;
+        let (root, _) = self.fetch_user(user).await?;
         let u = user.to_owned();
         self.blocking(move |s, _| {
             let db = s.db();

@@ -269,20 +269,11 @@ impl Engine {
         ))
     }
 
-    /// Makes sure we know `user`'s root key (pinned on first use) and device list.
-    async fn learn_user(&mut self, user: &str) -> Result<Vec<[u8; 16]>, SessionError> {
-        let u = user.to_owned();
-        let known = self
-            .blocking(move |s, _| {
-                let db = s.db();
-                Ok((db.root_key(&u)?, db.devices(&u)?))
-            })
-            .await?;
-        if let (Some(_), devices) = &known
-            && !devices.is_empty()
-        {
-            return Ok(devices.clone());
-        }
+    /// Asks the relay for a user's root key and active devices (consumes no prekeys).
+    pub(crate) async fn fetch_user(
+        &self,
+        user: &str,
+    ) -> Result<([u8; 32], Vec<[u8; 16]>), SessionError> {
         let conn = self
             .conn
             .as_ref()
@@ -302,11 +293,29 @@ impl Engine {
             .as_slice()
             .try_into()
             .map_err(|_| SessionError::Protocol("malformed root key from relay".into()))?;
-        let devices: Vec<[u8; 16]> = info
+        let devices = info
             .devices
             .iter()
             .map(|d| device_id(d))
             .collect::<Result<_, _>>()?;
+        Ok((root, devices))
+    }
+
+    /// Makes sure we know `user`'s root key (pinned on first use) and device list.
+    async fn learn_user(&mut self, user: &str) -> Result<Vec<[u8; 16]>, SessionError> {
+        let u = user.to_owned();
+        let known = self
+            .blocking(move |s, _| {
+                let db = s.db();
+                Ok((db.root_key(&u)?, db.devices(&u)?))
+            })
+            .await?;
+        if let (Some(_), devices) = &known
+            && !devices.is_empty()
+        {
+            return Ok(devices.clone());
+        }
+        let (root, devices) = self.fetch_user(user).await?;
         let u = user.to_owned();
         let ds = devices.clone();
         self.blocking(move |s, _| {
