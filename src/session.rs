@@ -30,6 +30,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub use crate::store::{ConversationSummary, MessageRecord, MessageState};
 pub use connection::check_url;
 pub use engine::spawn;
+/// Conversions between the wire prekey messages and the crypto types.
+pub use outbound::{bundle_from, otk_msg, pq_msg, spk_msg};
 
 use crate::crypto::CryptoError;
 use crate::crypto::identity::{DeviceCertificate, DeviceKeys};

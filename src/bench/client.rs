@@ -30,10 +30,11 @@ use crate::crypto::CryptoError;
 use crate::crypto::identity::{
     DeviceCertificate, DeviceId, DeviceKeys, DeviceRole, RootPublicKey, UserRootKey,
 };
-use crate::crypto::prekeys::{DevicePrekeys, OneTimePrekey, PqPrekey, PrekeyBundle, SignedPrekey};
+use crate::crypto::prekeys::DevicePrekeys;
 use crate::protocol::{
     self, DEFAULT_MAX_FRAME, ErrorCode, Frame, ServerHello, decode_frame, encode_frame, frame::Body,
 };
+use crate::session::{otk_msg, pq_msg, spk_msg};
 
 /// A client WebSocket to the relay.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -496,65 +497,6 @@ impl Identity {
             signature: self.proof(hello),
         })
     }
-}
-
-fn spk_msg(k: &SignedPrekey) -> protocol::SignedPrekeyMsg {
-    protocol::SignedPrekeyMsg {
-        id: k.id,
-        public: k.public.to_vec(),
-        created_at: k.created_at,
-        signature: k.signature.to_vec(),
-    }
-}
-
-fn pq_msg(k: &PqPrekey) -> protocol::PqPrekeyMsg {
-    protocol::PqPrekeyMsg {
-        id: k.id,
-        last_resort: k.last_resort,
-        created_at: k.created_at,
-        public: k.public.clone(),
-        signature: k.signature.to_vec(),
-    }
-}
-
-fn otk_msg(k: &OneTimePrekey) -> protocol::OneTimePrekeyMsg {
-    protocol::OneTimePrekeyMsg {
-        id: k.id,
-        public: k.public.to_vec(),
-    }
-}
-
-/// Assembles a device's bundle from a `KeyBundle` entry (the initiator verifies it).
-///
-/// # Errors
-/// [`LoadError::Protocol`] for missing or mis-sized fields.
-pub fn bundle_from(d: &protocol::DeviceBundle) -> Result<PrekeyBundle, LoadError> {
-    let bad = || LoadError::Protocol("malformed key bundle from relay".into());
-    let spk = d.signed_prekey.as_ref().ok_or_else(bad)?;
-    let pq = d.pq_prekey.as_ref().ok_or_else(bad)?;
-    Ok(PrekeyBundle {
-        cert: DeviceCertificate::decode(&d.certificate)?,
-        signed_prekey: SignedPrekey {
-            id: spk.id,
-            public: spk.public.as_slice().try_into().map_err(|_| bad())?,
-            created_at: spk.created_at,
-            signature: spk.signature.as_slice().try_into().map_err(|_| bad())?,
-        },
-        one_time_prekey: match &d.one_time_prekey {
-            Some(k) => Some(OneTimePrekey {
-                id: k.id,
-                public: k.public.as_slice().try_into().map_err(|_| bad())?,
-            }),
-            None => None,
-        },
-        pq_prekey: PqPrekey {
-            id: pq.id,
-            last_resort: pq.last_resort,
-            created_at: pq.created_at,
-            public: pq.public.clone(),
-            signature: pq.signature.as_slice().try_into().map_err(|_| bad())?,
-        },
-    })
 }
 
 /// The WebSocket settings for a busy client connection: frame limits as the relay's and a

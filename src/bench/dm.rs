@@ -902,7 +902,8 @@ async fn establish(lanes: &[Lane], sh: &Shared) -> Result<(), LoadError> {
             .devices
             .first()
             .ok_or_else(|| LoadError::Protocol(format!("{} has no device", lane.peer)))?;
-        let bundle = client::bundle_from(device)?;
+        let bundle =
+            crate::session::bundle_from(device).map_err(|e| LoadError::Protocol(e.to_string()))?;
         let session = handshake::initiate(
             &lane.user.id.keys,
             &lane.user.id.cert,

@@ -15,7 +15,8 @@ use crate::store::{Db, MessageRecord, MessageState, OutboxItem, Store};
 
 const PREKEYS_BLOB: &str = "prekeys";
 
-pub(crate) fn spk_msg(k: &SignedPrekey) -> protocol::SignedPrekeyMsg {
+/// A signed prekey as published on the wire.
+pub fn spk_msg(k: &SignedPrekey) -> protocol::SignedPrekeyMsg {
     protocol::SignedPrekeyMsg {
         id: k.id,
         public: k.public.to_vec(),
@@ -24,7 +25,8 @@ pub(crate) fn spk_msg(k: &SignedPrekey) -> protocol::SignedPrekeyMsg {
     }
 }
 
-pub(crate) fn pq_msg(k: &PqPrekey) -> protocol::PqPrekeyMsg {
+/// A PQ prekey as published on the wire.
+pub fn pq_msg(k: &PqPrekey) -> protocol::PqPrekeyMsg {
     protocol::PqPrekeyMsg {
         id: k.id,
         last_resort: k.last_resort,
@@ -34,14 +36,19 @@ pub(crate) fn pq_msg(k: &PqPrekey) -> protocol::PqPrekeyMsg {
     }
 }
 
-pub(crate) fn otk_msg(k: &OneTimePrekey) -> protocol::OneTimePrekeyMsg {
+/// A one-time prekey as published on the wire.
+pub fn otk_msg(k: &OneTimePrekey) -> protocol::OneTimePrekeyMsg {
     protocol::OneTimePrekeyMsg {
         id: k.id,
         public: k.public.to_vec(),
     }
 }
 
-fn bundle_from(d: &protocol::DeviceBundle) -> Result<PrekeyBundle, SessionError> {
+/// Assembles a prekey bundle from the relay's parts (verification is the caller's job).
+///
+/// # Errors
+/// [`SessionError::Protocol`] or a decoding error for missing or mis-sized fields.
+pub fn bundle_from(d: &protocol::DeviceBundle) -> Result<PrekeyBundle, SessionError> {
     let bad = || SessionError::Protocol("malformed key bundle from relay".into());
     let spk = d.signed_prekey.as_ref().ok_or_else(bad)?;
     let pq = d.pq_prekey.as_ref().ok_or_else(bad)?;

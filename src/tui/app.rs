@@ -530,14 +530,11 @@ impl App {
         let Some(id) = self.current().map(str::to_owned) else {
             return;
         };
-        let mut fx_more = false;
+        // Older pages are requested by `wants_older` once a draw shows the top.
         if let Some(v) = self.views.get_mut(&id) {
-            let new = v.scroll as isize + delta;
-            v.scroll = new.max(0) as usize;
-            fx_more = v.scroll > 0 && v.more_before && !v.loading;
+            v.scroll = v.scroll.saturating_add_signed(delta);
             self.dirty = true;
         }
-        let _ = fx_more;
     }
 
     /// Whether older history should be requested for the current view (the view drew its top).
