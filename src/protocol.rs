@@ -55,6 +55,14 @@ pub enum ErrorCode {
     ShuttingDown = 16,
     /// The request came in the wrong order (e.g. a second login).
     UnexpectedRequest = 17,
+    /// The room does not exist (or was deleted) or the sender is not a member.
+    UnknownRoom = 18,
+    /// The room's membership changed since the client's view; sync the room log and retry.
+    RoomChanged = 19,
+    /// The room is at the network's member limit.
+    RoomFull = 20,
+    /// A message timer exceeds the network's maximum.
+    TimerTooLong = 21,
 }
 
 impl ErrorCode {
@@ -79,6 +87,10 @@ impl ErrorCode {
             15 => BadRequest,
             16 => ShuttingDown,
             17 => UnexpectedRequest,
+            18 => UnknownRoom,
+            19 => RoomChanged,
+            20 => RoomFull,
+            21 => TimerTooLong,
             _ => return None,
         })
     }
@@ -97,6 +109,9 @@ impl ErrorCode {
                 | UnknownUser
                 | PermissionDenied
                 | TooManyConnections
+                | UnknownRoom
+                | RoomFull
+                | TimerTooLong
         )
     }
 }
@@ -121,6 +136,10 @@ impl std::fmt::Display for ErrorCode {
             Self::BadRequest => "bad request",
             Self::ShuttingDown => "relay shutting down",
             Self::UnexpectedRequest => "unexpected request",
+            Self::UnknownRoom => "unknown room or not a member",
+            Self::RoomChanged => "room membership changed",
+            Self::RoomFull => "room is full",
+            Self::TimerTooLong => "message timer above the network maximum",
         };
         f.write_str(s)
     }

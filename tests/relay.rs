@@ -381,6 +381,7 @@ fn send_body(id: u8, body: &[u8], recipients: &[&str], entries: Vec<KeyEntry>) -
         entries,
         recipients: recipients.iter().map(|s| (*s).to_owned()).collect(),
         delete_by_ms: 0,
+        ttl_ms: 0,
     })
 }
 

@@ -375,6 +375,7 @@ fn send_message(
             }],
             recipients: vec![peer.to_owned()],
             delete_by_ms: 0,
+            ttl_ms: 0,
         }),
         true,
     )

@@ -13,7 +13,7 @@ pub struct Frame {
     /// What the frame carries.
     #[prost(
         oneof = "frame::Body",
-        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23"
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31"
     )]
     pub body: Option<frame::Body>,
 }
@@ -89,6 +89,30 @@ pub mod frame {
         /// relay -> client: answer to `GetUser`.
         #[prost(message, tag = "23")]
         UserInfo(super::UserInfo),
+        /// client -> relay: submit one signed membership change of a room (or create it).
+        #[prost(message, tag = "24")]
+        SubmitRoomOp(super::SubmitRoomOp),
+        /// relay -> client: the membership change is stored and fanned out.
+        #[prost(message, tag = "25")]
+        RoomOpOk(super::RoomOpOk),
+        /// client -> relay: read a room's signed membership log.
+        #[prost(message, tag = "26")]
+        GetRoomLog(super::GetRoomLog),
+        /// relay -> client: answer to `GetRoomLog`.
+        #[prost(message, tag = "27")]
+        RoomLog(super::RoomLog),
+        /// client -> relay: store-and-forward one room message (one body, one shared key message).
+        #[prost(message, tag = "28")]
+        RoomSend(super::RoomSend),
+        /// client -> relay: read the network policy.
+        #[prost(message, tag = "29")]
+        GetPolicy(super::GetPolicy),
+        /// relay -> client: the network policy (answer, or a push with id 0 when it changes).
+        #[prost(message, tag = "30")]
+        Policy(super::Policy),
+        /// client -> relay (admin): change the network policy.
+        #[prost(message, tag = "31")]
+        SetPolicy(super::SetPolicy),
     }
 }
 
@@ -238,6 +262,9 @@ pub struct Authenticated {
     /// Mailbox items waiting.
     #[prost(uint32, tag = "5")]
     pub pending: u32,
+    /// The network policy in force.
+    #[prost(message, optional, tag = "6")]
+    pub policy: Option<Policy>,
 }
 
 /// Fetch bundles to start sessions with every device of `username`.
@@ -342,6 +369,11 @@ pub struct Send {
     /// Delete undelivered copies after this time (ms since epoch; 0 = keep).
     #[prost(uint64, tag = "5")]
     pub delete_by_ms: u64,
+    /// The message expires this long after the relay receives it (ms; 0 = no expiry). The relay
+    /// deletes every copy at receive time + `ttl_ms` (or `delete_by_ms` if earlier) and refuses
+    /// a `ttl_ms` above the network maximum with `TimerTooLong`.
+    #[prost(uint64, tag = "6")]
+    pub ttl_ms: u64,
 }
 
 /// The send is durable at the relay.
@@ -374,6 +406,10 @@ pub enum DeliveryKind {
     Message = 0,
     /// The relay's notice that a recipient device stored one of our messages.
     Delivered = 1,
+    /// A room message: `body` and the sender-key message (shared by every member) as `payload`.
+    RoomMessage = 2,
+    /// A signed membership change of `room_id`, as `payload`.
+    RoomOp = 3,
 }
 
 /// One mailbox item.
@@ -403,6 +439,9 @@ pub struct Delivery {
     /// The relay's receive time (ms).
     #[prost(uint64, tag = "8")]
     pub server_ts_ms: u64,
+    /// For `RoomMessage` and `RoomOp`: the room.
+    #[prost(string, tag = "9")]
+    pub room_id: String,
 }
 
 /// Answer to `Fetch`.
@@ -495,4 +534,110 @@ pub struct Bye {
     /// Why.
     #[prost(string, tag = "1")]
     pub reason: String,
+}
+
+/// Submit one signed membership change (a `Create` makes the room).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SubmitRoomOp {
+    /// The room.
+    #[prost(string, tag = "1")]
+    pub room_id: String,
+    /// The signed operation (`crypto::membership::SignedOp` encoding).
+    #[prost(bytes = "vec", tag = "2")]
+    pub op: Vec<u8>,
+}
+
+/// The membership change is durable and fanned out.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RoomOpOk {
+    /// The room.
+    #[prost(string, tag = "1")]
+    pub room_id: String,
+    /// The operation's sequence number (the room's new head).
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+}
+
+/// Read a room's membership log from `from_seq` on (members only).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetRoomLog {
+    /// The room.
+    #[prost(string, tag = "1")]
+    pub room_id: String,
+    /// First sequence number wanted (0 = from the creation).
+    #[prost(uint64, tag = "2")]
+    pub from_seq: u64,
+}
+
+/// A page of a room's membership log.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RoomLog {
+    /// The room.
+    #[prost(string, tag = "1")]
+    pub room_id: String,
+    /// Signed operations in sequence order, starting at the requested one.
+    #[prost(bytes = "vec", repeated, tag = "2")]
+    pub ops: Vec<Vec<u8>>,
+    /// Whether more follow (ask again from the next sequence number).
+    #[prost(bool, tag = "3")]
+    pub more: bool,
+}
+
+/// Store-and-forward one room message to every member device except the sending one.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RoomSend {
+    /// The 128-bit message id; the relay deduplicates retries by (sender device, id).
+    #[prost(bytes = "vec", tag = "1")]
+    pub message_id: Vec<u8>,
+    /// The room.
+    #[prost(string, tag = "2")]
+    pub room_id: String,
+    /// The encrypted body, stored once.
+    #[prost(bytes = "vec", tag = "3")]
+    pub body: Vec<u8>,
+    /// The signed sender-key message carrying the body key, stored once.
+    #[prost(bytes = "vec", tag = "4")]
+    pub key_message: Vec<u8>,
+    /// The sender's view of the membership log head; a different head at the relay is refused
+    /// with `RoomChanged`.
+    #[prost(uint64, tag = "5")]
+    pub head_seq: u64,
+    /// As in `Send`.
+    #[prost(uint64, tag = "6")]
+    pub ttl_ms: u64,
+}
+
+/// Read the network policy.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetPolicy {}
+
+/// The network policy every client enforces (and the relay where it can).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Policy {
+    /// Whether read receipts are sent and shown in 1:1 conversations.
+    #[prost(bool, tag = "1")]
+    pub read_receipts: bool,
+    /// Longest expiration timer, seconds.
+    #[prost(uint64, tag = "2")]
+    pub max_expire_secs: u64,
+    /// Longest burn-on-read timer, seconds.
+    #[prost(uint64, tag = "3")]
+    pub max_burn_secs: u64,
+    /// Most members of a room or group DM.
+    #[prost(uint32, tag = "4")]
+    pub max_room_members: u32,
+}
+
+/// Change the network policy (admins only); unset fields stay as they are.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SetPolicy {
+    /// Read receipts on or off.
+    #[prost(bool, optional, tag = "1")]
+    pub read_receipts: Option<bool>,
+    /// Longest expiration timer, seconds.
+    #[prost(uint64, optional, tag = "2")]
+    pub max_expire_secs: Option<u64>,
+    /// Longest burn-on-read timer, seconds.
+    #[prost(uint64, optional, tag = "3")]
+    pub max_burn_secs: Option<u64>,
 }

@@ -481,6 +481,7 @@ fn authenticated_body(status: AccountStatus) -> Body {
         one_time_prekeys_left: status.one_time_prekeys_left,
         pq_prekeys_left: status.pq_prekeys_left,
         pending: status.pending,
+        policy: None,
     })
 }
 
@@ -820,6 +821,7 @@ mod tests {
             body: vec![3; 70_000],
             payload: vec![4; 300],
             server_ts_ms: u64::MAX,
+            room_id: String::new(),
         };
         let f = Frame {
             id: u64::MAX,

@@ -58,6 +58,7 @@ impl Push {
                     .map(|e| e.payload.clone())
                     .unwrap_or_default(),
                 server_ts_ms,
+                room_id: String::new(),
             },
             Self::Item(d) => *d,
         }

@@ -901,6 +901,7 @@ fn op_fetch(
             payload: r.get(5)?,
             server_ts_ms: from_sql_int(r.get(6)?),
             body: r.get::<_, Option<Vec<u8>>>(7)?.unwrap_or_default(),
+            room_id: String::new(),
         };
         let len = item_len(&d);
         // At least one item always goes out, so an item never blocks the mailbox.
@@ -986,6 +987,7 @@ fn op_ack(
                 body: Vec::new(),
                 payload: Vec::new(),
                 server_ts_ms: now,
+                room_id: String::new(),
             },
         });
     }

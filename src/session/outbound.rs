@@ -488,6 +488,7 @@ impl Engine {
                     entries,
                     recipients,
                     delete_by_ms: 0,
+                    ttl_ms: 0,
                 }
                 .encode_to_vec();
                 db.outbox_set_request(id, &request, &wrapped)?;
