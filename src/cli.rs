@@ -8,6 +8,7 @@
 pub mod commands;
 pub mod demo;
 pub mod passphrase;
+pub mod rooms;
 
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 SessionError::Unreachable(_) | SessionError::Tls(_) => 4,
                 SessionError::Relay { code, .. } if code.is_refusal() => 5,
                 SessionError::Relay { .. }
+                | SessionError::Refused(_)
                 | SessionError::IdentityChanged(_)
                 | SessionError::WrongRelay => 5,
                 SessionError::Usage(_) | SessionError::BadUrl(_) | SessionError::InsecureUrl(_) => {

@@ -25,6 +25,8 @@ pub mod chunked;
 pub mod envelope;
 pub mod handshake;
 pub mod identity;
+/// The signed, hash-chained membership log of rooms and group DMs.
+pub mod membership;
 pub mod passphrase;
 pub mod prekeys;
 pub mod primitives;

@@ -61,6 +61,13 @@ enum Command {
     Recv(RecvArgs),
     /// Print the stored history of a conversation.
     History(HistoryArgs),
+    /// Rooms and group DMs: create, invite, remove, promote, demote, leave, delete, list.
+    Room {
+        #[command(subcommand)]
+        command: RoomCmd,
+    },
+    /// Show or set a conversation's message timer defaults.
+    Timer(TimerArgs),
     /// Network administration (admin accounts).
     Admin {
         #[command(subcommand)]
@@ -104,6 +111,17 @@ struct ServeArgs {
     /// Requests per second allowed per device (burst is twice this).
     #[arg(long, default_value_t = 200)]
     rate: u32,
+    /// Most members of a room or group DM.
+    #[arg(long, default_value_t = cinder::relay::DEFAULT_MAX_ROOM_MEMBERS)]
+    max_room_members: u32,
+    /// Longest expiry timer on this network, e.g. 30d (s, m, h, d, w, y); replaces the
+    /// stored policy's value (default 1y).
+    #[arg(long, value_name = "DUR")]
+    max_expire: Option<String>,
+    /// Longest burn-on-read timer on this network, e.g. 1d; replaces the stored policy's value
+    /// (default 1y).
+    #[arg(long, value_name = "DUR")]
+    max_burn: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -133,11 +151,120 @@ struct RegisterArgs {
 
 #[derive(Args, Debug)]
 struct SendArgs {
-    /// Recipient username.
+    /// Recipient username (a direct message).
+    #[arg(long, conflicts_with = "room", required_unless_present = "room")]
+    to: Option<String>,
+    /// A room or group DM: its id, a unique id prefix, or its title.
     #[arg(long)]
-    to: String,
+    room: Option<String>,
+    /// Expiration timer, counted from sending (30s, 5m, 2h, 1d, 1w, 1y).
+    #[arg(long, value_name = "DUR")]
+    expire: Option<String>,
+    /// Burn-on-read timer, counted from the recipient's first display (never longer than the
+    /// expiration).
+    #[arg(long, value_name = "DUR")]
+    burn: Option<String>,
     /// The message, or '-' to read it from stdin.
     text: String,
+}
+
+#[derive(Args, Debug)]
+struct TimerArgs {
+    /// The direct conversation with this user.
+    #[arg(long, conflicts_with = "room", required_unless_present = "room")]
+    with: Option<String>,
+    /// A room or group DM (moderators set room defaults for everyone).
+    #[arg(long)]
+    room: Option<String>,
+    /// Default expiration for new messages ('off' to clear).
+    #[arg(long, value_name = "DUR")]
+    expire: Option<String>,
+    /// Default burn-on-read for new messages ('off' to clear).
+    #[arg(long, value_name = "DUR")]
+    burn: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum RoomCmd {
+    /// Create a room (you become its moderator) or, with --group, a group DM.
+    Create {
+        /// The room's title.
+        name: String,
+        /// The room's description (topic).
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Initial members, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+        /// A group DM (no moderators; anyone can add members) instead of a room.
+        #[arg(long)]
+        group: bool,
+    },
+    /// Add members (moderators; anyone in a group DM).
+    Invite {
+        /// Room id, id prefix or title.
+        room: String,
+        /// Users to add.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Remove members (moderators).
+    Remove {
+        /// Room id, id prefix or title.
+        room: String,
+        /// Users to remove.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Make a member a moderator (moderators).
+    Promote {
+        /// Room id, id prefix or title.
+        room: String,
+        /// The member.
+        user: String,
+    },
+    /// Make a moderator a member (moderators).
+    Demote {
+        /// Room id, id prefix or title.
+        room: String,
+        /// The moderator.
+        user: String,
+    },
+    /// Change the title or description (moderators).
+    Edit {
+        /// Room id, id prefix or title.
+        room: String,
+        /// New title.
+        #[arg(long)]
+        title: Option<String>,
+        /// New description.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Leave a room or group DM.
+    Leave {
+        /// Room id, id prefix or title.
+        room: String,
+    },
+    /// Delete a room for everyone (moderators).
+    Delete {
+        /// Room id, id prefix or title.
+        room: String,
+    },
+    /// List your rooms and group DMs.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a room's members and roles.
+    Members {
+        /// Room id, id prefix or title.
+        room: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -156,8 +283,11 @@ struct RecvArgs {
 #[derive(Args, Debug)]
 struct HistoryArgs {
     /// The other user of the direct conversation.
+    #[arg(long, conflicts_with = "room", required_unless_present = "room")]
+    with: Option<String>,
+    /// A room or group DM: its id, a unique id prefix, or its title.
     #[arg(long)]
-    with: String,
+    room: Option<String>,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
@@ -176,6 +306,21 @@ enum AdminCommand {
         /// Make the invited account a network admin.
         #[arg(long)]
         admin: bool,
+    },
+    /// Show the network policy, or change it.
+    Policy {
+        #[command(subcommand)]
+        change: Option<PolicyCmd>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Turn read receipts on or off for the whole network.
+    ReadReceipts {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
     },
 }
 
@@ -557,6 +702,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.max_frame = a.max_frame;
             config.rate_per_sec = a.rate;
             config.rate_burst = a.rate.saturating_mul(2);
+            config.max_room_members = a.max_room_members;
+            config.max_expire_secs = policy_timer_arg("--max-expire", a.max_expire.as_deref())?;
+            config.max_burn_secs = policy_timer_arg("--max-burn", a.max_burn.as_deref())?;
             let _log = start_logging(&cli, &a.data, "info");
             Ok(cinder::relay::serve_until_signal(config).await?)
         }
@@ -589,11 +737,95 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                     .await
                 }
-                Command::Send(a) => commands::cmd_send(&ctx, &a.to, &a.text).await,
+                Command::Send(a) => {
+                    let target = commands::SendTarget {
+                        to: a.to.clone(),
+                        room: a.room.clone(),
+                        expire: timer_arg(a.expire.as_deref())?,
+                        burn: timer_arg(a.burn.as_deref())?,
+                    };
+                    commands::cmd_send(&ctx, &target, &a.text).await
+                }
+                Command::Room { command } => {
+                    use cinder::cli::rooms::RoomCommand as R;
+                    let cmd = match command {
+                        RoomCmd::Create {
+                            name,
+                            description,
+                            members,
+                            group,
+                        } => R::Create {
+                            name: name.clone(),
+                            description: description.clone(),
+                            members: members.clone(),
+                            group: *group,
+                        },
+                        RoomCmd::Invite { room, users } => R::Invite {
+                            room: room.clone(),
+                            users: users.clone(),
+                        },
+                        RoomCmd::Remove { room, users } => R::Remove {
+                            room: room.clone(),
+                            users: users.clone(),
+                        },
+                        RoomCmd::Promote { room, user } => R::Promote {
+                            room: room.clone(),
+                            user: user.clone(),
+                        },
+                        RoomCmd::Demote { room, user } => R::Demote {
+                            room: room.clone(),
+                            user: user.clone(),
+                        },
+                        RoomCmd::Edit {
+                            room,
+                            title,
+                            description,
+                        } => R::Edit {
+                            room: room.clone(),
+                            title: title.clone(),
+                            description: description.clone(),
+                        },
+                        RoomCmd::Leave { room } => R::Leave { room: room.clone() },
+                        RoomCmd::Delete { room } => R::Delete { room: room.clone() },
+                        RoomCmd::List { json } => R::List { json: *json },
+                        RoomCmd::Members { room, json } => R::Members {
+                            room: room.clone(),
+                            json: *json,
+                        },
+                    };
+                    cinder::cli::rooms::cmd_room(&ctx, cmd).await
+                }
+                Command::Timer(a) => {
+                    cinder::cli::rooms::cmd_timer(
+                        &ctx,
+                        a.with.as_deref(),
+                        a.room.as_deref(),
+                        a.expire.as_deref(),
+                        a.burn.as_deref(),
+                    )
+                    .await
+                }
+                Command::Admin {
+                    command: AdminCommand::Policy { change },
+                } => {
+                    let rr = change
+                        .as_ref()
+                        .map(|PolicyCmd::ReadReceipts { state }| state == "on");
+                    cinder::cli::rooms::cmd_admin_policy(&ctx, rr).await
+                }
                 Command::Recv(a) => {
                     commands::cmd_recv(&ctx, a.json, a.follow, a.timeout.as_deref()).await
                 }
-                Command::History(a) => commands::cmd_history(&ctx, &a.with, a.json, a.limit).await,
+                Command::History(a) => {
+                    commands::cmd_history(
+                        &ctx,
+                        a.with.as_deref(),
+                        a.room.as_deref(),
+                        a.json,
+                        a.limit,
+                    )
+                    .await
+                }
                 Command::Admin {
                     command: AdminCommand::Invite { email, admin },
                 } => commands::cmd_admin_invite(&ctx, email, *admin).await,
@@ -614,6 +846,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Bench { .. } | Command::Serve(_) => Ok(()),
             }
         }
+    }
+}
+
+/// Parses `serve --max-expire`/`--max-burn` (a usage error, exit 2, when malformed or off).
+fn policy_timer_arg(flag: &str, v: Option<&str>) -> anyhow::Result<Option<u64>> {
+    let Some(s) = v else {
+        return Ok(None);
+    };
+    match cinder::session::parse_timer(s).map_err(cinder::cli::UsageError)? {
+        Some(secs) => Ok(Some(u64::from(secs))),
+        None => Err(cinder::cli::UsageError(format!(
+            "{flag} needs a duration of at least one second, e.g. 30d"
+        ))
+        .into()),
+    }
+}
+
+/// Parses a `--expire`/`--burn` value (a usage error, exit 2, when malformed).
+fn timer_arg(v: Option<&str>) -> anyhow::Result<Option<u32>> {
+    match v {
+        None => Ok(None),
+        Some(s) => Ok(cinder::session::parse_timer(s).map_err(cinder::cli::UsageError)?),
     }
 }
 

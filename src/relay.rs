@@ -8,21 +8,30 @@
 //! acknowledges it. It checks signatures on device certificates and login challenges and nothing
 //! else, so it imports no decryption code at all (`tests/architecture.rs` enforces this).
 //!
+//! Rooms are routed from the relay's own copy of each room's signed membership log
+//! ([`crate::crypto::membership`]): the relay runs the same rules as the clients to decide who
+//! gets a room message and to refuse invalid changes, but clients replay the log themselves and
+//! never have to trust the relay's answer. Message timers are enforced by the relay's clock, and
+//! the network policy (read receipts, longest timers, room size) lives in its database.
+//!
 //! Layout: [`store`] is the storage trait the rest of the relay talks to and `sqlite` its
 //! embedded implementation (one writer thread with group commit); `network` creates or loads
 //! the network identity in the data directory; `invite` makes and checks invite codes;
 //! `registry` tracks connected devices, their push queues and rate limits; `conn` runs one
-//! connection's protocol state machine; `server` is the accept loop, TLS and connection limit.
+//! connection's protocol state machine and `rooms` its room, timer and policy requests;
+//! `server` is the accept loop, TLS, connection limit and the expiry sweeper.
 //! The schema and the limits are documented in `docs/relay.md`.
 
 mod conn;
 mod invite;
 mod network;
 mod registry;
+mod rooms;
 mod server;
 mod sqlite;
 pub mod store;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,9 +41,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::crypto::CryptoError;
-use crate::protocol::{DEFAULT_MAX_FRAME, ErrorCode};
+use crate::protocol::{DEFAULT_MAX_FRAME, Delivery, ErrorCode, RoomLog};
 
 pub use store::RelayStore;
+
+/// Longest timer defaults: the network maximum for expiry and burn-on-read timers (365 days).
+pub const DEFAULT_MAX_TIMER_SECS: u64 = 365 * 24 * 3600;
+/// Default most members of a room or group DM.
+pub const DEFAULT_MAX_ROOM_MEMBERS: u32 = 500;
+/// Longest timer limit a policy may set: the protocol's longest timer (365 days).
+pub const MAX_POLICY_TIMER_SECS: u64 = crate::crypto::membership::MAX_TIMER_SECS as u64;
 
 /// Name of the SQLite database inside the data directory.
 pub const DB_FILE: &str = "relay.db";
@@ -75,20 +91,45 @@ pub enum RelayError {
     Refused {
         /// The wire error code.
         code: ErrorCode,
-        /// A short, fixed explanation (never contains request data).
-        detail: &'static str,
+        /// One sentence for the client (never contains ciphertext or keys).
+        detail: Cow<'static, str>,
     },
 }
 
 impl RelayError {
-    /// A refusal with a wire code and a fixed explanation.
-    pub(crate) fn refused(code: ErrorCode, detail: &'static str) -> Self {
-        Self::Refused { code, detail }
+    /// A refusal with a wire code and an explanation.
+    pub(crate) fn refused(code: ErrorCode, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self::Refused {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A hook that lets a test play a malicious relay: it sees every delivery the relay is about to
+/// send and every room log it answers, and may drop, duplicate or rewrite them.
+///
+/// Only for tests of client-side detection (injected, replayed or dropped membership changes,
+/// tampered ciphertext); `cinder serve` never sets it. When [`RelayConfig::tamper`] is `None`
+/// nothing is called and nothing is copied.
+#[doc(hidden)]
+pub trait Tamper: Send + Sync + 'static {
+    /// Called for every delivery on its way to `to_device` of `to_user`, in `Fetch` pages and
+    /// live pushes alike; the relay sends what this returns, in order.
+    fn delivery(&self, to_user: &str, to_device: &[u8; 16], d: Delivery) -> Vec<Delivery> {
+        let _ = (to_user, to_device);
+        vec![d]
+    }
+
+    /// Called for every `RoomLog` answer to `to_user`; the relay sends what this returns.
+    fn room_log(&self, to_user: &str, log: RoomLog) -> RoomLog {
+        let _ = to_user;
+        log
     }
 }
 
 /// How the relay runs; [`RelayConfig::new`] fills in the defaults.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RelayConfig {
     /// Address to listen on (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
@@ -112,6 +153,43 @@ pub struct RelayConfig {
     pub invite_validity: Duration,
     /// Most mailbox items one `Fetch` returns (default 500).
     pub max_mailbox_fetch: u32,
+    /// Most members of a room or group DM; a change above it is refused with `RoomFull`
+    /// (default 500).
+    pub max_room_members: u32,
+    /// When set, replaces the stored policy's longest expiry timer at start (`--max-expire`).
+    pub max_expire_secs: Option<u64>,
+    /// When set, replaces the stored policy's longest burn-on-read timer at start
+    /// (`--max-burn`).
+    pub max_burn_secs: Option<u64>,
+    /// How often expired items are deleted (default 1 second, so nothing outlives its timer by
+    /// much more than that).
+    pub sweep_interval: Duration,
+    /// Test-only hook that rewrites what the relay sends; see [`Tamper`]. Always `None` in
+    /// `cinder serve`.
+    #[doc(hidden)]
+    pub tamper: Option<Arc<dyn Tamper>>,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("network_name", &self.network_name)
+            .field("tls", &self.tls)
+            .field("max_connections", &self.max_connections)
+            .field("max_frame", &self.max_frame)
+            .field("rate_per_sec", &self.rate_per_sec)
+            .field("rate_burst", &self.rate_burst)
+            .field("invite_validity", &self.invite_validity)
+            .field("max_mailbox_fetch", &self.max_mailbox_fetch)
+            .field("max_room_members", &self.max_room_members)
+            .field("max_expire_secs", &self.max_expire_secs)
+            .field("max_burn_secs", &self.max_burn_secs)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("tamper", &self.tamper.is_some())
+            .finish()
+    }
 }
 
 impl RelayConfig {
@@ -128,6 +206,11 @@ impl RelayConfig {
             rate_burst: 400,
             invite_validity: Duration::from_secs(7 * 24 * 3600),
             max_mailbox_fetch: 500,
+            max_room_members: DEFAULT_MAX_ROOM_MEMBERS,
+            max_expire_secs: None,
+            max_burn_secs: None,
+            sweep_interval: Duration::from_secs(1),
+            tamper: None,
         }
     }
 
@@ -149,6 +232,26 @@ impl RelayConfig {
         if self.max_mailbox_fetch == 0 {
             return Err(RelayError::Config(
                 "max_mailbox_fetch must be at least 1".into(),
+            ));
+        }
+        if self.max_room_members < 2 {
+            return Err(RelayError::Config(
+                "max_room_members must be at least 2".into(),
+            ));
+        }
+        for (name, v) in [
+            ("max_expire", self.max_expire_secs),
+            ("max_burn", self.max_burn_secs),
+        ] {
+            if v.is_some_and(|v| v == 0 || v > MAX_POLICY_TIMER_SECS) {
+                return Err(RelayError::Config(format!(
+                    "{name} must be between 1 second and 365 days"
+                )));
+            }
+        }
+        if self.sweep_interval.is_zero() {
+            return Err(RelayError::Config(
+                "sweep_interval must be above zero".into(),
             ));
         }
         Ok(())
@@ -261,6 +364,13 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
             return Err(e);
         }
     };
+    let policy = match load_policy(store.as_ref(), &config).await {
+        Ok(policy) => policy,
+        Err(e) => {
+            let _ = store.close().await;
+            return Err(e);
+        }
+    };
     let admin_invite = net.created_invite.clone();
     tracing::info!(
         network_id = %net.network_id,
@@ -274,11 +384,16 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let shared = Arc::new(server::Shared::new(
         &config,
         net,
+        policy,
         dyn_store.clone(),
         shutdown.clone(),
     ));
     let accept_task = tokio::spawn(server::accept_loop(listener, shared, tls));
-    let sweep_task = tokio::spawn(server::sweep_loop(dyn_store, shutdown.clone()));
+    let sweep_task = tokio::spawn(server::sweep_loop(
+        dyn_store,
+        config.sweep_interval,
+        shutdown.clone(),
+    ));
     Ok(RelayHandle {
         local_addr,
         tls: config.tls.is_some(),
@@ -288,6 +403,22 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         sweep_task,
         store,
     })
+}
+
+/// The stored policy, after the configuration's overrides (`--max-expire`, `--max-burn`).
+async fn load_policy(
+    store: &dyn RelayStore,
+    config: &RelayConfig,
+) -> Result<store::StoredPolicy, RelayError> {
+    if config.max_expire_secs.is_none() && config.max_burn_secs.is_none() {
+        return store.policy().await;
+    }
+    let change = store::PolicyChange {
+        read_receipts: None,
+        max_expire_secs: config.max_expire_secs,
+        max_burn_secs: config.max_burn_secs,
+    };
+    store.set_policy(None, change).await
 }
 
 /// Runs the relay for `cinder serve`: starts it, prints the admin invite when this start

@@ -15,9 +15,12 @@
 
 mod connection;
 mod engine;
+mod ephemeral;
 mod inbound;
 mod outbound;
 pub mod register;
+mod rooms;
+mod timers;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,13 +28,21 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+/// Room types, as the UI and the command line see them.
+pub use crate::crypto::membership::{Role, RoomKind, RoomTimers};
+/// The network policy (read receipts, timer caps, room size).
+pub use crate::protocol::Policy;
 /// The cache's message and conversation records, as the UI sees them (the UI reaches the
 /// cache only through the session).
-pub use crate::store::{ConversationSummary, MessageRecord, MessageState};
+pub use crate::store::{
+    ConversationSummary, MessageKind, MessageRecord, MessageState, MessageTimers,
+};
 pub use connection::check_url;
 pub use engine::spawn;
 /// Conversions between the wire prekey messages and the crypto types.
 pub use outbound::{bundle_from, otk_msg, pq_msg, spk_msg};
+pub use rooms::{RoomInfo, RoomMember, is_room};
+pub use timers::{Clamped, MAX_TIMER_SECS, clamp, format_duration, parse_timer};
 
 use crate::crypto::CryptoError;
 use crate::crypto::identity::{DeviceCertificate, DeviceKeys};
@@ -85,6 +96,9 @@ pub enum SessionError {
     /// A bad argument.
     #[error("{0}")]
     Usage(String),
+    /// Refused by the rules this client enforces itself (room permissions, policy).
+    #[error("{0}")]
+    Refused(String),
     /// Cache errors.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -108,7 +122,7 @@ impl SessionError {
                     | ErrorCode::TooManyConnections
                     | ErrorCode::DevicesChanged
             ),
-            Self::IdentityChanged(_) | Self::Usage(_) => true,
+            Self::IdentityChanged(_) | Self::Usage(_) | Self::Refused(_) => true,
             _ => false,
         }
     }
@@ -135,6 +149,29 @@ pub enum SessionEvent {
         /// Its new state.
         state: MessageState,
     },
+    /// A room's membership, title or timers changed (or a warning about it was recorded).
+    RoomChanged {
+        /// Which room.
+        room_id: String,
+    },
+    /// Messages were shredded (expired or burned); they are gone from the cache.
+    Shredded {
+        /// Their conversation.
+        conversation: String,
+        /// Which.
+        message_ids: Vec<[u8; 16]>,
+    },
+    /// A message's timers changed (its burn countdown started).
+    TimersChanged {
+        /// Which message.
+        message_id: [u8; 16],
+        /// Its conversation.
+        conversation: String,
+        /// The new timers.
+        timers: MessageTimers,
+    },
+    /// The network policy changed.
+    PolicyChanged(Policy),
     /// A delivery failed to authenticate; it was dropped (recorded as undecryptable).
     Undecryptable {
         /// Relay-claimed sender.
@@ -165,6 +202,8 @@ pub enum Inbound {
 /// The account's key material, loaded once per unlock.
 pub(crate) struct Keys {
     pub username: String,
+    /// Our user root key (public), to verify our own signed room changes.
+    pub root: [u8; 32],
     pub device_id: [u8; 16],
     pub device: DeviceKeys,
     pub cert: DeviceCertificate,
@@ -173,8 +212,12 @@ pub(crate) struct Keys {
 impl Keys {
     pub(crate) fn from_account(a: &AccountRecord) -> Result<Self, SessionError> {
         let cert = DeviceCertificate::decode(&a.device_cert)?;
+        let root = crate::crypto::identity::UserRootKey::from_secret_bytes(&a.root_secret)
+            .public()
+            .0;
         Ok(Self {
             username: a.username.clone(),
+            root,
             device_id: a.device_id,
             device: DeviceKeys {
                 signing: SigningKeyPair::from_secret_bytes(&a.device_signing_secret),
@@ -194,6 +237,10 @@ pub struct EngineOptions {
     pub reconnect_max: Duration,
     /// Extra CA certificate (PEM) for `wss://` relays with a private CA.
     pub ca_pem: Option<Vec<u8>>,
+    /// Added to this device's clock for the timestamps of what it sends. Only for tests of
+    /// the clock-skew rule (a sender clock set ahead must not extend a message's life).
+    #[doc(hidden)]
+    pub clock_offset_ms: i64,
 }
 
 impl Default for EngineOptions {
@@ -202,15 +249,105 @@ impl Default for EngineOptions {
             auto_reconnect: false,
             reconnect_max: Duration::from_secs(30),
             ca_pem: None,
+            clock_offset_ms: 0,
         }
     }
+}
+
+/// A conversation's timer defaults: (expire, burn), seconds.
+pub type TimerPair = (Option<u32>, Option<u32>);
+
+/// Per-message options of a send.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendOptions {
+    /// Expiration timer (seconds); `None` uses the conversation's default.
+    pub expire_after: Option<u32>,
+    /// Burn-on-read timer (seconds); `None` uses the conversation's default.
+    pub burn_after: Option<u32>,
+}
+
+/// What queuing a message did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Queued {
+    /// The message id.
+    pub message_id: [u8; 16],
+    /// The conversation it went to.
+    pub conversation: String,
+    /// The timers it carries (after the network caps).
+    pub timers: MessageTimers,
+    /// What had to be changed to respect the network's caps (one sentence each).
+    pub notes: Vec<String>,
+}
+
+/// A change to a room, as requested by the user.
+#[derive(Clone, Debug)]
+pub enum RoomRequest {
+    /// Add members.
+    Invite(Vec<String>),
+    /// Remove members (moderators).
+    Remove(Vec<String>),
+    /// Make a member a moderator.
+    Promote(String),
+    /// Make a moderator a member.
+    Demote(String),
+    /// Leave the room.
+    Leave,
+    /// Change the title and/or topic.
+    Edit {
+        /// New title, if changing.
+        title: Option<String>,
+        /// New topic, if changing.
+        description: Option<String>,
+    },
+    /// Set the room's timer defaults.
+    Timers(RoomTimers),
+    /// Delete the room for everyone (moderators).
+    Delete,
 }
 
 pub(crate) enum Command {
     SendText {
         to: String,
         text: String,
-        reply: oneshot::Sender<Result<[u8; 16], SessionError>>,
+        opts: SendOptions,
+        reply: oneshot::Sender<Result<Queued, SessionError>>,
+    },
+    CreateRoom {
+        kind: RoomKind,
+        title: String,
+        description: String,
+        members: Vec<String>,
+        reply: oneshot::Sender<Result<RoomInfo, SessionError>>,
+    },
+    ChangeRoom {
+        room: String,
+        request: RoomRequest,
+        reply: oneshot::Sender<Result<RoomInfo, SessionError>>,
+    },
+    Rooms {
+        reply: oneshot::Sender<Result<Vec<RoomInfo>, SessionError>>,
+    },
+    Room {
+        reference: String,
+        reply: oneshot::Sender<Result<RoomInfo, SessionError>>,
+    },
+    SetTimers {
+        conversation: String,
+        expire_after: Option<u32>,
+        burn_after: Option<u32>,
+        reply: oneshot::Sender<Result<(), SessionError>>,
+    },
+    Timers {
+        conversation: String,
+        reply: oneshot::Sender<Result<TimerPair, SessionError>>,
+    },
+    SetReadReceipts {
+        on: bool,
+        reply: oneshot::Sender<Result<Policy, SessionError>>,
+    },
+    Displayed {
+        message_ids: Vec<[u8; 16]>,
+        reply: oneshot::Sender<Result<(), SessionError>>,
     },
     Flush {
         reply: oneshot::Sender<Result<(), SessionError>>,
@@ -260,6 +397,7 @@ pub struct SessionHandle {
     profile_dir: Arc<PathBuf>,
     account: Arc<AccountInfo>,
     connected: Arc<std::sync::atomic::AtomicBool>,
+    policy: Arc<std::sync::Mutex<Option<Policy>>>,
 }
 
 /// Public facts about the signed-in account, for display.
@@ -293,8 +431,152 @@ impl SessionHandle {
     /// # Errors
     /// Cache errors, or a bad recipient name.
     pub async fn send_text(&self, to: &str, text: &str) -> Result<[u8; 16], SessionError> {
+        Ok(self
+            .send_message(to, text, SendOptions::default())
+            .await?
+            .message_id)
+    }
+
+    /// Queues a text message to a user (by name), a room or group DM (by id), or any
+    /// conversation id, with per-message timer options; timers above the network's caps are
+    /// shortened and [`Queued::notes`] says so.
+    ///
+    /// # Errors
+    /// Cache errors, a bad recipient, an unknown room.
+    pub async fn send_message(
+        &self,
+        to: &str,
+        text: &str,
+        opts: SendOptions,
+    ) -> Result<Queued, SessionError> {
         let (to, text) = (to.to_owned(), text.to_owned());
-        self.call(|reply| Command::SendText { to, text, reply })
+        self.call(|reply| Command::SendText {
+            to,
+            text,
+            opts,
+            reply,
+        })
+        .await
+    }
+
+    /// Creates a room (we become its moderator) or a group DM with `members`.
+    ///
+    /// # Errors
+    /// Unknown users, limits, the relay unreachable.
+    pub async fn create_room(
+        &self,
+        kind: RoomKind,
+        title: &str,
+        description: &str,
+        members: &[String],
+    ) -> Result<RoomInfo, SessionError> {
+        let (title, description, members) =
+            (title.to_owned(), description.to_owned(), members.to_vec());
+        self.call(|reply| Command::CreateRoom {
+            kind,
+            title,
+            description,
+            members,
+            reply,
+        })
+        .await
+    }
+
+    /// Signs and submits a change of a room (given by id, id prefix or title).
+    ///
+    /// # Errors
+    /// [`SessionError::Usage`] with the reason when the change is not allowed (e.g. only
+    /// moderators can remove members); relay refusals; the relay unreachable.
+    pub async fn change_room(
+        &self,
+        room: &str,
+        request: RoomRequest,
+    ) -> Result<RoomInfo, SessionError> {
+        let room = room.to_owned();
+        self.call(|reply| Command::ChangeRoom {
+            room,
+            request,
+            reply,
+        })
+        .await
+    }
+
+    /// Every room and group DM in the cache.
+    ///
+    /// # Errors
+    /// Cache errors.
+    pub async fn rooms(&self) -> Result<Vec<RoomInfo>, SessionError> {
+        self.call(|reply| Command::Rooms { reply }).await
+    }
+
+    /// One room, by id, unique id prefix, or a title that is unambiguous among our rooms.
+    ///
+    /// # Errors
+    /// [`SessionError::Usage`] for no match or an ambiguous title (listing the candidates).
+    pub async fn room(&self, reference: &str) -> Result<RoomInfo, SessionError> {
+        let reference = reference.to_owned();
+        self.call(|reply| Command::Room { reference, reply }).await
+    }
+
+    /// Sets a conversation's timer defaults: for a room, a signed change (moderators); for a
+    /// direct message, this device's default for what we send.
+    ///
+    /// # Errors
+    /// Permission and cache errors.
+    pub async fn set_timers(
+        &self,
+        conversation: &str,
+        expire_after: Option<u32>,
+        burn_after: Option<u32>,
+    ) -> Result<(), SessionError> {
+        let conversation = conversation.to_owned();
+        self.call(|reply| Command::SetTimers {
+            conversation,
+            expire_after,
+            burn_after,
+            reply,
+        })
+        .await
+    }
+
+    /// A conversation's timer defaults (expire, burn).
+    ///
+    /// # Errors
+    /// Cache errors.
+    pub async fn timers(
+        &self,
+        conversation: &str,
+    ) -> Result<(Option<u32>, Option<u32>), SessionError> {
+        let conversation = conversation.to_owned();
+        self.call(|reply| Command::Timers {
+            conversation,
+            reply,
+        })
+        .await
+    }
+
+    /// The network policy as last heard from the relay (`None` before the first login).
+    pub fn policy(&self) -> Option<Policy> {
+        self.policy.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Turns read receipts on or off for the whole network (admins only).
+    ///
+    /// # Errors
+    /// [`SessionError::Relay`] with `PermissionDenied` for non-admins.
+    pub async fn set_read_receipts(&self, on: bool) -> Result<Policy, SessionError> {
+        self.call(|reply| Command::SetReadReceipts { on, reply })
+            .await
+    }
+
+    /// Records that these received messages were shown to the user: starts their burn timers
+    /// and sends read receipts where the network allows them.
+    ///
+    /// # Errors
+    /// Cache errors.
+    pub async fn displayed(&self, message_ids: &[[u8; 16]]) -> Result<(), SessionError> {
+        let message_ids = message_ids.to_vec();
+        self.call(|reply| Command::Displayed { message_ids, reply })
             .await
     }
 

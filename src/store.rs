@@ -12,6 +12,23 @@
 //! encrypted by SQLCipher, and temporary tables and sorts are kept in memory. Data access goes
 //! through [`Db`], which is handed out either in autocommit mode ([`Store::db`]) or inside one
 //! `BEGIN IMMEDIATE` transaction ([`Store::transaction`]).
+//!
+//! # Ephemeral messages and crypto-shredding
+//! A message with a timer (expiry or burn-on-read, [`MessageTimers`]) is stored *sealed*: its
+//! text is AES-256-GCM ciphertext under a fresh random 32-byte key of its own (key and nonce
+//! derived with HKDF, label `cinder/v1/cache/msg`, the message id as associated data), the key
+//! sits in the `message_keys` table, and reads decrypt transparently. When its deadline passes,
+//! [`Store::shred_due`] deletes, in one transaction, the message's key, its row (so history and
+//! the conversation's counts forget it) and any outbox item still waiting to send it, then
+//! checkpoints and truncates the WAL. `PRAGMA secure_delete` zeroes the freed space; and should
+//! a copy of the ciphertext survive anyway (a stale WAL frame, a copy of the file), it is
+//! unreadable because its key is gone (`PROTOCOL.md` section 0, promise 5).
+//!
+//! Timed messages are deliberately not searchable: the FTS5 index keeps its own copy of every
+//! word, which no per-message key covers, so indexing them would leave their words readable
+//! after the message was shredded. Untimed messages are indexed, and removed from the index
+//! with FTS5's `secure-delete` when deleted; a message that gets a timer after it arrived
+//! ([`Db::set_expire_at`], [`Db::set_burn_at`]) is sealed then and leaves the index at once.
 
 mod db;
 mod files;
@@ -28,7 +45,8 @@ use crate::crypto::passphrase::{CacheHeader, KdfParams};
 use crate::crypto::primitives::{Secret32, hkdf_sha256};
 
 pub use db::{
-    AccountRecord, ConversationSummary, Db, DeviceSession, MessageRecord, MessageState, OutboxItem,
+    AccountRecord, ConversationSummary, Db, DeviceSession, MessageKind, MessageRecord,
+    MessageState, MessageTimers, OutboxItem, OutboxKind,
 };
 
 /// File name of the header that wraps the DEK.
@@ -254,6 +272,27 @@ impl Store {
         self.conn
             .pragma_update(None, "cache_size", -i64::from(kib))?;
         Ok(())
+    }
+
+    /// Crypto-shreds every message whose deletion deadline is at or before `now_ms` (expired or
+    /// burnt), in one transaction ([`Db::due_deletions`], [`Db::shred`]), then checkpoints and
+    /// truncates the WAL if anything was deleted, so no old page version of the deleted rows or
+    /// keys stays behind in it. Returns what was shredded, as (id, conversation), soonest
+    /// deadline first.
+    ///
+    /// # Errors
+    /// SQL errors; nothing is deleted then.
+    pub fn shred_due(&mut self, now_ms: u64) -> Result<Vec<([u8; 16], String)>> {
+        let due = self.transaction(|db| {
+            let due = db.due_deletions(now_ms)?;
+            let ids: Vec<[u8; 16]> = due.iter().map(|(id, _)| *id).collect();
+            db.shred(&ids)?;
+            Ok::<_, StoreError>(due)
+        })?;
+        if !due.is_empty() {
+            self.checkpoint_truncate()?;
+        }
+        Ok(due)
     }
 
     /// Copies the WAL into the database and truncates it to zero bytes
@@ -730,6 +769,8 @@ mod tests {
                 received_at_ms: u64::from(i),
                 text,
                 state: MessageState::Received,
+                kind: MessageKind::Text,
+                timers: MessageTimers::default(),
             }
         };
         // No filler word starts with the marker's first letter, so the index stores the
@@ -789,5 +830,351 @@ mod tests {
         // scan above would have seen it.
         let lazy = tempfile::tempdir().unwrap();
         assert!(marker_survives_delete(lazy.path(), "zyzzyvamarker", false));
+    }
+
+    /// A message as version 2 stored it, indexed and counted as version 2 did.
+    fn insert_v2(c: &Connection, id: u8, conv: &str, outgoing: bool, sent: u64, text: &str) {
+        let seq = schema::next_seq(c, sent).unwrap();
+        let received = i64::try_from(sent + 10).unwrap();
+        c.execute(
+            "INSERT INTO messages (seq, message_id, conversation, outgoing, sender,
+                                   sender_device, sent_at_ms, received_at_ms, text, state)
+             VALUES (?1, ?2, ?3, ?4, 'bob', ?5, ?6, ?7, ?8, ?9)",
+            rusqlite::params![
+                seq,
+                [id; 16],
+                conv,
+                outgoing,
+                [9u8; 16],
+                i64::try_from(sent).unwrap(),
+                received,
+                text,
+                if outgoing { "sent" } else { "received" }
+            ],
+        )
+        .unwrap();
+        c.execute(schema::INDEX_MESSAGE, rusqlite::params![seq, text])
+            .unwrap();
+        c.execute(
+            schema::COUNT_MESSAGE,
+            rusqlite::params![conv, received, !outgoing, received],
+        )
+        .unwrap();
+    }
+
+    fn user_version(c: &Connection) -> i64 {
+        c.pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Rows of `table` whose `message_id` is `id`.
+    fn rows_with_id(c: &Connection, table: &str, id: &[u8; 16]) -> i64 {
+        c.query_row(
+            &format!("SELECT count(*) FROM {table} WHERE message_id = ?1"),
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_version_2_cache_upgrades_to_version_3_without_losing_anything() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p");
+        let summaries_before: Vec<(String, i64, i64, i64)>;
+        {
+            let s = Store::create_at(&dir, b"pw", P, 2).unwrap();
+            assert_eq!(user_version(&s.conn), 2);
+            insert_v2(&s.conn, 1, "dm:alice:bob", false, 300, "third hello");
+            insert_v2(&s.conn, 2, "dm:alice:bob", true, 100, "first hello");
+            insert_v2(&s.conn, 3, "dm:alice:bob", false, 200, "second hello");
+            insert_v2(&s.conn, 4, "room:x", false, 50, "room hello");
+            s.conn
+                .execute(
+                    "INSERT INTO outbox (message_id, conversation, recipient, text, created_at_ms)
+                     VALUES (?1, 'dm:alice:bob', 'bob', 'queued', 7)",
+                    [[5u8; 16]],
+                )
+                .unwrap();
+            s.conn
+                .execute_batch(
+                    "UPDATE conversations SET last_read_ms = 215, unread = 1
+                     WHERE conversation = 'dm:alice:bob'",
+                )
+                .unwrap();
+            summaries_before = s
+                .conn
+                .prepare("SELECT conversation, last_activity_ms, messages, unread FROM conversations ORDER BY conversation")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert_eq!(summaries_before.len(), 2);
+        }
+        let s = Store::open(&dir, b"pw").unwrap();
+        assert_eq!(user_version(&s.conn), schema::VERSION);
+        assert_eq!(schema::VERSION, 3);
+        let db = s.db();
+        let history = db.history("dm:alice:bob", 10).unwrap();
+        assert_eq!(
+            history.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+            ["first hello", "second hello", "third hello"]
+        );
+        assert!(
+            history
+                .iter()
+                .all(|m| m.kind == MessageKind::Text && m.timers == MessageTimers::default())
+        );
+        assert_eq!(db.search("hello", 10).unwrap().len(), 4);
+        let mut summaries_after: Vec<_> = db
+            .conversations()
+            .unwrap()
+            .into_iter()
+            .map(|c| {
+                (
+                    c.conversation,
+                    i64::try_from(c.last_activity_ms).unwrap(),
+                    i64::try_from(c.messages).unwrap(),
+                    i64::try_from(c.unread).unwrap(),
+                )
+            })
+            .collect();
+        summaries_after.sort();
+        assert_eq!(summaries_after, summaries_before);
+        let outbox = db.outbox_pending().unwrap();
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(
+            (outbox[0].kind, outbox[0].timers, outbox[0].extra.as_slice()),
+            (OutboxKind::Text, MessageTimers::default(), &[][..])
+        );
+        assert!(db.undisplayed_receipts("dm:alice:bob").unwrap().is_empty());
+        assert_eq!(db.next_deletion().unwrap(), None);
+
+        // The upgraded cache takes timed messages like a fresh one.
+        let mut m = db.message(&[1; 16]).unwrap().unwrap();
+        m.message_id = [6; 16];
+        m.text = "timed hello".into();
+        m.timers.expire_after_s = Some(60);
+        m.timers.expire_at_ms = Some(1_000);
+        assert!(db.insert_message(&m).unwrap());
+        assert_eq!(db.message(&[6; 16]).unwrap().unwrap(), m);
+        assert_eq!(db.search("hello", 10).unwrap().len(), 4);
+        assert_eq!(rows_with_id(&s.conn, "message_keys", &[6; 16]), 1);
+        db.set_conversation_timers("room:x", Some(5), None).unwrap();
+        assert_eq!(db.conversation_timers("room:x").unwrap(), (Some(5), None));
+        assert!(db.set_expire_at(&[4; 16], 10).unwrap());
+        assert!(db.search("room", 10).unwrap().is_empty());
+        let mut s = s;
+        assert_eq!(s.shred_due(1_000).unwrap().len(), 2);
+        assert_eq!(db_history_len(&s, "dm:alice:bob"), 3);
+        s.conn
+            .execute_batch("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
+            .unwrap();
+    }
+
+    fn db_history_len(s: &Store, conversation: &str) -> usize {
+        s.db().history(conversation, usize::MAX).unwrap().len()
+    }
+
+    #[test]
+    fn shred_due_deletes_the_key_and_every_trace_of_the_message() {
+        const MARKER: &str = "SHRED-MARKER-4c1e";
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p");
+        let mut s = Store::create(&dir, b"pw", P).unwrap();
+        let msg = |id: u8, conv: &str, text: String, expire_at: Option<u64>| MessageRecord {
+            message_id: [id; 16],
+            conversation: conv.into(),
+            outgoing: false,
+            sender: "bob".into(),
+            sender_device: [1; 16],
+            sent_at_ms: u64::from(id) * 100,
+            received_at_ms: u64::from(id) * 100 + 1,
+            text,
+            state: MessageState::Received,
+            kind: MessageKind::Text,
+            timers: MessageTimers {
+                expire_after_s: expire_at.map(|_| 60),
+                expire_at_ms: expire_at,
+                ..MessageTimers::default()
+            },
+        };
+        let doomed = [1u8; 16];
+        {
+            let db = s.db();
+            db.insert_message(&msg(1, "a", format!("the {MARKER} text"), Some(5_000)))
+                .unwrap();
+            db.insert_message(&msg(2, "a", "kept words".into(), None))
+                .unwrap();
+            db.insert_message(&msg(3, "b", "later".into(), Some(9_000)))
+                .unwrap();
+            db.outbox_push(&OutboxItem {
+                id: 0,
+                message_id: doomed,
+                conversation: "a".into(),
+                recipient: "bob".into(),
+                text: "queued".into(),
+                created_at_ms: 1,
+                request: None,
+                key_package: None,
+                attempts: 0,
+                last_error: None,
+                kind: OutboxKind::Text,
+                timers: MessageTimers::default(),
+                extra: Vec::new(),
+            })
+            .unwrap();
+            assert_eq!(
+                db.message(&doomed).unwrap().unwrap().text,
+                format!("the {MARKER} text")
+            );
+        }
+        // Before: the text is only ciphertext, and the message's own key exists.
+        let (text, sealed): (String, Option<Vec<u8>>) = s
+            .conn
+            .query_row(
+                "SELECT text, sealed FROM messages WHERE message_id = ?1",
+                [doomed],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(text, "");
+        assert!(
+            !sealed
+                .unwrap()
+                .windows(MARKER.len())
+                .any(|w| w == MARKER.as_bytes())
+        );
+        let key_len: i64 = s
+            .conn
+            .query_row(
+                "SELECT length(key) FROM message_keys WHERE message_id = ?1",
+                [doomed],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(key_len, 32);
+        assert_eq!(rows_with_id(&s.conn, "outbox", &doomed), 1);
+
+        assert!(s.shred_due(4_999).unwrap().is_empty());
+        assert_eq!(s.shred_due(5_000).unwrap(), vec![(doomed, "a".to_string())]);
+        assert!(s.shred_due(5_000).unwrap().is_empty());
+
+        // After: no key, and nothing refers to the message any more.
+        for table in ["messages", "message_keys", "outbox"] {
+            assert_eq!(rows_with_id(&s.conn, table, &doomed), 0, "{table}");
+        }
+        assert_eq!(rows_with_id(&s.conn, "message_keys", &[3; 16]), 1);
+        assert_eq!(
+            std::fs::metadata(dir.join("cache.db-wal")).unwrap().len(),
+            0,
+            "the WAL was checkpointed and truncated"
+        );
+        {
+            let db = s.db();
+            assert!(db.message(&doomed).unwrap().is_none());
+            let h = db.history("a", 10).unwrap();
+            assert_eq!(h.len(), 1);
+            assert_eq!(h[0].text, "kept words");
+            assert!(db.search("text", 10).unwrap().is_empty());
+            assert_eq!(db.search("kept", 10).unwrap().len(), 1);
+            let summary: Vec<_> = db
+                .conversations()
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.conversation, c.messages, c.unread, c.last_activity_ms))
+                .collect();
+            assert_eq!(summary, [("b".into(), 1, 1, 301), ("a".into(), 1, 1, 201)]);
+            assert_eq!(db.next_deletion().unwrap(), Some(9_000));
+        }
+        drop(s);
+        for name in [DB_FILE, "cache.db-wal", "cache.db-shm"] {
+            if let Ok(bytes) = std::fs::read(dir.join(name)) {
+                assert!(
+                    !bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes()),
+                    "{name}"
+                );
+            }
+        }
+        let s = Store::open(&dir, b"pw").unwrap();
+        assert_eq!(db_history_len(&s, "a"), 1);
+        assert_eq!(s.db().history("b", 10).unwrap()[0].text, "later");
+    }
+
+    /// Without encryption, so the bytes can be inspected: a timed message's text never
+    /// reaches the file, and once it is shredded neither its key nor its ciphertext is left.
+    #[test]
+    fn a_shredded_message_leaves_neither_text_nor_key_in_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("plain.db");
+        let mut c = Connection::open(&path).unwrap();
+        c.execute_batch("PRAGMA secure_delete = ON; PRAGMA journal_mode = WAL;")
+            .unwrap();
+        schema::migrate(&mut c).unwrap();
+        let msg = |id: u8, text: &str, timers: MessageTimers| MessageRecord {
+            message_id: [id; 16],
+            conversation: "c".into(),
+            outgoing: false,
+            sender: "bob".into(),
+            sender_device: [1; 16],
+            sent_at_ms: u64::from(id),
+            received_at_ms: u64::from(id),
+            text: text.into(),
+            state: MessageState::Received,
+            kind: MessageKind::Text,
+            timers,
+        };
+        let burn = MessageTimers {
+            burn_after_s: Some(1),
+            ..MessageTimers::default()
+        };
+        let db = Db::new(&c);
+        db.insert_message(&msg(1, "apple zyzzyvatimed banana", burn))
+            .unwrap();
+        db.insert_message(&msg(
+            2,
+            "apple zyzzyvaclear banana",
+            MessageTimers::default(),
+        ))
+        .unwrap();
+        for i in 3..60 {
+            db.insert_message(&msg(i, "filler words", burn)).unwrap();
+        }
+        let (key, sealed): (Vec<u8>, Vec<u8>) = c
+            .query_row(
+                "SELECT k.key, m.sealed FROM messages m JOIN message_keys k USING (message_id)
+                 WHERE message_id = ?1",
+                [[1u8; 16]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let checkpoint = |c: &Connection| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+        };
+        let in_files = |needle: &[u8]| {
+            ["", "-wal"].iter().any(|s| {
+                std::fs::read(format!("{}{s}", path.display()))
+                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            })
+        };
+        checkpoint(&c);
+        assert!(in_files(b"zyzzyvaclear"), "the scan finds clear text");
+        assert!(
+            !in_files(b"zyzzyvatimed"),
+            "a timed text is sealed from the start"
+        );
+        assert!(
+            in_files(&key) && in_files(&sealed),
+            "the scan finds the key"
+        );
+        db.mark_displayed(&[1; 16], 10).unwrap();
+        assert_eq!(db.due_deletions(1_010).unwrap().len(), 1);
+        assert_eq!(db.shred(&[[1; 16]]).unwrap(), 1);
+        checkpoint(&c);
+        assert!(!in_files(&key), "the key is gone from the file");
+        assert!(!in_files(&sealed), "the ciphertext is gone from the file");
+        assert_eq!(db.history("c", 100).unwrap().len(), 58);
     }
 }

@@ -44,8 +44,15 @@ const TABLE: &[(&str, &[&str])] = &[
 ];
 
 /// Parts of `crypto` the relay may use: signature checks on certificates and its own login
-/// challenge, never anything that decrypts.
-const RELAY_CRYPTO_ALLOWED: &[&str] = &["primitives", "identity", "wire", "CryptoError"];
+/// challenge, never anything that decrypts. `membership`: the relay checks membership changes
+/// with the same rules to route and refuse; membership carries no secrets.
+const RELAY_CRYPTO_ALLOWED: &[&str] = &[
+    "primitives",
+    "identity",
+    "wire",
+    "membership",
+    "CryptoError",
+];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = fs::read_dir(dir) else {

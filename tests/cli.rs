@@ -539,3 +539,108 @@ async fn recv_timeout_and_follow_see_live_messages() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_timers_and_policy_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let env = Env {
+        root: tmp.path().to_path_buf(),
+    };
+    let url = relay.url();
+    let invite = relay.admin_invite.clone();
+    tokio::task::spawn_blocking(move || {
+        setup(&env, &url, &invite);
+        let out = env.ok(
+            "alice",
+            &[
+                "room",
+                "create",
+                "Ops",
+                "--description",
+                "on call",
+                "--members",
+                "bob",
+            ],
+        );
+        let id = last_line(&out).to_owned();
+        assert!(id.starts_with("room:"), "{out}");
+        env.ok("bob", &["send", "--room", "Ops", "hello room"]);
+        let got = env.ok("alice", &["recv", "--json"]);
+        let line: serde_json::Value = got
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["text"] == "hello room")
+            .unwrap_or_else(|| panic!("no room message in {got}"));
+        assert_eq!(line["room"]["id"], id.as_str());
+        assert_eq!(line["room"]["title"], "Ops");
+        assert_eq!(line["conversation"], id.as_str());
+        assert_eq!(line["from"], "bob");
+
+        // A non-moderator cannot remove: refused (exit 5) with the reason.
+        let out = env.run("bob", &["room", "remove", "Ops", "alice"]);
+        assert_eq!(out.status.code(), Some(5));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("only moderators"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let members = env.ok("bob", &["room", "members", "Ops"]);
+        assert!(
+            members.contains("alice") && members.contains("moderator"),
+            "{members}"
+        );
+        let list = env.ok("bob", &["room", "list", "--json"]);
+        let rooms: Vec<serde_json::Value> = list
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rooms.len(), 1, "{list}");
+        assert_eq!(rooms[0]["role"], "member");
+
+        // An ambiguous title is an error listing the candidates.
+        let out2 = env.ok("alice", &["room", "create", "Ops", "--members", "bob"]);
+        let id2 = last_line(&out2).to_owned();
+        let out = env.run("bob", &["send", "--room", "ops", "which one?"]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("ambiguous") && err.contains(&id) && err.contains(&id2),
+            "{err}"
+        );
+        env.ok("bob", &["history", "--room", &id]);
+
+        // Timers: per message, and conversation defaults.
+        env.ok(
+            "alice",
+            &["send", "--to", "bob", "--expire", "2s", "short-lived"],
+        );
+        let got = env.ok("bob", &["recv", "--json"]);
+        let line: serde_json::Value = got
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["text"] == "short-lived")
+            .unwrap_or_else(|| panic!("{got}"));
+        assert_eq!(line["timers"]["expire_after"], 2);
+        std::thread::sleep(Duration::from_millis(3500));
+        let hist = env.ok("bob", &["history", "--with", "alice", "--json"]);
+        assert!(!hist.contains("short-lived"), "{hist}");
+        let out = env.ok("alice", &["timer", "--with", "bob", "--expire", "1h"]);
+        assert!(
+            out.contains("expire 1h") && out.contains("burn off"),
+            "{out}"
+        );
+        let out = env.run("alice", &["send", "--to", "bob", "--burn", "forever", "x"]);
+        assert_eq!(out.status.code(), Some(2));
+
+        // The read-receipt policy: admins only.
+        let out = env.ok("admin", &["admin", "policy"]);
+        assert!(out.contains("read receipts: on"), "{out}");
+        let out = env.run("alice", &["admin", "policy", "read-receipts", "off"]);
+        assert_eq!(out.status.code(), Some(5));
+        let out = env.ok("admin", &["admin", "policy", "read-receipts", "off"]);
+        assert!(out.contains("read receipts: off"), "{out}");
+    })
+    .await
+    .unwrap();
+}

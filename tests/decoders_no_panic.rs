@@ -6,7 +6,8 @@
 //! removals, hostile length prefixes). A mutated encoding must either fail to decode or decode
 //! to a value that re-encodes consistently: byte-for-byte for the wire formats, and stably
 //! (`encode(decode(encode(x))) == encode(x)`) for the secret cache states that are not canonical.
-//! Authenticated formats (envelope bodies, chunked streams) must reject every real mutation.
+//! Authenticated formats (envelope bodies, chunked streams, signed membership ops) must reject
+//! every real mutation.
 //!
 //! Set `PROPTEST_CASES` to run more cases than the default.
 
@@ -20,7 +21,10 @@ use cinder::crypto::envelope::{
 };
 use cinder::crypto::handshake::{self, PairwiseMessage, Session};
 use cinder::crypto::identity::{
-    DeviceCertificate, DeviceId, DeviceKeys, DeviceRole, Revocation, UserRootKey,
+    DeviceCertificate, DeviceId, DeviceKeys, DeviceRole, Revocation, RootPublicKey, UserRootKey,
+};
+use cinder::crypto::membership::{
+    self, MembershipOp, OpKind, RoomKind, RoomState, RoomTimers, SignedOp,
 };
 use cinder::crypto::passphrase::{CacheHeader, KdfParams};
 use cinder::crypto::prekeys::{DevicePrekeys, PqPrekey, PrekeyBundle};
@@ -60,6 +64,9 @@ struct Fixtures {
     cache_header: Vec<u8>,
     chunked: Vec<u8>,
     chunked_plain: Vec<u8>,
+    membership_ops: Vec<Vec<u8>>,
+    membership_root: RootPublicKey,
+    room_states: Vec<Vec<u8>>,
 }
 
 fn device(name: &str) -> (UserRootKey, DeviceKeys, DeviceCertificate) {
@@ -198,6 +205,56 @@ fn build_fixtures() -> Fixtures {
     )
     .unwrap();
 
+    // A room's membership log: create, then one op of each kind that carries data.
+    let create = SignedOp::sign(
+        MembershipOp {
+            room_id: membership::new_room_id(RoomKind::Room).unwrap(),
+            seq: 0,
+            prev: [0; 32],
+            actor: "alice".into(),
+            actor_cert: alice_cert.clone(),
+            at_ms: NOW * 1000,
+            kind: OpKind::Create {
+                kind: RoomKind::Room,
+                title: "Lobby".into(),
+                description: "first room".into(),
+                members: vec!["bob".into()],
+            },
+        },
+        &alice_keys.signing,
+    );
+    let mut room = RoomState::genesis(&create, &alice_urk.public(), 100).unwrap();
+    let mut membership_ops = vec![create.encode()];
+    let mut room_states = vec![room.encode()];
+    for kind in [
+        OpKind::Invite {
+            users: vec!["carol".into(), "dave".into()],
+        },
+        OpKind::Promote { user: "bob".into() },
+        OpKind::Edit {
+            title: "Lobby 2".into(),
+            description: String::new(),
+        },
+        OpKind::SetTimers {
+            timers: RoomTimers {
+                expire_after: Some(86_400),
+                burn_after: Some(60),
+            },
+        },
+        OpKind::Remove {
+            users: vec!["dave".into()],
+        },
+        OpKind::Leave,
+    ] {
+        let op = SignedOp::sign(
+            room.next_op("alice", &alice_cert, NOW * 1000, kind),
+            &alice_keys.signing,
+        );
+        room.apply(&op, &alice_urk.public(), 100).unwrap();
+        membership_ops.push(op.encode());
+    }
+    room_states.push(room.encode());
+
     Fixtures {
         cert: alice_cert.encode(),
         revocation: revocation.encode(),
@@ -223,6 +280,9 @@ fn build_fixtures() -> Fixtures {
         cache_header: cache_header.encode(),
         chunked,
         chunked_plain,
+        membership_ops,
+        membership_root: alice_urk.public(),
+        room_states,
     }
 }
 
@@ -414,6 +474,25 @@ fn check_chunked(b: &[u8]) -> Check {
     Ok(seek_ok)
 }
 
+/// A membership op that decodes is canonical, and one that still verifies as alice's is one of
+/// the genuine ops (the signature covers every byte but the version and itself).
+fn check_membership_op(b: &[u8]) -> Check {
+    let decoded = canonical("membership op", b, SignedOp::decode, SignedOp::encode)?;
+    if let Ok(op) = SignedOp::decode(b)
+        && op.verify_author(&FIX.membership_root).is_ok()
+    {
+        prop_assert!(
+            FIX.membership_ops.iter().any(|g| g == b),
+            "a mutated membership op still verifies"
+        );
+    }
+    Ok(decoded)
+}
+
+fn check_room_state(b: &[u8]) -> Check {
+    canonical("room state", b, RoomState::decode, RoomState::encode)
+}
+
 type Checker = fn(&[u8]) -> Check;
 
 const ALL_CHECKS: &[(&str, Checker)] = &[
@@ -435,6 +514,8 @@ const ALL_CHECKS: &[(&str, Checker)] = &[
     ("sender key state", check_sender_key_state),
     ("cache header", check_cache_header),
     ("chunked stream", check_chunked),
+    ("membership op", check_membership_op),
+    ("room state", check_room_state),
 ];
 
 fn check_everything(b: &[u8]) -> Result<(), TestCaseError> {
@@ -674,6 +755,17 @@ proptest! {
     }
 
     #[test]
+    fn mutated_membership(which in any::<Index>(), muts in mutations(), state in any::<bool>()) {
+        if state {
+            let bases: Vec<&[u8]> = FIX.room_states.iter().map(Vec::as_slice).collect();
+            mutated_family(&bases, which, &muts, check_room_state)?;
+        } else {
+            let bases: Vec<&[u8]> = FIX.membership_ops.iter().map(Vec::as_slice).collect();
+            mutated_family(&bases, which, &muts, check_membership_op)?;
+        }
+    }
+
+    #[test]
     fn mutated_fixed_chunked_stream_is_rejected(muts in mutations()) {
         let bytes = apply(&FIX.chunked, &muts);
         let decoded = check_chunked(&bytes)?;
@@ -795,6 +887,14 @@ fn every_fixture_decodes() {
         ),
         (vec![FIX.cache_header.as_slice()], check_cache_header),
         (vec![FIX.chunked.as_slice()], check_chunked),
+        (
+            FIX.membership_ops.iter().map(Vec::as_slice).collect(),
+            check_membership_op,
+        ),
+        (
+            FIX.room_states.iter().map(Vec::as_slice).collect(),
+            check_room_state,
+        ),
     ] {
         for base in bases {
             assert!(check(base).unwrap());

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use cinder::crypto::passphrase::KdfParams;
-use cinder::store::{MessageRecord, MessageState, Store, StoreError};
+use cinder::store::{MessageKind, MessageRecord, MessageState, MessageTimers, Store, StoreError};
 use common::*;
 
 const P: KdfParams = KdfParams::INSECURE_FOR_TESTS;
@@ -27,6 +27,8 @@ fn message(id: u32, conversation: &str, sent_at_ms: u64, text: &str) -> MessageR
         received_at_ms: sent_at_ms + 3,
         text: text.into(),
         state: MessageState::Received,
+        kind: MessageKind::Text,
+        timers: MessageTimers::default(),
     }
 }
 
@@ -163,6 +165,62 @@ fn a_deleted_message_cannot_be_found_and_leaves_no_plaintext() {
     let s = Store::open(&dir, PW).unwrap();
     assert!(s.db().search(MARKER, 10).unwrap().is_empty());
     assert!(s.db().message(&secret.message_id).unwrap().is_none());
+}
+
+#[test]
+fn timed_messages_are_never_searchable_and_shredding_keeps_search_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    let mut s = Store::create(&dir, PW, P).unwrap();
+    let timed = |id: u32, sent: u64, text: &str, expire_at_ms: u64| MessageRecord {
+        timers: MessageTimers {
+            expire_after_s: Some(60),
+            expire_at_ms: Some(expire_at_ms),
+            ..MessageTimers::default()
+        },
+        ..message(id, "c", sent, text)
+    };
+    {
+        let db = s.db();
+        db.insert_message(&message(1, "c", 10, "wombat in clear"))
+            .unwrap();
+        db.insert_message(&timed(2, 20, "wombat on a timer", 1_000))
+            .unwrap();
+        db.insert_message(&timed(3, 30, "second wombat on a timer", 2_000))
+            .unwrap();
+        // Timed messages are in the history, decrypted, but the search never sees them.
+        assert_eq!(
+            texts(&db.history("c", 10).unwrap()),
+            [
+                "wombat in clear",
+                "wombat on a timer",
+                "second wombat on a timer"
+            ]
+        );
+        assert_eq!(
+            texts(&db.search("wombat", 10).unwrap()),
+            ["wombat in clear"]
+        );
+        assert!(db.search("timer", 10).unwrap().is_empty());
+        assert!(db.search_in("c", "second", 10).unwrap().is_empty());
+        // A timer given to a clear message later takes it out of the search too.
+        assert!(
+            db.set_expire_at(&message(1, "", 0, "").message_id, 1_500)
+                .unwrap()
+        );
+        assert!(db.search("wombat", 10).unwrap().is_empty());
+    }
+    assert_eq!(s.shred_due(1_500).unwrap().len(), 2);
+    let db = s.db();
+    assert_eq!(
+        texts(&db.history("c", 10).unwrap()),
+        ["second wombat on a timer"]
+    );
+    assert_eq!(db.conversations().unwrap()[0].messages, 1);
+    assert!(db.search("wombat", 10).unwrap().is_empty());
+    db.insert_message(&message(4, "c", 40, "wombat again"))
+        .unwrap();
+    assert_eq!(texts(&db.search("wombat", 10).unwrap()), ["wombat again"]);
 }
 
 #[test]

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use cinder::crypto::passphrase::KdfParams;
 use cinder::store::{
-    AccountRecord, ConversationSummary, MessageRecord, MessageState, OutboxItem, Store, StoreError,
+    AccountRecord, ConversationSummary, MessageKind, MessageRecord, MessageState, MessageTimers,
+    OutboxItem, OutboxKind, Store, StoreError,
 };
 use zeroize::Zeroizing;
 
@@ -47,6 +48,8 @@ fn message(id: u8, conversation: &str, text: &str) -> MessageRecord {
         received_at_ms: 1_000 * u64::from(id) + 5,
         text: text.into(),
         state: MessageState::Received,
+        kind: MessageKind::Text,
+        timers: MessageTimers::default(),
     }
 }
 
@@ -62,6 +65,9 @@ fn outbox(text: &str) -> OutboxItem {
         key_package: None,
         attempts: 0,
         last_error: None,
+        kind: OutboxKind::Text,
+        timers: MessageTimers::default(),
+        extra: Vec::new(),
     }
 }
 
@@ -593,4 +599,163 @@ fn conversation_summaries_and_read_marks_survive_reopen() {
     assert_eq!(db.mark_read("bob", u64::MAX >> 2).unwrap(), 0);
     assert_eq!(summary("bob").unread, 0);
     assert_eq!(db.conversations().unwrap()[0].conversation, "bob");
+}
+
+fn timed(id: u8, conversation: &str, text: &str, timers: MessageTimers) -> MessageRecord {
+    MessageRecord {
+        timers,
+        ..message(id, conversation, text)
+    }
+}
+
+#[test]
+fn timed_messages_survive_reopen_and_are_shredded_when_due() {
+    let marker = MARKER.as_bytes();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("profile");
+    let burn = MessageTimers {
+        burn_after_s: Some(30),
+        ..MessageTimers::default()
+    };
+    let expire = MessageTimers {
+        expire_after_s: Some(3_600),
+        expire_at_ms: Some(3_601_000),
+        ..MessageTimers::default()
+    };
+    {
+        let s = Store::create(&dir, PW, P).unwrap();
+        let db = s.db();
+        db.insert_message(&timed(1, "bob", &format!("burn {MARKER}"), burn))
+            .unwrap();
+        db.insert_message(&timed(3, "bob", &format!("expire {MARKER}"), expire))
+            .unwrap();
+        db.insert_message(&message(5, "bob", "plain")).unwrap();
+        let mut system = message(7, "bob", "timer set to 1 hour");
+        system.kind = MessageKind::System;
+        db.insert_message(&system).unwrap();
+        db.set_conversation_timers("bob", Some(3_600), Some(30))
+            .unwrap();
+    }
+    let mut s = Store::open(&dir, PW).unwrap();
+    {
+        let db = s.db();
+        let h = db.history("bob", 10).unwrap();
+        assert_eq!(
+            h,
+            vec![
+                timed(1, "bob", &format!("burn {MARKER}"), burn),
+                timed(3, "bob", &format!("expire {MARKER}"), expire),
+                message(5, "bob", "plain"),
+                MessageRecord {
+                    kind: MessageKind::System,
+                    ..message(7, "bob", "timer set to 1 hour")
+                },
+            ]
+        );
+        assert!(db.search(MARKER, 10).unwrap().is_empty());
+        assert_eq!(
+            db.conversation_timers("bob").unwrap(),
+            (Some(3_600), Some(30))
+        );
+        assert_eq!(db.next_deletion().unwrap(), Some(3_601_000));
+        // Reading message 1 starts its burn timer; the expiry can only come sooner.
+        assert_eq!(db.mark_displayed(&[1; 16], 10_000).unwrap(), Some(40_000));
+        assert_eq!(db.mark_displayed(&[1; 16], 20_000).unwrap(), None);
+        assert!(db.set_expire_at(&[3; 16], 9_999_999).unwrap());
+        assert_eq!(db.next_deletion().unwrap(), Some(40_000));
+        assert_eq!(db.undisplayed_receipts("bob").unwrap(), vec![[1; 16]]);
+        db.mark_receipts_sent(&[[1; 16]]).unwrap();
+        assert!(db.undisplayed_receipts("bob").unwrap().is_empty());
+    }
+    assert!(s.shred_due(39_999).unwrap().is_empty());
+    assert_eq!(s.shred_due(40_000).unwrap(), vec![([1; 16], "bob".into())]);
+    assert_eq!(
+        s.shred_due(u64::MAX).unwrap(),
+        vec![([3; 16], "bob".into())]
+    );
+    let db = s.db();
+    assert_eq!(db.history("bob", 10).unwrap().len(), 2);
+    assert_eq!(db.conversations().unwrap()[0].messages, 2);
+    assert_eq!(db.next_deletion().unwrap(), None);
+    assert!(db.message(&[1; 16]).unwrap().is_none());
+    drop(s);
+    assert!(files_containing(&dir, marker).is_empty());
+    let s = Store::open(&dir, PW).unwrap();
+    assert_eq!(s.db().history("bob", 10).unwrap().len(), 2);
+    assert_eq!(s.db().delete_conversation("bob").unwrap(), 2);
+    assert!(s.db().conversations().unwrap().is_empty());
+    assert_eq!(s.db().conversation_timers("bob").unwrap(), (None, None));
+}
+
+#[test]
+fn the_outbox_round_trips_kinds_timers_and_extra_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("profile");
+    let items = [
+        (OutboxKind::Text, Some(60), None, Vec::new()),
+        (OutboxKind::Receipt, None, None, vec![0u8, 1, 2, 255]),
+        (OutboxKind::Control, None, Some(5), vec![7u8; 1000]),
+    ];
+    {
+        let s = Store::create(&dir, PW, P).unwrap();
+        for (kind, expire, burn, extra) in &items {
+            let mut item = outbox("x");
+            item.kind = *kind;
+            item.timers.expire_after_s = *expire;
+            item.timers.burn_after_s = *burn;
+            item.extra = extra.clone();
+            s.db().outbox_push(&item).unwrap();
+        }
+    }
+    let s = Store::open(&dir, PW).unwrap();
+    let pending = s.db().outbox_pending().unwrap();
+    assert_eq!(pending.len(), 3);
+    for (o, (kind, expire, burn, extra)) in pending.iter().zip(&items) {
+        assert_eq!(o.kind, *kind);
+        assert_eq!(
+            o.timers,
+            MessageTimers {
+                expire_after_s: *expire,
+                burn_after_s: *burn,
+                ..MessageTimers::default()
+            }
+        );
+        assert_eq!(&o.extra, extra);
+    }
+}
+
+#[test]
+fn blob_prefixes_do_not_match_look_alikes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("profile");
+    let s = Store::create(&dir, PW, P).unwrap();
+    let db = s.db();
+    for key in [
+        "room/a",
+        "room/a/1",
+        "room/a/2",
+        "room/ab",
+        "room/ab/1",
+        "room/a_/1",
+    ] {
+        db.put_blob(key, key.as_bytes()).unwrap();
+    }
+    let keys = |prefix: &str| {
+        db.blobs_with_prefix(prefix)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| {
+                assert_eq!(v.as_slice(), k.as_bytes());
+                k
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys("room/a/"), ["room/a/1", "room/a/2"]);
+    assert_eq!(keys("room/a_"), ["room/a_/1"]);
+    assert_eq!(db.delete_blobs_with_prefix("room/a/").unwrap(), 2);
+    assert!(keys("room/a/").is_empty());
+    assert_eq!(
+        keys("room/a"),
+        ["room/a", "room/a_/1", "room/ab", "room/ab/1"]
+    );
 }

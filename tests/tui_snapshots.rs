@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use cinder::session::SessionEvent;
-use cinder::store::{ConversationSummary, MessageRecord, MessageState};
+use cinder::store::{ConversationSummary, MessageKind, MessageRecord, MessageState, MessageTimers};
 use cinder::tui::action::Action;
 use cinder::tui::app::{App, Settings, UiEvent};
 use cinder::tui::keymap::Keymap;
@@ -50,6 +50,8 @@ fn msg(
         received_at_ms: T0 + minutes * 60_000,
         text: text.into(),
         state,
+        kind: MessageKind::Text,
+        timers: MessageTimers::default(),
     }
 }
 

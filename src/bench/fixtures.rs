@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 
 use crate::crypto::passphrase::KdfParams;
 use crate::protocol::names;
-use crate::store::{Db, MessageRecord, MessageState, Store, StoreError};
+use crate::store::{
+    Db, MessageKind, MessageRecord, MessageState, MessageTimers, Store, StoreError,
+};
 
 /// The passphrase benchmark fixtures use unless told otherwise.
 pub const BENCH_PASSPHRASE: &[u8] = b"cinder-bench";
@@ -490,6 +492,8 @@ impl Generator {
             received_at_ms: self.clock_ms + self.rng.below(2_000),
             text,
             state,
+            kind: MessageKind::Text,
+            timers: MessageTimers::default(),
         }
     }
 }

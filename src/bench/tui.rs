@@ -15,7 +15,7 @@ use super::BenchError;
 use crate::crypto::identity::{DeviceId, DeviceKeys, DeviceRole, UserRootKey};
 use crate::crypto::passphrase::{CacheHeader, KdfParams, derive_kek};
 use crate::session::{self, EngineOptions};
-use crate::store::{AccountRecord, MessageRecord, MessageState, Store};
+use crate::store::{AccountRecord, MessageKind, MessageRecord, MessageState, MessageTimers, Store};
 use crate::tui::action::Action;
 use crate::tui::app::{App, PAGE, Settings, UiEvent};
 use crate::tui::keymap::Keymap;
@@ -124,6 +124,8 @@ pub fn render(messages: usize, frames: usize) -> Result<RenderReport, BenchError
                 received_at_ms: t0 + i as u64 * 45_000,
                 text,
                 state: MessageState::Delivered,
+                kind: MessageKind::Text,
+                timers: MessageTimers::default(),
             }
         })
         .collect();

@@ -14,7 +14,7 @@ use crate::crypto::passphrase::{CacheHeader, KdfParams};
 use crate::protocol::names;
 use crate::session::register::{RegisterOptions, register};
 use crate::session::{self, EngineOptions, Inbound, SessionEvent, SessionHandle};
-use crate::store::{MessageRecord, Store};
+use crate::store::{MessageKind, MessageRecord, MessageTimers, Store};
 
 /// What every client command needs.
 pub struct Context {
@@ -38,11 +38,43 @@ fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-fn message_json(m: &MessageRecord) -> serde_json::Value {
+/// Room titles by id, for output.
+pub(crate) type Rooms = std::collections::HashMap<String, session::RoomInfo>;
+
+pub(crate) async fn room_map(handle: &SessionHandle) -> Rooms {
+    handle
+        .rooms()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| (r.room_id.clone(), r))
+        .collect()
+}
+
+fn timers_json(t: &MessageTimers) -> serde_json::Value {
+    if !t.is_timed() {
+        return serde_json::Value::Null;
+    }
     json!({
-        "type": "message",
+        "expire_after": t.expire_after_s,
+        "burn_after": t.burn_after_s,
+        "expires_at": t.expire_at_ms.map(rfc3339),
+        "burns_at": t.burn_at_ms.map(rfc3339),
+    })
+}
+
+pub(crate) fn message_json(m: &MessageRecord, rooms: &Rooms, me: &str) -> serde_json::Value {
+    let room = rooms.get(&m.conversation).map(|r| {
+        json!({"id": r.room_id, "title": r.display_name(me), "kind": match r.kind {
+            session::RoomKind::Room => "room",
+            session::RoomKind::Group => "group",
+        }})
+    });
+    json!({
+        "type": if m.kind == MessageKind::System { "system" } else { "message" },
         "id": hex(&m.message_id),
         "conversation": m.conversation,
+        "room": room,
         "from": m.sender,
         "from_device": hex(&m.sender_device),
         "outgoing": m.outgoing,
@@ -50,16 +82,55 @@ fn message_json(m: &MessageRecord) -> serde_json::Value {
         "received_at": rfc3339(m.received_at_ms),
         "state": m.state.as_str(),
         "text": m.text,
+        "timers": timers_json(&m.timers),
     })
 }
 
-fn print_message(out: &mut impl Write, m: &MessageRecord, json_mode: bool) -> std::io::Result<()> {
+fn timer_suffix(t: &MessageTimers) -> String {
+    let mut parts = Vec::new();
+    if let Some(e) = t.expire_after_s {
+        parts.push(format!("expires in {}", session::format_duration(e.into())));
+    }
+    if let Some(b) = t.burn_after_s {
+        parts.push(format!(
+            "burns {} after reading",
+            session::format_duration(b.into())
+        ));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", parts.join(", "))
+    }
+}
+
+fn print_message(
+    out: &mut impl Write,
+    m: &MessageRecord,
+    json_mode: bool,
+    rooms: &Rooms,
+    me: &str,
+) -> std::io::Result<()> {
     if json_mode {
-        writeln!(out, "{}", message_json(m))
+        writeln!(out, "{}", message_json(m, rooms, me))
     } else {
         let when =
             humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(m.sent_at_ms));
-        writeln!(out, "[{when}] {}: {}", m.sender, m.text)
+        let place = rooms
+            .get(&m.conversation)
+            .map(|r| format!("#{} ", r.display_name(me)))
+            .unwrap_or_default();
+        if m.kind == MessageKind::System {
+            writeln!(out, "[{when}] {place}* {}", m.text)
+        } else {
+            writeln!(
+                out,
+                "[{when}] {place}{}: {}{}",
+                m.sender,
+                m.text,
+                timer_suffix(&m.timers)
+            )
+        }
     }
 }
 
@@ -94,7 +165,10 @@ fn timing(ctx: &Context, what: &str, since: Instant) {
 }
 
 /// Unlocks the profile and starts an engine.
-async fn open_engine(ctx: &Context, auto_reconnect: bool) -> anyhow::Result<SessionHandle> {
+pub(crate) async fn open_engine(
+    ctx: &Context,
+    auto_reconnect: bool,
+) -> anyhow::Result<SessionHandle> {
     let pass = passphrase::read(&ctx.passphrase, "Passphrase: ", false)?;
     let dir = ctx.profile_dir.clone();
     let t0 = Instant::now();
@@ -107,6 +181,7 @@ async fn open_engine(ctx: &Context, auto_reconnect: bool) -> anyhow::Result<Sess
             auto_reconnect,
             reconnect_max: ctx.config.network.reconnect_max(),
             ca_pem,
+            clock_offset_ms: 0,
         },
     )?;
     Ok(handle)
@@ -166,8 +241,21 @@ pub async fn cmd_register(ctx: &Context, a: RegisterArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `cinder send --to USER TEXT|-`.
-pub async fn cmd_send(ctx: &Context, to: &str, text: &str) -> anyhow::Result<()> {
+/// Where `cinder send` sends, and with which timers.
+#[derive(Clone, Debug, Default)]
+pub struct SendTarget {
+    /// A user (direct message).
+    pub to: Option<String>,
+    /// A room or group DM (id, id prefix or title).
+    pub room: Option<String>,
+    /// Expiration timer (seconds).
+    pub expire: Option<u32>,
+    /// Burn-on-read timer (seconds).
+    pub burn: Option<u32>,
+}
+
+/// `cinder send (--to USER | --room ROOM) [--expire DUR] [--burn DUR] TEXT|-`.
+pub async fn cmd_send(ctx: &Context, target: &SendTarget, text: &str) -> anyhow::Result<()> {
     let text = if text == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -180,10 +268,38 @@ pub async fn cmd_send(ctx: &Context, to: &str, text: &str) -> anyhow::Result<()>
     if text.is_empty() {
         return Err(UsageError("the message is empty".into()).into());
     }
+    if target.to.is_some() == target.room.is_some() {
+        return Err(UsageError("give exactly one of --to USER or --room ROOM".into()).into());
+    }
     let handle = open_engine(ctx, false).await?;
     let t0 = Instant::now();
     let result = async {
-        handle.send_text(to, &text).await?;
+        let to = match (&target.to, &target.room) {
+            (Some(u), _) => u.clone(),
+            (None, Some(r)) => {
+                // Membership changes waiting for us come first, so the title resolves and
+                // the room's current members get the message.
+                match handle.sync().await {
+                    Ok(_) | Err(session::SessionError::Relay { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                handle.room(r).await?.room_id
+            }
+            (None, None) => String::new(),
+        };
+        let q = handle
+            .send_message(
+                &to,
+                &text,
+                session::SendOptions {
+                    expire_after: target.expire,
+                    burn_after: target.burn,
+                },
+            )
+            .await?;
+        for n in &q.notes {
+            eprintln!("cinder: {n}");
+        }
         handle.flush().await
     }
     .await;
@@ -207,6 +323,7 @@ pub async fn cmd_recv(
 ) -> anyhow::Result<()> {
     let timeout = timeout.map(parse_duration).transpose()?;
     let handle = open_engine(ctx, follow).await?;
+    let me = handle.account().username.clone();
     let mut events = handle.subscribe();
     let t0 = Instant::now();
     let mut out = std::io::stdout().lock();
@@ -218,10 +335,15 @@ pub async fn cmd_recv(
         }
         let got = handle.sync().await?;
         timing(ctx, "recv (excluding key derivation)", t0);
+        let mut rooms = room_map(&handle).await;
         if !follow {
+            let mut shown = Vec::new();
             for i in &got {
                 match i {
-                    Inbound::Message(m) => print_message(&mut out, m, json_mode)?,
+                    Inbound::Message(m) => {
+                        print_message(&mut out, m, json_mode, &rooms, &me)?;
+                        shown.push(m.message_id);
+                    }
                     Inbound::Undecryptable {
                         from,
                         message_id,
@@ -230,6 +352,8 @@ pub async fn cmd_recv(
                 }
             }
             out.flush()?;
+            // Printing is displaying: burn timers start, read receipts go out.
+            handle.displayed(&shown).await?;
             if !got.is_empty() || timeout.is_none() {
                 return Ok(());
             }
@@ -251,11 +375,31 @@ pub async fn cmd_recv(
             let Some(ev) = ev else { break };
             match ev {
                 Ok(SessionEvent::Message(m)) => {
-                    print_message(&mut out, &m, json_mode)?;
+                    if !rooms.contains_key(&m.conversation) && session::is_room(&m.conversation) {
+                        rooms = room_map(&handle).await;
+                    }
+                    print_message(&mut out, &m, json_mode, &rooms, &me)?;
                     out.flush()?;
+                    if !m.outgoing {
+                        handle.displayed(&[m.message_id]).await?;
+                    }
                     if !follow {
                         break;
                     }
+                }
+                Ok(SessionEvent::RoomChanged { .. }) => rooms = room_map(&handle).await,
+                Ok(SessionEvent::Shredded {
+                    conversation,
+                    message_ids,
+                }) if json_mode => {
+                    for id in message_ids {
+                        writeln!(
+                            out,
+                            "{}",
+                            json!({"type": "shredded", "id": hex(&id), "conversation": conversation})
+                        )?;
+                    }
+                    out.flush()?;
                 }
                 Ok(SessionEvent::Undecryptable {
                     from,
@@ -288,33 +432,42 @@ pub async fn cmd_recv(
     result
 }
 
-/// `cinder history --with USER`.
+/// `cinder history (--with USER | --room ROOM)`: works offline, from the cache.
 pub async fn cmd_history(
     ctx: &Context,
-    with: &str,
+    with: Option<&str>,
+    room: Option<&str>,
     json_mode: bool,
     limit: usize,
 ) -> anyhow::Result<()> {
-    let pass = passphrase::read(&ctx.passphrase, "Passphrase: ", false)?;
-    let dir = ctx.profile_dir.clone();
-    let with = names::canonical_username(with)
-        .ok_or_else(|| UsageError(format!("not a valid username: {with:?}")))?;
-    let messages = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<MessageRecord>> {
-        let store = session::unlock(&dir, &pass)?;
-        let me = store
-            .db()
-            .account()?
-            .map(|a| a.username)
-            .unwrap_or_default();
-        Ok(store
-            .db()
-            .history(&names::dm_conversation(&me, &with), limit)?)
-    })
-    .await??;
+    if with.is_some() == room.is_some() {
+        return Err(UsageError("give exactly one of --with USER or --room ROOM".into()).into());
+    }
+    let handle = open_engine(ctx, false).await?;
+    let me = handle.account().username.clone();
+    let result = async {
+        let conversation = match (with, room) {
+            (Some(w), _) => {
+                let w = names::canonical_username(w)
+                    .ok_or_else(|| UsageError(format!("not a valid username: {w:?}")))?;
+                names::dm_conversation(&me, &w)
+            }
+            (None, Some(r)) => handle.room(r).await?.room_id,
+            (None, None) => String::new(),
+        };
+        let rooms = room_map(&handle).await;
+        let messages = handle.history(&conversation, limit).await?;
+        anyhow::Ok((messages, rooms))
+    }
+    .await;
+    handle.shutdown().await;
+    let (messages, rooms) = result?;
     let mut out = std::io::stdout().lock();
     for m in &messages {
         if json_mode {
-            writeln!(out, "{}", message_json(m))?;
+            writeln!(out, "{}", message_json(m, &rooms, &me))?;
+        } else if m.kind == MessageKind::System {
+            print_message(&mut out, m, false, &rooms, &me)?;
         } else {
             let mark = match m.state.as_str() {
                 "sending" => " (sending)",
@@ -324,7 +477,13 @@ pub async fn cmd_history(
             };
             let when =
                 humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(m.sent_at_ms));
-            writeln!(out, "[{when}] {}: {}{mark}", m.sender, m.text)?;
+            writeln!(
+                out,
+                "[{when}] {}: {}{mark}{}",
+                m.sender,
+                m.text,
+                timer_suffix(&m.timers)
+            )?;
         }
     }
     Ok(())

@@ -519,6 +519,7 @@ async fn open_engine(dir: &Path, pass: &Zeroizing<Vec<u8>>) -> anyhow::Result<Pa
             auto_reconnect: true,
             reconnect_max: RECONNECT_MAX,
             ca_pem: None,
+            clock_offset_ms: 0,
         },
     )?;
     let events = handle.subscribe();
@@ -982,6 +983,7 @@ mod tests {
                 auto_reconnect: true,
                 reconnect_max: RECONNECT_MAX,
                 ca_pem: None,
+                clock_offset_ms: 0,
             },
         )
         .unwrap();

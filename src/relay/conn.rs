@@ -28,7 +28,7 @@ use super::store::{
     AccountStatus, DeviceId, MAX_STORED_ONE_TIME, MAX_STORED_PQ, NewAccount, NewInvite,
     OutgoingEntry, OutgoingMessage, SendOutcome, VerifiedDevice,
 };
-use super::{RelayError, invite};
+use super::{RelayError, invite, rooms};
 use crate::crypto::identity::{DeviceCertificate, DeviceRole, RootPublicKey};
 use crate::crypto::primitives::{PQ_PUBLIC_LEN, random_array, verify_signature};
 use crate::protocol::frame::Body;
@@ -75,10 +75,10 @@ enum Event {
 }
 
 /// The authenticated device behind a connection.
-struct Authed {
-    username: String,
-    device: DeviceId,
-    is_admin: bool,
+pub(super) struct Authed {
+    pub(super) username: String,
+    pub(super) device: DeviceId,
+    pub(super) is_admin: bool,
     outbox: Arc<Outbox>,
     _attachment: Attachment,
 }
@@ -104,7 +104,10 @@ fn error_frame(id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
     }
 }
 
-fn refused(code: ErrorCode, detail: &'static str) -> RelayError {
+pub(super) fn refused(
+    code: ErrorCode,
+    detail: impl Into<std::borrow::Cow<'static, str>>,
+) -> RelayError {
     RelayError::refused(code, detail)
 }
 
@@ -266,14 +269,29 @@ where
             if pushes.is_empty() {
                 return true;
             }
+            let now = rooms::now_ms();
             for push in pushes {
-                let frame = Frame {
-                    id: 0,
-                    body: Some(Body::Delivery(push.into_delivery())),
+                // Expired while queued: never delivered.
+                let Some(body) = push.into_body(now) else {
+                    continue;
                 };
-                let msg = Message::binary(encode_frame(&frame));
-                if !matches!(timeout(WRITE_TIMEOUT, ws.feed(msg)).await, Ok(Ok(()))) {
-                    return false;
+                let bodies = match (&shared.tamper, body) {
+                    (Some(t), Body::Delivery(d)) => t
+                        .delivery(&auth.username, &auth.device, d)
+                        .into_iter()
+                        .map(Body::Delivery)
+                        .collect(),
+                    (_, body) => vec![body],
+                };
+                for body in bodies {
+                    let frame = Frame {
+                        id: 0,
+                        body: Some(body),
+                    };
+                    let msg = Message::binary(encode_frame(&frame));
+                    if !matches!(timeout(WRITE_TIMEOUT, ws.feed(msg)).await, Ok(Ok(()))) {
+                        return false;
+                    }
                 }
             }
             matches!(timeout(WRITE_TIMEOUT, ws.flush()).await, Ok(Ok(())))
@@ -410,6 +428,23 @@ async fn handle_bytes(shared: &Shared, sess: &mut Session, bytes: &[u8]) -> Acti
         Body::Fetch(f) => fetch(shared, sess, f).await,
         Body::Ack(a) => ack(shared, sess, a).await,
         Body::CreateInvite(c) => create_invite(shared, sess, c).await,
+        Body::SubmitRoomOp(r) => match authed(sess) {
+            Ok(auth) => rooms::submit_room_op(shared, auth, r).await,
+            Err(e) => Err(e),
+        },
+        Body::GetRoomLog(g) => match authed(sess) {
+            Ok(auth) => rooms::get_room_log(shared, auth, g).await,
+            Err(e) => Err(e),
+        },
+        Body::RoomSend(r) => match authed(sess) {
+            Ok(auth) => rooms::room_send(shared, auth, r).await,
+            Err(e) => Err(e),
+        },
+        Body::GetPolicy(_) => authed(sess).map(|_| rooms::get_policy(shared)),
+        Body::SetPolicy(p) => match authed(sess) {
+            Ok(auth) => rooms::set_policy(shared, auth, p).await,
+            Err(e) => Err(e),
+        },
         _ => Err(refused(
             ErrorCode::BadRequest,
             "not a request a client may send",
@@ -449,6 +484,11 @@ fn body_name(body: &Body) -> &'static str {
         Body::CreateInvite(_) => "create_invite",
         Body::Ping(_) => "ping",
         Body::GetUser(_) => "get_user",
+        Body::SubmitRoomOp(_) => "submit_room_op",
+        Body::GetRoomLog(_) => "get_room_log",
+        Body::RoomSend(_) => "room_send",
+        Body::GetPolicy(_) => "get_policy",
+        Body::SetPolicy(_) => "set_policy",
         _ => "other",
     }
 }
@@ -474,14 +514,14 @@ fn authenticate(shared: &Shared, sess: &mut Session, status: &AccountStatus, dev
     }));
 }
 
-fn authenticated_body(status: AccountStatus) -> Body {
+fn authenticated_body(shared: &Shared, status: AccountStatus) -> Body {
     Body::Authenticated(Authenticated {
         username: status.username,
         is_admin: status.is_admin,
         one_time_prekeys_left: status.one_time_prekeys_left,
         pq_prekeys_left: status.pq_prekeys_left,
         pending: status.pending,
-        policy: None,
+        policy: Some(rooms::policy_message(shared)),
     })
 }
 
@@ -587,7 +627,7 @@ async fn register(shared: &Shared, sess: &mut Session, r: Register) -> Result<Bo
         device_id.ok_or_else(|| refused(ErrorCode::AuthFailed, "the proof did not verify"))?;
     tracing::info!(conn = sess.id, username = %status.username, "account registered");
     authenticate(shared, sess, &status, device_id);
-    Ok(authenticated_body(status))
+    Ok(authenticated_body(shared, status))
 }
 
 async fn login(shared: &Shared, sess: &mut Session, l: Login) -> Result<Body, RelayError> {
@@ -611,7 +651,7 @@ async fn login(shared: &Shared, sess: &mut Session, l: Login) -> Result<Body, Re
     .map_err(|_| fail())?;
     tracing::debug!(conn = sess.id, username = %record.status.username, "device logged in");
     authenticate(shared, sess, &record.status, device);
-    Ok(authenticated_body(record.status))
+    Ok(authenticated_body(shared, record.status))
 }
 
 async fn upload_prekeys(
@@ -646,10 +686,22 @@ async fn fetch_keys(shared: &Shared, f: FetchKeys) -> Result<Body, RelayError> {
 
 /// The largest frame a stored item can become: `Frame{Deliveries{[Delivery]}}` with every
 /// varint at its widest. A send is refused if a recipient could not fetch it within the limit.
-fn delivery_frame_len(sender_user: usize, body: usize, payload: usize) -> usize {
+pub(super) fn delivery_frame_len(
+    sender_user: usize,
+    body: usize,
+    payload: usize,
+    room_id: usize,
+) -> usize {
     let field = |len: usize| 1 + prost::encoding::encoded_len_varint(len as u64) + len;
-    let delivery =
-        11 + 2 + field(sender_user) + field(16) + field(16) + field(body) + field(payload) + 11;
+    let delivery = 11
+        + 2
+        + field(sender_user)
+        + field(16)
+        + field(16)
+        + field(body)
+        + field(payload)
+        + 11
+        + if room_id > 0 { field(room_id) } else { 0 };
     let deliveries = field(delivery) + 2;
     1 + 11 + field(deliveries)
 }
@@ -692,7 +744,9 @@ async fn send(shared: &Shared, sess: &Session, s: Send) -> Result<Body, RelayErr
             payload: e.payload,
         });
     }
-    if delivery_frame_len(auth.username.len(), s.body.len(), largest_payload) > shared.max_frame {
+    let delete_by_ms = rooms::delete_by(shared, s.ttl_ms, s.delete_by_ms, rooms::now_ms())?;
+    if delivery_frame_len(auth.username.len(), s.body.len(), largest_payload, 0) > shared.max_frame
+    {
         return Err(refused(
             ErrorCode::FrameTooLarge,
             "the recipients could not fetch a message this large",
@@ -705,7 +759,7 @@ async fn send(shared: &Shared, sess: &Session, s: Send) -> Result<Body, RelayErr
         body: s.body,
         entries,
         recipients,
-        delete_by_ms: s.delete_by_ms,
+        delete_by_ms,
     });
     let ok = |server_ts_ms, duplicate| {
         Body::SendOk(SendOk {
@@ -746,7 +800,13 @@ async fn fetch(shared: &Shared, sess: &Session, f: Fetch) -> Result<Body, RelayE
         n => n.min(shared.max_mailbox_fetch),
     };
     let max_bytes = shared.max_frame.saturating_sub(DELIVERIES_OVERHEAD);
-    let deliveries = shared.store.fetch(auth.device, limit, max_bytes).await?;
+    let mut deliveries = shared.store.fetch(auth.device, limit, max_bytes).await?;
+    if let Some(t) = &shared.tamper {
+        deliveries.items = std::mem::take(&mut deliveries.items)
+            .into_iter()
+            .flat_map(|d| t.delivery(&auth.username, &auth.device, d))
+            .collect();
+    }
     Ok(Body::Deliveries(deliveries))
 }
 
@@ -812,27 +872,29 @@ mod tests {
 
     #[test]
     fn delivery_bound_covers_the_real_encoding() {
-        let d = crate::protocol::Delivery {
-            seq: u64::MAX,
-            kind: 1,
-            sender_user: "x".repeat(32),
-            sender_device: vec![1; 16],
-            message_id: vec![2; 16],
-            body: vec![3; 70_000],
-            payload: vec![4; 300],
-            server_ts_ms: u64::MAX,
-            room_id: String::new(),
-        };
-        let f = Frame {
-            id: u64::MAX,
-            body: Some(Body::Deliveries(crate::protocol::Deliveries {
-                items: vec![d],
-                more: true,
-            })),
-        };
-        let real = encode_frame(&f).len();
-        let bound = delivery_frame_len(32, 70_000, 300);
-        assert!(bound >= real, "{bound} < {real}");
-        assert!(bound - real < 64);
+        for room_id in [String::new(), format!("group:{}", "a".repeat(32))] {
+            let d = crate::protocol::Delivery {
+                seq: u64::MAX,
+                kind: 3,
+                sender_user: "x".repeat(32),
+                sender_device: vec![1; 16],
+                message_id: vec![2; 16],
+                body: vec![3; 70_000],
+                payload: vec![4; 300],
+                server_ts_ms: u64::MAX,
+                room_id: room_id.clone(),
+            };
+            let f = Frame {
+                id: u64::MAX,
+                body: Some(Body::Deliveries(crate::protocol::Deliveries {
+                    items: vec![d],
+                    more: true,
+                })),
+            };
+            let real = encode_frame(&f).len();
+            let bound = delivery_frame_len(32, 70_000, 300, room_id.len());
+            assert!(bound >= real, "{bound} < {real}");
+            assert!(bound - real < 64);
+        }
     }
 }

@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
-use super::store::{DeviceId, OutgoingMessage};
-use crate::protocol::Delivery;
+use super::store::{DeviceId, OutgoingMessage, RoomItem};
+use crate::protocol::frame::Body;
+use crate::protocol::{Delivery, Policy};
 
 /// Pushes one connection may have queued before further ones are dropped.
 const OUTBOX_CAP: usize = 64;
@@ -34,34 +35,64 @@ pub(crate) enum Push {
     },
     /// A ready-made item (a `Delivered` notice).
     Item(Box<Delivery>),
+    /// A room message or membership change: one stored item shared by every member's push.
+    Room {
+        /// The stored item.
+        item: Arc<RoomItem>,
+        /// This device's mailbox sequence number.
+        seq: u64,
+        /// The relay's receive time.
+        server_ts_ms: u64,
+    },
+    /// The network policy changed.
+    Policy(Policy),
 }
 
 impl Push {
-    /// The `Delivery` this push stands for.
-    pub(crate) fn into_delivery(self) -> Delivery {
-        match self {
+    /// The frame body this push stands for, or `None` if it expired before it could be sent
+    /// (`now_ms` at or past its delete-by time): an expired item is never delivered.
+    pub(crate) fn into_body(self, now_ms: u64) -> Option<Body> {
+        let expired = |delete_by_ms: u64| delete_by_ms > 0 && delete_by_ms <= now_ms;
+        let delivery = match self {
             Self::Message {
                 message,
                 entry,
                 seq,
                 server_ts_ms,
-            } => Delivery {
-                seq,
-                kind: crate::protocol::DeliveryKind::Message as i32,
-                sender_user: message.sender_user.clone(),
-                sender_device: message.sender_device.to_vec(),
-                message_id: message.message_id.clone(),
-                body: message.body.clone(),
-                payload: message
-                    .entries
-                    .get(entry)
-                    .map(|e| e.payload.clone())
-                    .unwrap_or_default(),
-                server_ts_ms,
-                room_id: String::new(),
-            },
+            } => {
+                if expired(message.delete_by_ms) {
+                    return None;
+                }
+                Delivery {
+                    seq,
+                    kind: crate::protocol::DeliveryKind::Message as i32,
+                    sender_user: message.sender_user.clone(),
+                    sender_device: message.sender_device.to_vec(),
+                    message_id: message.message_id.clone(),
+                    body: message.body.clone(),
+                    payload: message
+                        .entries
+                        .get(entry)
+                        .map(|e| e.payload.clone())
+                        .unwrap_or_default(),
+                    server_ts_ms,
+                    room_id: String::new(),
+                }
+            }
             Self::Item(d) => *d,
-        }
+            Self::Room {
+                item,
+                seq,
+                server_ts_ms,
+            } => {
+                if expired(item.delete_by_ms) {
+                    return None;
+                }
+                item.delivery(seq, server_ts_ms)
+            }
+            Self::Policy(p) => return Some(Body::Policy(p)),
+        };
+        Some(Body::Delivery(delivery))
     }
 }
 
@@ -203,6 +234,16 @@ impl Registry {
     pub(crate) fn push(&self, device: &DeviceId, make: impl Fn() -> Push) {
         let devices = self.lock();
         if let Some(slot) = devices.get(device) {
+            for (_, outbox) in &slot.conns {
+                outbox.offer(make());
+            }
+        }
+    }
+
+    /// Queues `make()` for every connection of every device.
+    pub(crate) fn push_all(&self, make: impl Fn() -> Push) {
+        let devices = self.lock();
+        for slot in devices.values() {
             for (_, outbox) in &slot.conns {
                 outbox.offer(make());
             }

@@ -5,14 +5,15 @@
 //! down at once. Handshakes (TLS, then the WebSocket upgrade) run inside the connection's task
 //! under a timeout and are boxed, so their sizeable state does not stay in the memory of every
 //! idle connection after it is done. Sockets above the limit still get a WebSocket answer
-//! saying so, from a small, separately bounded pool of rejecting tasks.
+//! saying so, from a small, separately bounded pool of rejecting tasks. The sweeper deletes
+//! expired items every `sweep_interval` (one second by default).
 
 use std::fs::File;
 use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -25,15 +26,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::network::Network;
 use super::registry::Registry;
-use super::store::RelayStore;
-use super::{DRAIN_TIMEOUT, RelayConfig, RelayError, conn};
+use super::store::{RelayStore, StoredPolicy};
+use super::{DRAIN_TIMEOUT, RelayConfig, RelayError, Tamper, conn};
 
 /// How long the TLS handshake and the WebSocket upgrade may take together.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections above the limit answered at the same time; beyond this they are just dropped.
 const MAX_REJECTING: usize = 64;
-/// How often expired mailbox items and old deduplication records are deleted.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// tungstenite's read buffer per connection (its default of 128 KiB would dominate idle cost).
 const READ_BUFFER: usize = 4 * 1024;
 
@@ -52,6 +51,11 @@ pub(crate) struct Shared {
     pub(crate) rate_burst: u32,
     pub(crate) invite_validity: Duration,
     pub(crate) max_mailbox_fetch: u32,
+    pub(crate) max_room_members: u32,
+    pub(crate) tamper: Option<Arc<dyn Tamper>>,
+    /// Serialises policy changes so the cached copy ends as the last committed one.
+    pub(crate) policy_lock: tokio::sync::Mutex<()>,
+    policy: Mutex<StoredPolicy>,
     ws_config: WebSocketConfig,
     connections: AtomicUsize,
     rejecting: AtomicUsize,
@@ -62,6 +66,7 @@ impl Shared {
     pub(crate) fn new(
         config: &RelayConfig,
         net: Network,
+        policy: StoredPolicy,
         store: Arc<dyn RelayStore>,
         shutdown: CancellationToken,
     ) -> Self {
@@ -87,6 +92,10 @@ impl Shared {
             rate_burst: config.rate_burst,
             invite_validity: config.invite_validity,
             max_mailbox_fetch: config.max_mailbox_fetch,
+            max_room_members: config.max_room_members,
+            tamper: config.tamper.clone(),
+            policy_lock: tokio::sync::Mutex::new(()),
+            policy: Mutex::new(policy),
             ws_config,
             connections: AtomicUsize::new(0),
             rejecting: AtomicUsize::new(0),
@@ -96,6 +105,16 @@ impl Shared {
 
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The stored network policy as last committed.
+    pub(crate) fn policy(&self) -> StoredPolicy {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a newly committed policy.
+    pub(crate) fn set_policy(&self, policy: StoredPolicy) {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
     }
 }
 
@@ -283,9 +302,15 @@ where
     }
 }
 
-/// Deletes expired items once a minute until shutdown.
-pub(crate) async fn sweep_loop(store: Arc<dyn RelayStore>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+/// Deletes expired items every `every` until shutdown.
+pub(crate) async fn sweep_loop(
+    store: Arc<dyn RelayStore>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    // A slow sweep (a large checkpoint) is not followed by a burst of catch-up sweeps.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -322,9 +347,11 @@ mod tests {
             admin_key: [0; 32],
             created_invite: None,
         };
+        let policy = store.policy().await.unwrap();
         let shared = Arc::new(Shared::new(
             &config,
             net,
+            policy,
             store.clone(),
             CancellationToken::new(),
         ));

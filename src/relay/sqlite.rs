@@ -8,7 +8,9 @@
 //! request rolls back only its own savepoint, and nothing is acknowledged before it is durable.
 //! The database is plain SQLite: SQLCipher is linked for the client cache, but the relay never
 //! sets a key because everything it stores is already ciphertext or public key material.
-//! The schema is documented in `docs/relay.md`.
+//! `secure_delete` is on and the sweeper truncates the WAL after deleting expired ciphertext,
+//! so an expired message leaves no copy in free pages or the log.
+//! The schema and its versions are documented in `docs/relay.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -20,14 +22,17 @@ use prost::Message as _;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::RelayError;
 use super::store::{
-    AccountStatus, DeviceId, LoginRecord, MAX_STORED_ONE_TIME, MAX_STORED_PQ, NetworkRecord,
-    NewAccount, NewInvite, Notice, OutgoingMessage, RelayStore, SendOutcome, StoreFuture,
+    AccountStatus, DeviceId, Fanout, LoginRecord, MAX_STORED_ONE_TIME, MAX_STORED_PQ,
+    NetworkRecord, NewAccount, NewInvite, Notice, OutgoingMessage, PolicyChange, RelayStore,
+    RoomItem, RoomOpOutcome, RoomSendOutcome, SendOutcome, StoreFuture, StoredPolicy, SweepReport,
 };
+use super::{DEFAULT_MAX_TIMER_SECS, RelayError, rooms};
+use crate::crypto::identity::RootPublicKey;
+use crate::crypto::membership::{OpKind, Role, RoomState, SignedOp};
 use crate::protocol::{
     Deliveries, Delivery, DeliveryKind, DeviceBundle, ErrorCode, KeyBundle, OneTimePrekeyMsg,
-    PqPrekeyMsg, PrekeyUpload, SignedPrekeyMsg, UserDevices, UserInfo,
+    PqPrekeyMsg, PrekeyUpload, RoomLog, SignedPrekeyMsg, UserDevices, UserInfo,
 };
 
 /// Most requests committed in one transaction; bounds the latency of the last one in a batch.
@@ -35,7 +40,7 @@ const MAX_BATCH: usize = 256;
 /// Requests that may wait for the worker before callers feel backpressure.
 const QUEUE_DEPTH: usize = 1024;
 /// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// How long `(sender device, message id)` pairs are remembered to drop retried sends.
 const DEDUP_WINDOW_MS: u64 = 30 * 24 * 3600 * 1000;
 
@@ -129,13 +134,49 @@ CREATE TABLE sends (
 CREATE INDEX sends_by_time ON sends(server_ts_ms);
 ";
 
+/// Version 2: rooms (the relay's copy of each signed membership log, for routing), shared key
+/// data for room fan-out, and the network policy. Runs on new databases too, after [`SCHEMA`].
+const MIGRATION_2: &str = "
+CREATE TABLE rooms (
+    room_id  TEXT PRIMARY KEY,
+    state    BLOB NOT NULL,
+    head_seq INTEGER NOT NULL,
+    deleted  INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE room_members (
+    room_id  TEXT NOT NULL REFERENCES rooms(room_id),
+    username TEXT NOT NULL,
+    role     INTEGER NOT NULL,
+    PRIMARY KEY (room_id, username)
+) WITHOUT ROWID;
+CREATE INDEX room_members_by_user ON room_members(username);
+CREATE TABLE room_ops (
+    room_id TEXT NOT NULL REFERENCES rooms(room_id),
+    seq     INTEGER NOT NULL,
+    op      BLOB NOT NULL,
+    PRIMARY KEY (room_id, seq)
+);
+ALTER TABLE bodies ADD COLUMN key_data BLOB;
+ALTER TABLE mailbox ADD COLUMN room_id TEXT;
+CREATE TABLE policy (
+    id              INTEGER PRIMARY KEY CHECK (id = 1),
+    read_receipts   INTEGER NOT NULL,
+    max_expire_secs INTEGER NOT NULL,
+    max_burn_secs   INTEGER NOT NULL
+);
+";
+
 /// Runs after `COMMIT` to release one reply.
 type Finish = Box<dyn FnOnce() + Send>;
 /// One request: runs inside the batch transaction and returns its deferred reply.
 type Op = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+/// Work that must run outside any transaction (a WAL checkpoint).
+type Outside = Box<dyn FnOnce(&Connection) + Send>;
 
 enum Job {
     Op(Op),
+    /// Commit what is queued before this, then run it outside a transaction.
+    Outside(Outside),
     /// Finish what is queued before this, close the database and stop.
     Close(oneshot::Sender<Result<(), RelayError>>),
 }
@@ -214,6 +255,31 @@ impl SqliteStore {
             rx.await.map_err(|_| RelayError::StoreClosed)?
         })
     }
+
+    /// Copies the WAL into the database and truncates it to zero bytes, so deleted rows (whose
+    /// pages `secure_delete` zeroed) leave no older copy in the log.
+    async fn checkpoint(&self) -> Result<(), RelayError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Outside = Box::new(move |conn: &Connection| {
+            let result = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(RelayError::from);
+            let _ = tx.send(result);
+        });
+        self.jobs
+            .send(Job::Outside(job))
+            .await
+            .map_err(|_| RelayError::StoreClosed)?;
+        let busy = rx.await.map_err(|_| RelayError::StoreClosed)??;
+        if busy != 0 {
+            // A reader (another process looking at the file) held an old snapshot; the next
+            // sweep that deletes something tries again.
+            tracing::warn!("the WAL could not be truncated after deleting expired items");
+        }
+        Ok(())
+    }
 }
 
 fn open_connection(path: &Path) -> Result<Connection, RelayError> {
@@ -229,8 +295,10 @@ fn open_connection(path: &Path) -> Result<Connection, RelayError> {
             "the database refused WAL mode (got {mode})"
         )));
     }
+    // secure_delete: deleted ciphertext is overwritten, not left in free pages.
     conn.execute_batch(
-        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;
+         PRAGMA secure_delete = ON;",
     )?;
     conn.set_prepared_statement_cache_capacity(64);
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -239,12 +307,38 @@ fn open_connection(path: &Path) -> Result<Connection, RelayError> {
             "relay.db has schema version {version}; this build knows {SCHEMA_VERSION}"
         )));
     }
-    if version == 0 {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        ))?;
+    if version < SCHEMA_VERSION {
+        migrate(&conn, version)?;
     }
     Ok(conn)
+}
+
+/// Brings a database at `version` (0 = empty) to [`SCHEMA_VERSION`] in one transaction.
+fn migrate(conn: &Connection, version: i64) -> Result<(), RelayError> {
+    let mut sql = String::from("BEGIN IMMEDIATE;");
+    if version < 1 {
+        sql.push_str(SCHEMA);
+    }
+    if version < 2 {
+        sql.push_str(MIGRATION_2);
+        sql.push_str(&format!(
+            "INSERT INTO policy (id, read_receipts, max_expire_secs, max_burn_secs)
+             VALUES (1, 1, {DEFAULT_MAX_TIMER_SECS}, {DEFAULT_MAX_TIMER_SECS});"
+        ));
+    }
+    sql.push_str(&format!("PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"));
+    if let Err(e) = conn.execute_batch(&sql) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e.into());
+    }
+    if version > 0 {
+        tracing::info!(
+            from = version,
+            to = SCHEMA_VERSION,
+            "relay database migrated"
+        );
+    }
+    Ok(())
 }
 
 fn worker(conn: Connection, mut rx: mpsc::Receiver<Job>, crashed: &AtomicBool) {
@@ -254,10 +348,15 @@ fn worker(conn: Connection, mut rx: mpsc::Receiver<Job>, crashed: &AtomicBool) {
             break;
         }
         let mut ops = Vec::new();
+        let mut outside = None;
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
                 Job::Op(op) => ops.push(op),
+                Job::Outside(f) => {
+                    outside = Some(f);
+                    break;
+                }
                 Job::Close(reply) => {
                     close_reply = Some(reply);
                     break;
@@ -269,6 +368,11 @@ fn worker(conn: Connection, mut rx: mpsc::Receiver<Job>, crashed: &AtomicBool) {
         }
         if !ops.is_empty() {
             run_batch(&conn, ops, crashed);
+        }
+        if let Some(f) = outside
+            && !crashed.load(Ordering::SeqCst)
+        {
+            f(&conn);
         }
         if close_reply.is_some() || crashed.load(Ordering::SeqCst) {
             break;
@@ -872,11 +976,16 @@ fn op_fetch(
     limit: u32,
     max_bytes: usize,
 ) -> Result<Deliveries, RelayError> {
+    // Room items keep their shared key data (sender-key message or signed op) once, in the
+    // body row; their own payload is empty.
     let mut stmt = conn.prepare_cached(
-        "SELECT m.seq, m.kind, m.sender_user, m.sender_device, m.message_id, m.payload,
-                m.server_ts_ms, b.data
+        "SELECT m.seq, m.kind, m.sender_user, m.sender_device, m.message_id,
+                CASE WHEN length(m.payload) = 0 THEN coalesce(b.key_data, m.payload)
+                     ELSE m.payload END,
+                m.server_ts_ms, b.data, m.room_id
          FROM mailbox m LEFT JOIN bodies b ON b.id = m.body_id
          WHERE m.device_id = ?1 AND (m.delete_by_ms = 0 OR m.delete_by_ms > ?2)
+           AND (b.delete_by_ms IS NULL OR b.delete_by_ms = 0 OR b.delete_by_ms > ?2)
          ORDER BY m.seq LIMIT ?3",
     )?;
     let mut rows = stmt.query(params![
@@ -901,7 +1010,7 @@ fn op_fetch(
             payload: r.get(5)?,
             server_ts_ms: from_sql_int(r.get(6)?),
             body: r.get::<_, Option<Vec<u8>>>(7)?.unwrap_or_default(),
-            room_id: String::new(),
+            room_id: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
         };
         let len = item_len(&d);
         // At least one item always goes out, so an item never blocks the mailbox.
@@ -1016,23 +1125,346 @@ fn op_create_invite(conn: &Connection, admin: &str, invite: &NewInvite) -> Resul
     insert_invite(conn, invite, Some(admin))
 }
 
-fn op_sweep(conn: &Connection) -> Result<(), RelayError> {
-    let now = now_ms();
-    let expired = conn
+fn op_sweep(conn: &Connection) -> Result<SweepReport, RelayError> {
+    let now = sql_int(now_ms());
+    let mut items = conn
         .prepare_cached("DELETE FROM mailbox WHERE delete_by_ms > 0 AND delete_by_ms <= ?1")?
-        .execute([sql_int(now)])?;
-    conn.prepare_cached(
-        "DELETE FROM bodies WHERE delete_by_ms > 0 AND delete_by_ms <= ?1
-         AND NOT EXISTS (SELECT 1 FROM mailbox WHERE body_id = bodies.id)",
-    )?
-    .execute([sql_int(now)])?;
+        .execute([now])?;
+    // An expired body goes even while rows still point at it (rows normally expire with it;
+    // this also covers rows whose own time said otherwise).
+    items += conn
+        .prepare_cached(
+            "DELETE FROM mailbox WHERE body_id IN
+             (SELECT id FROM bodies WHERE delete_by_ms > 0 AND delete_by_ms <= ?1)",
+        )?
+        .execute([now])?;
+    let bodies = conn
+        .prepare_cached("DELETE FROM bodies WHERE delete_by_ms > 0 AND delete_by_ms <= ?1")?
+        .execute([now])?;
     let forgotten = conn
         .prepare_cached("DELETE FROM sends WHERE server_ts_ms < ?1")?
-        .execute([sql_int(now.saturating_sub(DEDUP_WINDOW_MS))])?;
-    if expired > 0 || forgotten > 0 {
-        tracing::debug!(expired, forgotten, "relay sweep");
+        .execute([sql_int(from_sql_int(now).saturating_sub(DEDUP_WINDOW_MS))])?;
+    if items > 0 || bodies > 0 || forgotten > 0 {
+        tracing::debug!(items, bodies, forgotten, "relay sweep");
     }
-    Ok(())
+    Ok(SweepReport { items, bodies })
+}
+
+fn role_number(role: Role) -> i64 {
+    match role {
+        Role::Member => 0,
+        Role::Moderator => 1,
+    }
+}
+
+fn load_room(conn: &Connection, room_id: &str) -> Result<Option<RoomState>, RelayError> {
+    let bytes = conn
+        .prepare_cached("SELECT state FROM rooms WHERE room_id = ?1")?
+        .query_row([room_id], |r| r.get::<_, Vec<u8>>(0))
+        .optional()?;
+    bytes
+        .map(|b| {
+            RoomState::decode(&b)
+                .map_err(|e| RelayError::DataDir(format!("stored state of a room: {e}")))
+        })
+        .transpose()
+}
+
+/// Every active device of `users`, except `skip`.
+fn devices_of<'a>(
+    conn: &Connection,
+    users: impl IntoIterator<Item = &'a String>,
+    skip: &DeviceId,
+) -> Result<Vec<DeviceId>, RelayError> {
+    let mut out = Vec::new();
+    for user in users {
+        for (id, _) in active_devices(conn, user)? {
+            if id != *skip {
+                out.push(id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Stores `item` once (body and shared key data in one `bodies` row) and one mailbox row per
+/// device in `devices`, all pointing at it.
+fn fan_out(
+    conn: &Connection,
+    item: &RoomItem,
+    devices: &[DeviceId],
+    now: u64,
+) -> Result<Vec<(DeviceId, u64)>, RelayError> {
+    let mut seqs = Vec::with_capacity(devices.len());
+    if devices.is_empty() {
+        return Ok(seqs);
+    }
+    let delete_by = sql_int(item.delete_by_ms);
+    conn.prepare_cached("INSERT INTO bodies (data, key_data, delete_by_ms) VALUES (?1, ?2, ?3)")?
+        .execute(params![item.body, item.payload, delete_by])?;
+    let body_id = conn.last_insert_rowid();
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO mailbox (device_id, kind, sender_user, sender_device, message_id,
+                              body_id, payload, server_ts_ms, delete_by_ms, room_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, x'', ?7, ?8, ?9)",
+    )?;
+    for device in devices {
+        insert.execute(params![
+            &device[..],
+            item.kind as i32,
+            item.sender_user,
+            &item.sender_device[..],
+            item.message_id,
+            body_id,
+            sql_int(now),
+            delete_by,
+            item.room_id
+        ])?;
+        seqs.push((*device, from_sql_int(conn.last_insert_rowid())));
+    }
+    Ok(seqs)
+}
+
+fn op_submit_room_op(
+    conn: &Connection,
+    item: &RoomItem,
+    op: &SignedOp,
+    max_members: usize,
+) -> Result<RoomOpOutcome, RelayError> {
+    let room_id = &op.op.room_id;
+    let root = conn
+        .prepare_cached("SELECT root_key FROM users WHERE username = ?1")?
+        .query_row([&op.op.actor], |r| r.get::<_, Vec<u8>>(0))
+        .optional()?
+        .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
+        .ok_or_else(|| {
+            RelayError::refused(ErrorCode::UnknownUser, "the acting user does not exist")
+        })?;
+    let root = RootPublicKey(root);
+    let existing = load_room(conn, room_id)?;
+    let (before, after) = match (&op.op.kind, existing) {
+        (OpKind::Create { .. }, Some(_)) => {
+            return Err(RelayError::refused(
+                ErrorCode::RoomChanged,
+                "a room with this id exists already",
+            ));
+        }
+        (OpKind::Create { .. }, None) => {
+            let state = RoomState::genesis(op, &root, max_members)
+                .map_err(|e| rooms::membership_refusal(&e, max_members))?;
+            (BTreeMap::new(), state)
+        }
+        (_, None) => return Err(rooms::unknown_room()),
+        (_, Some(mut state)) => {
+            let before = state.members.clone();
+            state
+                .apply(op, &root, max_members)
+                .map_err(|e| rooms::membership_refusal(&e, max_members))?;
+            (before, state)
+        }
+    };
+    for user in after.members.keys() {
+        if !before.contains_key(user) && !user_exists(conn, user)? {
+            return Err(RelayError::refused(
+                ErrorCode::UnknownUser,
+                format!("{user} does not exist on this network"),
+            ));
+        }
+    }
+    let seq = sql_int(after.head_seq);
+    conn.prepare_cached(
+        "INSERT INTO rooms (room_id, state, head_seq, deleted) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (room_id) DO UPDATE
+         SET state = excluded.state, head_seq = excluded.head_seq, deleted = excluded.deleted",
+    )?
+    .execute(params![room_id, after.encode(), seq, after.deleted])?;
+    conn.prepare_cached("INSERT INTO room_ops (room_id, seq, op) VALUES (?1, ?2, ?3)")?
+        .execute(params![room_id, seq, item.payload])?;
+    for user in before.keys().filter(|u| !after.members.contains_key(*u)) {
+        conn.prepare_cached("DELETE FROM room_members WHERE room_id = ?1 AND username = ?2")?
+            .execute(params![room_id, user])?;
+    }
+    for (user, role) in &after.members {
+        if before.get(user) != Some(role) {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO room_members (room_id, username, role) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![room_id, user, role_number(*role)])?;
+        }
+    }
+    let everyone: BTreeSet<&String> = before.keys().chain(after.members.keys()).collect();
+    let devices = devices_of(conn, everyone, &item.sender_device)?;
+    let now = now_ms();
+    let seqs = fan_out(conn, item, &devices, now)?;
+    Ok(RoomOpOutcome {
+        seq: after.head_seq,
+        fanout: Fanout {
+            server_ts_ms: now,
+            seqs,
+        },
+    })
+}
+
+fn is_member(conn: &Connection, room_id: &str, username: &str) -> Result<bool, RelayError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM room_members WHERE room_id = ?1 AND username = ?2")?
+        .query_row([room_id, username], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn op_room_log(
+    conn: &Connection,
+    username: &str,
+    room_id: &str,
+    from_seq: u64,
+    max_bytes: usize,
+) -> Result<Option<RoomLog>, RelayError> {
+    if !is_member(conn, room_id, username)? {
+        return Ok(None);
+    }
+    let mut stmt = conn
+        .prepare_cached("SELECT op FROM room_ops WHERE room_id = ?1 AND seq >= ?2 ORDER BY seq")?;
+    let mut rows = stmt.query(params![room_id, sql_int(from_seq)])?;
+    let mut log = RoomLog {
+        room_id: room_id.to_owned(),
+        ops: Vec::new(),
+        more: false,
+    };
+    let mut used = room_id.len() + 16;
+    while let Some(r) = rows.next()? {
+        let op: Vec<u8> = r.get(0)?;
+        let len = 1 + prost::encoding::encoded_len_varint(op.len() as u64) + op.len();
+        // At least one op always goes out, so a client can always make progress.
+        if !log.ops.is_empty() && used + len > max_bytes {
+            log.more = true;
+            break;
+        }
+        used += len;
+        log.ops.push(op);
+    }
+    Ok(Some(log))
+}
+
+fn op_room_send(
+    conn: &Connection,
+    item: &RoomItem,
+    head_seq: u64,
+) -> Result<RoomSendOutcome, RelayError> {
+    let earlier = conn
+        .prepare_cached(
+            "SELECT server_ts_ms FROM sends WHERE sender_device = ?1 AND message_id = ?2",
+        )?
+        .query_row(params![&item.sender_device[..], item.message_id], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()?;
+    if let Some(ts) = earlier {
+        return Ok(RoomSendOutcome::Duplicate {
+            server_ts_ms: from_sql_int(ts),
+        });
+    }
+    let room = conn
+        .prepare_cached("SELECT head_seq, deleted FROM rooms WHERE room_id = ?1")?
+        .query_row([&item.room_id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?))
+        })
+        .optional()?;
+    let head = match room {
+        Some((head, false)) if is_member(conn, &item.room_id, &item.sender_user)? => head,
+        _ => return Err(rooms::unknown_room()),
+    };
+    if from_sql_int(head) != head_seq {
+        return Err(RelayError::refused(
+            ErrorCode::RoomChanged,
+            "the room changed; sync its membership and send again",
+        ));
+    }
+    let devices: Vec<DeviceId> = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT d.device_id FROM room_members rm
+             JOIN devices d ON d.username = rm.username AND d.revoked_at IS NULL
+             WHERE rm.room_id = ?1 AND d.device_id != ?2",
+        )?;
+        let rows = stmt.query_map(params![item.room_id, &item.sender_device[..]], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let Some(id) = device_id(&row?) {
+                out.push(id);
+            }
+        }
+        out
+    };
+    let now = now_ms();
+    let seqs = fan_out(conn, item, &devices, now)?;
+    conn.prepare_cached(
+        "INSERT INTO sends (sender_device, message_id, server_ts_ms) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![
+        &item.sender_device[..],
+        item.message_id,
+        sql_int(now)
+    ])?;
+    Ok(RoomSendOutcome::Stored(Fanout {
+        server_ts_ms: now,
+        seqs,
+    }))
+}
+
+fn op_policy(conn: &Connection) -> Result<StoredPolicy, RelayError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT read_receipts, max_expire_secs, max_burn_secs FROM policy WHERE id = 1",
+        )?
+        .query_row([], |r| {
+            Ok(StoredPolicy {
+                read_receipts: r.get(0)?,
+                max_expire_secs: from_sql_int(r.get(1)?),
+                max_burn_secs: from_sql_int(r.get(2)?),
+            })
+        })?)
+}
+
+fn op_set_policy(
+    conn: &Connection,
+    admin: Option<&str>,
+    change: PolicyChange,
+) -> Result<StoredPolicy, RelayError> {
+    if let Some(admin) = admin {
+        let is_admin = conn
+            .prepare_cached("SELECT is_admin FROM users WHERE username = ?1")?
+            .query_row([admin], |r| r.get::<_, bool>(0))
+            .optional()?
+            .unwrap_or(false);
+        if !is_admin {
+            return Err(RelayError::refused(
+                ErrorCode::PermissionDenied,
+                "only network admins can change the policy",
+            ));
+        }
+    }
+    let mut policy = op_policy(conn)?;
+    if let Some(v) = change.read_receipts {
+        policy.read_receipts = v;
+    }
+    if let Some(v) = change.max_expire_secs {
+        policy.max_expire_secs = v;
+    }
+    if let Some(v) = change.max_burn_secs {
+        policy.max_burn_secs = v;
+    }
+    conn.prepare_cached(
+        "UPDATE policy SET read_receipts = ?1, max_expire_secs = ?2, max_burn_secs = ?3
+         WHERE id = 1",
+    )?
+    .execute(params![
+        policy.read_receipts,
+        sql_int(policy.max_expire_secs),
+        sql_int(policy.max_burn_secs)
+    ])?;
+    Ok(policy)
 }
 
 impl RelayStore for SqliteStore {
@@ -1096,8 +1528,49 @@ impl RelayStore for SqliteStore {
         self.call(move |c| op_create_invite(c, &admin, &invite))
     }
 
-    fn sweep(&self) -> StoreFuture<'_, ()> {
-        self.call(op_sweep)
+    fn sweep(&self) -> StoreFuture<'_, SweepReport> {
+        Box::pin(async move {
+            let report = self.call(op_sweep).await?;
+            if report.items > 0 || report.bodies > 0 {
+                self.checkpoint().await?;
+            }
+            Ok(report)
+        })
+    }
+
+    fn submit_room_op(
+        &self,
+        item: Arc<RoomItem>,
+        op: SignedOp,
+        max_members: usize,
+    ) -> StoreFuture<'_, RoomOpOutcome> {
+        self.call(move |c| op_submit_room_op(c, &item, &op, max_members))
+    }
+
+    fn room_log(
+        &self,
+        username: String,
+        room_id: String,
+        from_seq: u64,
+        max_bytes: usize,
+    ) -> StoreFuture<'_, Option<RoomLog>> {
+        self.call(move |c| op_room_log(c, &username, &room_id, from_seq, max_bytes))
+    }
+
+    fn room_send(&self, item: Arc<RoomItem>, head_seq: u64) -> StoreFuture<'_, RoomSendOutcome> {
+        self.call(move |c| op_room_send(c, &item, head_seq))
+    }
+
+    fn policy(&self) -> StoreFuture<'_, StoredPolicy> {
+        self.call(op_policy)
+    }
+
+    fn set_policy(
+        &self,
+        admin: Option<String>,
+        change: PolicyChange,
+    ) -> StoreFuture<'_, StoredPolicy> {
+        self.call(move |c| op_set_policy(c, admin.as_deref(), change))
     }
 }
 
@@ -1180,6 +1653,57 @@ mod tests {
                 ..
             })
         ));
+        s.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; {SCHEMA} PRAGMA user_version = 1;
+                 INSERT INTO bodies (data) VALUES (x'0102');"
+            ))
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let policy = s.policy().await.unwrap();
+        assert_eq!(
+            policy,
+            StoredPolicy {
+                read_receipts: true,
+                max_expire_secs: DEFAULT_MAX_TIMER_SECS,
+                max_burn_secs: DEFAULT_MAX_TIMER_SECS,
+            }
+        );
+        s.close().await.unwrap();
+        let c = Connection::open(&path).unwrap();
+        let version: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        for table in ["rooms", "room_members", "room_ops", "policy"] {
+            let n: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 1, "{table}");
+        }
+        // Old rows survive; the new columns read as NULL.
+        let (data, key): (Vec<u8>, Option<Vec<u8>>) = c
+            .query_row("SELECT data, key_data FROM bodies", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((data, key), (vec![1, 2], None));
+        // And a second open neither migrates again nor fails.
+        drop(c);
+        let s = SqliteStore::open(&path).unwrap();
         s.close().await.unwrap();
     }
 

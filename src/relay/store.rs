@@ -12,7 +12,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::RelayError;
-use crate::protocol::{Deliveries, Delivery, KeyBundle, PrekeyUpload, UserDevices, UserInfo};
+use crate::crypto::membership::SignedOp;
+use crate::protocol::{
+    Deliveries, Delivery, DeliveryKind, KeyBundle, PrekeyUpload, RoomLog, UserDevices, UserInfo,
+};
 
 /// The future every store call returns; boxed so the trait can be used as `dyn RelayStore`.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RelayError>> + Send + 'a>>;
@@ -162,6 +165,108 @@ pub struct NewInvite {
     pub expires_at: Option<u64>,
 }
 
+/// One item fanned out to the devices of a room's members: a room message (the body and the
+/// sender-key message) or a signed membership change (in `payload`). Stored once, shared by
+/// every mailbox row and every live push.
+#[derive(Clone, Debug)]
+pub struct RoomItem {
+    /// `RoomMessage` or `RoomOp`.
+    pub kind: DeliveryKind,
+    /// The room.
+    pub room_id: String,
+    /// Sending (acting) user.
+    pub sender_user: String,
+    /// Sending device (never receives its own item).
+    pub sender_device: DeviceId,
+    /// 16-byte message id (empty for membership changes).
+    pub message_id: Vec<u8>,
+    /// The encrypted body (empty for membership changes).
+    pub body: Vec<u8>,
+    /// The sender-key message, or the signed op.
+    pub payload: Vec<u8>,
+    /// Delete undelivered copies after this time (ms since the epoch; 0 keeps them).
+    pub delete_by_ms: u64,
+}
+
+impl RoomItem {
+    /// The item as mailbox row `seq` of one device.
+    pub fn delivery(&self, seq: u64, server_ts_ms: u64) -> Delivery {
+        Delivery {
+            seq,
+            kind: self.kind as i32,
+            sender_user: self.sender_user.clone(),
+            sender_device: self.sender_device.to_vec(),
+            message_id: self.message_id.clone(),
+            body: self.body.clone(),
+            payload: self.payload.clone(),
+            server_ts_ms,
+            room_id: self.room_id.clone(),
+        }
+    }
+}
+
+/// The mailbox rows a room item became: one per recipient device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fanout {
+    /// The relay's receive time.
+    pub server_ts_ms: u64,
+    /// (recipient device, its mailbox sequence number).
+    pub seqs: Vec<(DeviceId, u64)>,
+}
+
+/// What became of a room message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoomSendOutcome {
+    /// Stored now, one mailbox row per other member device.
+    Stored(Fanout),
+    /// The same (sender device, message id) was stored before; nothing was stored again.
+    Duplicate {
+        /// The receive time of the first copy.
+        server_ts_ms: u64,
+    },
+}
+
+/// An accepted membership change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomOpOutcome {
+    /// The op's sequence number, now the room's head.
+    pub seq: u64,
+    /// Where it was delivered: every device of a member before or after the change, except
+    /// the submitting one.
+    pub fanout: Fanout,
+}
+
+/// The stored part of the network policy (the room size limit comes from the configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredPolicy {
+    /// Read receipts in 1:1 conversations.
+    pub read_receipts: bool,
+    /// Longest expiry timer, seconds.
+    pub max_expire_secs: u64,
+    /// Longest burn-on-read timer, seconds.
+    pub max_burn_secs: u64,
+}
+
+/// A policy change; `None` leaves a value as it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    /// Read receipts on or off.
+    pub read_receipts: Option<bool>,
+    /// Longest expiry timer, seconds.
+    pub max_expire_secs: Option<u64>,
+    /// Longest burn-on-read timer, seconds.
+    pub max_burn_secs: Option<u64>,
+}
+
+/// What one sweep deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Expired mailbox rows.
+    pub items: usize,
+    /// Expired bodies.
+    pub bodies: usize,
+}
+
 /// Everything the relay stores, as atomic operations.
 pub trait RelayStore: Send + Sync + 'static {
     /// The network identity, if the network was created.
@@ -211,6 +316,54 @@ pub trait RelayStore: Send + Sync + 'static {
     /// Creates an invite on behalf of `admin` (refused unless that account is an admin).
     fn create_invite(&self, admin: String, invite: NewInvite) -> StoreFuture<'_, ()>;
 
-    /// Deletes expired mailbox items, unreferenced bodies and old deduplication records.
-    fn sweep(&self) -> StoreFuture<'_, ()>;
+    /// Deletes expired mailbox items and expired bodies (with every row still pointing at
+    /// them), and old deduplication records; when it deleted ciphertext, it also makes sure no
+    /// copy survives in free pages or the write-ahead log.
+    fn sweep(&self) -> StoreFuture<'_, SweepReport>;
+
+    /// Applies one signed membership change (`op`, whose encoding is `item.payload`) submitted
+    /// by `item.sender_device`: a `Create` makes the room, anything else must be the next op
+    /// of an existing, undeleted room under the membership rules with `max_members`. Every
+    /// user the change adds must exist. In one transaction it stores the op, the room's new
+    /// state and member list, and a `RoomOp` mailbox row for every device of every member
+    /// before or after the change, except the submitting device.
+    ///
+    /// # Errors
+    /// [`RelayError::Refused`] with `UnknownRoom`, `RoomChanged`, `RoomFull`,
+    /// `PermissionDenied`, `UnknownUser` or `BadRequest`; nothing is stored then.
+    fn submit_room_op(
+        &self,
+        item: Arc<RoomItem>,
+        op: SignedOp,
+        max_members: usize,
+    ) -> StoreFuture<'_, RoomOpOutcome>;
+
+    /// The room's signed ops from `from_seq` on, at most `max_bytes` of them (at least one),
+    /// if `username` is a current member; `None` otherwise (or if there is no such room).
+    fn room_log(
+        &self,
+        username: String,
+        room_id: String,
+        from_seq: u64,
+        max_bytes: usize,
+    ) -> StoreFuture<'_, Option<RoomLog>>;
+
+    /// Stores a room message once and one small mailbox row per device of every member except
+    /// the sending device, deduplicating retries, if `item.sender_user` is a member of the
+    /// undeleted room and `head_seq` is its membership head.
+    ///
+    /// # Errors
+    /// [`RelayError::Refused`] with `UnknownRoom` or `RoomChanged`.
+    fn room_send(&self, item: Arc<RoomItem>, head_seq: u64) -> StoreFuture<'_, RoomSendOutcome>;
+
+    /// The stored network policy.
+    fn policy(&self) -> StoreFuture<'_, StoredPolicy>;
+
+    /// Changes the stored policy on behalf of `admin` (refused with `PermissionDenied` unless
+    /// that account is an admin; `None` is the relay's own configuration) and returns it.
+    fn set_policy(
+        &self,
+        admin: Option<String>,
+        change: PolicyChange,
+    ) -> StoreFuture<'_, StoredPolicy>;
 }

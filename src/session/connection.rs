@@ -30,6 +30,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Push {
     /// A new mailbox item.
     Delivery(protocol::Delivery),
+    /// The network policy changed.
+    Policy(protocol::Policy),
     /// The relay is draining.
     Bye(String),
     /// The connection ended.
@@ -180,6 +182,9 @@ impl Connection {
                 match body {
                     Body::Delivery(d) if frame.id == 0 => {
                         let _ = pushes.send(Push::Delivery(d));
+                    }
+                    Body::Policy(p) if frame.id == 0 => {
+                        let _ = pushes.send(Push::Policy(p));
                     }
                     Body::Bye(b) => {
                         let _ = pushes.send(Push::Bye(b.reason));

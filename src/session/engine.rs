@@ -27,14 +27,28 @@ pub(crate) struct Engine {
     next_attempt: Option<Instant>,
     pub(crate) prekey_counts: Option<(u32, u32)>,
     connected: Arc<std::sync::atomic::AtomicBool>,
+    /// The network policy from the last login or push.
+    pub(crate) policy: Option<protocol::Policy>,
+    policy_shared: Arc<Mutex<Option<protocol::Policy>>>,
+    /// When the next timed message must be shredded.
+    pub(crate) next_shred: Option<Instant>,
 }
 
 /// Starts the engine for an unlocked store.
 ///
 /// # Errors
 /// [`SessionError::NotRegistered`] if the store has no account, or key decoding errors.
-pub fn spawn(store: Store, opts: EngineOptions) -> Result<SessionHandle, SessionError> {
+pub fn spawn(mut store: Store, opts: EngineOptions) -> Result<SessionHandle, SessionError> {
     let account: AccountRecord = store.db().account()?.ok_or(SessionError::NotRegistered)?;
+    // Expiries and burns that fell due while we were not running are applied before anything
+    // can be shown.
+    let shredded = store.shred_due(super::now_ms())?;
+    if !shredded.is_empty() {
+        tracing::info!(
+            count = shredded.len(),
+            "shredded messages that expired while offline"
+        );
+    }
     super::check_url(&account.server_url, account.allow_insecure_ws)?;
     let keys = Arc::new(Keys::from_account(&account)?);
     let profile_dir = Arc::new(PathBuf::from(store.dir()));
@@ -56,8 +70,12 @@ pub fn spawn(store: Store, opts: EngineOptions) -> Result<SessionHandle, Session
         next_attempt: auto.then(Instant::now),
         prekey_counts: None,
         connected: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        policy: None,
+        policy_shared: Arc::new(Mutex::new(None)),
+        next_shred: None,
     };
     let connected = Arc::clone(&engine.connected);
+    let policy = Arc::clone(&engine.policy_shared);
     tokio::spawn(engine.run(cmd_rx));
     Ok(SessionHandle {
         cmd: cmd_tx,
@@ -70,6 +88,7 @@ pub fn spawn(store: Store, opts: EngineOptions) -> Result<SessionHandle, Session
             server_url: account.server_url.clone(),
         }),
         connected,
+        policy,
     })
 }
 
@@ -97,8 +116,10 @@ impl Engine {
 
     async fn run(mut self, mut cmd_rx: mpsc::Receiver<Command>) {
         let mut shutdown_reply = None;
+        self.schedule_shred().await;
         loop {
             let wake = self.next_attempt;
+            let shred_at = self.next_shred;
             tokio::select! {
                 cmd = cmd_rx.recv() => match cmd {
                     None => break,
@@ -120,6 +141,15 @@ impl Engine {
                         tracing::debug!("reconnect failed: {e}");
                     }
                 }
+                () = async {
+                    match shred_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.next_shred = None;
+                    self.shred_now().await;
+                }
             }
         }
         // Close the connection and the cache (releasing the profile lock) before telling the
@@ -132,8 +162,13 @@ impl Engine {
 
     async fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::SendText { to, text, reply } => {
-                let r = self.queue_text(&to, &text).await;
+            Command::SendText {
+                to,
+                text,
+                opts,
+                reply,
+            } => {
+                let r = self.queue_text(&to, &text, opts).await;
                 let ok = r.is_ok();
                 let _ = reply.send(r);
                 if ok
@@ -213,12 +248,140 @@ impl Engine {
                 conversation,
                 reply,
             } => {
+                let r = self.mark_read_and_display(conversation).await;
+                let _ = reply.send(r);
+            }
+            Command::CreateRoom {
+                kind,
+                title,
+                description,
+                members,
+                reply,
+            } => {
+                let r = self.create_room(kind, title, description, members).await;
+                let _ = reply.send(r);
+            }
+            Command::ChangeRoom {
+                room,
+                request,
+                reply,
+            } => {
+                let r = self.room_request(&room, request).await;
+                let _ = reply.send(r);
+            }
+            Command::Rooms { reply } => {
                 let r = self
-                    .blocking(move |s, _| Ok(s.db().mark_read(&conversation, super::now_ms())?))
+                    .blocking(|s, keys| super::rooms::list_rooms(&s.db(), &keys.username))
                     .await;
                 let _ = reply.send(r);
             }
+            Command::Room { reference, reply } => {
+                let r = self
+                    .blocking(move |s, keys| {
+                        let db = s.db();
+                        let id = super::rooms::resolve(&db, &keys.username, &reference)?;
+                        super::rooms::room_info(&db, &keys.username, &id)
+                    })
+                    .await;
+                let _ = reply.send(r);
+            }
+            Command::SetTimers {
+                conversation,
+                expire_after,
+                burn_after,
+                reply,
+            } => {
+                let r = self
+                    .set_conversation_timers(&conversation, expire_after, burn_after)
+                    .await;
+                let _ = reply.send(r);
+            }
+            Command::Timers {
+                conversation,
+                reply,
+            } => {
+                let r = self
+                    .blocking(move |s, _| Ok(s.db().conversation_timers(&conversation)?))
+                    .await;
+                let _ = reply.send(r);
+            }
+            Command::SetReadReceipts { on, reply } => {
+                let r = self.set_read_receipts(on).await;
+                let _ = reply.send(r);
+            }
+            Command::Displayed { message_ids, reply } => {
+                let r = self.display(message_ids).await;
+                let _ = reply.send(r);
+            }
             Command::Shutdown { .. } => {}
+        }
+    }
+
+    /// Arms the shred timer for the earliest pending expiry or burn.
+    pub(crate) async fn schedule_shred(&mut self) {
+        match self.blocking(|s, _| Ok(s.db().next_deletion()?)).await {
+            Ok(Some(at)) => {
+                let wait = at.saturating_sub(super::now_ms());
+                self.next_shred = Some(Instant::now() + Duration::from_millis(wait));
+            }
+            Ok(None) => self.next_shred = None,
+            Err(e) => tracing::warn!("could not read message timers: {e}"),
+        }
+    }
+
+    /// Shreds every message whose timer fired and tells observers.
+    pub(crate) async fn shred_now(&mut self) {
+        match self
+            .blocking(|s, _| Ok(s.shred_due(super::now_ms())?))
+            .await
+        {
+            Ok(gone) => {
+                let mut by_conv: std::collections::BTreeMap<String, Vec<[u8; 16]>> =
+                    std::collections::BTreeMap::new();
+                for (id, conv) in gone {
+                    by_conv.entry(conv).or_default().push(id);
+                }
+                for (conversation, message_ids) in by_conv {
+                    self.emit(SessionEvent::Shredded {
+                        conversation,
+                        message_ids,
+                    });
+                }
+            }
+            Err(e) => tracing::warn!("could not shred expired messages: {e}"),
+        }
+        self.schedule_shred().await;
+    }
+
+    pub(crate) fn set_policy(&mut self, p: protocol::Policy) {
+        if let Ok(mut shared) = self.policy_shared.lock() {
+            *shared = Some(p.clone());
+        }
+        let changed = self.policy.as_ref() != Some(&p);
+        self.policy = Some(p.clone());
+        if changed {
+            self.emit(SessionEvent::PolicyChanged(p));
+        }
+    }
+
+    async fn set_read_receipts(&mut self, on: bool) -> Result<protocol::Policy, SessionError> {
+        self.ensure_connected().await?;
+        let conn = self.conn.as_ref().ok_or(SessionError::Stopped)?;
+        match conn
+            .request(Body::SetPolicy(protocol::SetPolicy {
+                read_receipts: Some(on),
+                max_expire_secs: None,
+                max_burn_secs: None,
+            }))
+            .await?
+        {
+            Body::Policy(p) => {
+                self.set_policy(p.clone());
+                Ok(p)
+            }
+            _ => Err(SessionError::Protocol(
+                "unexpected answer to SetPolicy".into(),
+            )),
         }
     }
 
@@ -256,6 +419,7 @@ impl Engine {
                     Err(e) => tracing::warn!("could not process delivery: {e}"),
                 }
             }
+            Push::Policy(p) => self.set_policy(p),
             Push::Bye(reason) => self.lost(format!("relay is going away: {reason}")),
             Push::Closed => self.lost("connection closed".into()),
         }
@@ -346,6 +510,9 @@ impl Engine {
         };
         self.conn = Some(conn);
         self.prekey_counts = Some((a.one_time_prekeys_left, a.pq_prekeys_left));
+        if let Some(p) = a.policy {
+            self.set_policy(p);
+        }
         Ok(())
     }
 }

@@ -9,13 +9,13 @@
 
 use super::engine::Engine;
 use super::outbound::{load_prekeys, save_prekeys};
-use super::{Inbound, Keys, SessionError, SessionEvent, now_ms};
+use super::{Inbound, Keys, SessionError, SessionEvent, now_ms, rooms, timers};
 use crate::crypto::CryptoError;
-use crate::crypto::envelope::{self, KeyPackage, PayloadKind};
+use crate::crypto::envelope::{self, KeyPackage, MessageId, PayloadKind, ReceiptKind};
 use crate::crypto::handshake::{self, PairwiseMessage, Session};
 use crate::crypto::identity::RootPublicKey;
 use crate::protocol::{self, DeliveryKind, frame::Body, names};
-use crate::store::{Db, MessageRecord, MessageState, Store};
+use crate::store::{Db, MessageKind, MessageRecord, MessageState, Store};
 
 /// Largest page of mailbox items fetched at once.
 const FETCH_PAGE: u32 = 200;
@@ -24,6 +24,67 @@ enum Outcome {
     Stored(MessageRecord),
     Duplicate,
     Undecryptable(String),
+    /// A read receipt (or our other device's display) changed these messages.
+    Receipts(Vec<ReceiptEffect>),
+    /// Handled without anything to show (a sender key, an already expired message).
+    Quiet,
+}
+
+/// What a receipt did to one message.
+#[derive(Clone, Debug)]
+pub(crate) struct ReceiptEffect {
+    pub(crate) message_id: [u8; 16],
+    pub(crate) conversation: String,
+    pub(crate) read: bool,
+    pub(crate) timers: Option<crate::store::MessageTimers>,
+}
+
+/// Applies a read receipt from `user` (a peer who read our messages, or our own other device
+/// that displayed messages we received) inside the caller's transaction.
+fn apply_receipt(
+    db: &Db<'_>,
+    keys: &Keys,
+    user: &str,
+    conversation: &str,
+    ids: &[MessageId],
+    at_ms: u64,
+    show_read: bool,
+) -> Result<Vec<ReceiptEffect>, SessionError> {
+    let mut out = Vec::new();
+    for id in ids.iter().take(10_000) {
+        let Some(m) = db.message(&id.0)? else {
+            continue;
+        };
+        if m.conversation != conversation {
+            continue;
+        }
+        let mut effect = ReceiptEffect {
+            message_id: id.0,
+            conversation: m.conversation.clone(),
+            read: false,
+            timers: None,
+        };
+        if user == keys.username {
+            // Our other device showed a message we both hold: its burn starts here too.
+            if !m.outgoing && db.mark_displayed(&id.0, at_ms)?.is_some() {
+                db.mark_receipts_sent(&[id.0])?;
+                effect.timers = db.message(&id.0)?.map(|m| m.timers);
+            }
+        } else if m.outgoing {
+            if show_read && matches!(m.state, MessageState::Sent | MessageState::Delivered) {
+                db.set_message_state(&id.0, MessageState::Read)?;
+                effect.read = true;
+            }
+            if let Some(b) = m.timers.burn_after_s {
+                db.set_burn_at(&id.0, at_ms.saturating_add(u64::from(b) * 1000))?;
+                effect.timers = db.message(&id.0)?.map(|m| m.timers);
+            }
+        }
+        if effect.read || effect.timers.is_some() {
+            out.push(effect);
+        }
+    }
+    Ok(out)
 }
 
 fn decrypt_into(
@@ -32,6 +93,7 @@ fn decrypt_into(
     d: &protocol::Delivery,
     sender_device: [u8; 16],
     now: u64,
+    show_read: bool,
 ) -> Result<Outcome, SessionError> {
     let user = d.sender_user.as_str();
     let crypto = |e: CryptoError| -> Result<Outcome, SessionError> {
@@ -89,16 +151,60 @@ fn decrypt_into(
         Err(e) => return crypto(e),
     };
     let expected = names::dm_conversation(&keys.username, user);
-    if payload.message_id.0.as_slice() != d.message_id.as_slice()
-        || payload.conversation != expected.as_bytes()
-    {
-        // A relay splicing a body into another conversation or under another id.
+    if payload.message_id.0.as_slice() != d.message_id.as_slice() {
+        // A relay splicing a body under another id.
+        return crypto(CryptoError::Integrity);
+    }
+    if let PayloadKind::Control(bytes) = &payload.kind {
+        // Control messages name the conversation they are about (e.g. a room).
+        let conversation = String::from_utf8_lossy(&payload.conversation).into_owned();
+        return match bytes.split_first() {
+            Some((&rooms::CONTROL_SKDM, rest)) => {
+                match rooms::store_distribution(db, user, sender_device, &conversation, rest)? {
+                    Ok(()) => Ok(Outcome::Quiet),
+                    Err(e) => Ok(Outcome::Undecryptable(e)),
+                }
+            }
+            _ => Ok(Outcome::Undecryptable("unknown control message".into())),
+        };
+    }
+    if payload.conversation != expected.as_bytes() {
+        // A relay splicing a body into another conversation.
         return crypto(CryptoError::Integrity);
     }
     let text = match payload.kind {
         PayloadKind::Text(t) => t,
+        PayloadKind::Receipt {
+            kind: ReceiptKind::Read,
+            message_ids,
+        } => {
+            let at = payload.sent_at_ms.min(d.server_ts_ms.max(1)).min(now);
+            // A receipt from our own other device is about a conversation with someone else.
+            let conversation = if user == keys.username {
+                None
+            } else {
+                Some(expected.clone())
+            };
+            let mut effects = Vec::new();
+            for id in &message_ids {
+                let conv = match &conversation {
+                    Some(c) => c.clone(),
+                    None => match db.message(&id.0)? {
+                        Some(m) => m.conversation,
+                        None => continue,
+                    },
+                };
+                effects.extend(apply_receipt(db, keys, user, &conv, &[*id], at, show_read)?);
+            }
+            return Ok(Outcome::Receipts(effects));
+        }
         _ => return Ok(Outcome::Undecryptable("unsupported message kind".into())),
     };
+    let timers = timers::incoming_timers(payload.timers, payload.sent_at_ms, d.server_ts_ms);
+    if timers.expire_at_ms.is_some_and(|t| t <= now) {
+        // Expired in transit or while we were offline: never shown, never stored.
+        return Ok(Outcome::Quiet);
+    }
     let record = MessageRecord {
         message_id: payload.message_id.0,
         conversation: expected,
@@ -109,6 +215,8 @@ fn decrypt_into(
         received_at_ms: now,
         text,
         state: MessageState::Received,
+        kind: MessageKind::Text,
+        timers,
     };
     if db.insert_message(&record)? {
         Ok(Outcome::Stored(record))
@@ -117,17 +225,47 @@ fn decrypt_into(
     }
 }
 
+/// What processing one delivery produced, beyond what the command line sees.
+#[derive(Default)]
+struct Effects {
+    receipts: Vec<ReceiptEffect>,
+    /// A room member claimed a membership head beyond ours: (room, head).
+    room_ahead: Option<(String, u64)>,
+}
+
 fn process_blocking(
     store: &mut Store,
     keys: &Keys,
     d: &protocol::Delivery,
+    show_read: bool,
+    effects: &mut Effects,
 ) -> Result<Option<Inbound>, SessionError> {
     let now = now_ms();
     store.transaction(|db| -> Result<_, SessionError> {
         if db.delivery_processed(d.seq)? {
             return Ok(None);
         }
-        let out = if d.kind == DeliveryKind::Delivered as i32 {
+        let out = if d.kind == DeliveryKind::RoomOp as i32 {
+            // Applied before this transaction (it may need the relay's log).
+            None
+        } else if d.kind == DeliveryKind::RoomMessage as i32 {
+            let message_id: [u8; 16] = d.message_id.as_slice().try_into().unwrap_or([0u8; 16]);
+            match rooms::decrypt_room_message(db, d, now)? {
+                rooms::RoomInbound::Stored(r, ahead) => {
+                    effects.room_ahead = ahead.map(|h| (d.room_id.clone(), h));
+                    Some(Inbound::Message(r))
+                }
+                rooms::RoomInbound::Duplicate => None,
+                rooms::RoomInbound::Undecryptable(error) => {
+                    tracing::warn!(seq = d.seq, "undecryptable room delivery: {error}");
+                    Some(Inbound::Undecryptable {
+                        from: d.sender_user.clone(),
+                        message_id,
+                        error,
+                    })
+                }
+            }
+        } else if d.kind == DeliveryKind::Delivered as i32 {
             if let Ok(id) = <[u8; 16]>::try_from(d.message_id.as_slice())
                 && let Some(m) = db.message(&id)?
                 && m.outgoing
@@ -139,9 +277,13 @@ fn process_blocking(
         } else {
             let sender_device: [u8; 16] = d.sender_device.as_slice().try_into().unwrap_or_default();
             let message_id: [u8; 16] = d.message_id.as_slice().try_into().unwrap_or([0u8; 16]);
-            match decrypt_into(db, keys, d, sender_device, now)? {
+            match decrypt_into(db, keys, d, sender_device, now, show_read)? {
                 Outcome::Stored(r) => Some(Inbound::Message(r)),
-                Outcome::Duplicate => None,
+                Outcome::Duplicate | Outcome::Quiet => None,
+                Outcome::Receipts(r) => {
+                    effects.receipts = r;
+                    None
+                }
                 Outcome::Undecryptable(error) => {
                     tracing::warn!(seq = d.seq, "undecryptable delivery: {error}");
                     Some(Inbound::Undecryptable {
@@ -177,11 +319,57 @@ impl Engine {
                 tracing::warn!("could not look up {}: {e}", d.sender_user);
             }
         }
+        if d.kind == DeliveryKind::RoomOp as i32 {
+            let seq = d.seq;
+            let done = self
+                .blocking(move |s, _| Ok(s.db().delivery_processed(seq)?))
+                .await?;
+            if !done {
+                self.process_room_op(&d).await?;
+            }
+        }
         let kind = d.kind;
         let message_id = d.message_id.clone();
-        let out = self
-            .blocking(move |s, keys| process_blocking(s, keys, &d))
+        let show_read = self.policy.as_ref().is_none_or(|p| p.read_receipts);
+        let (out, effects) = self
+            .blocking(move |s, keys| {
+                let mut effects = Effects::default();
+                let out = process_blocking(s, keys, &d, show_read, &mut effects)?;
+                Ok((out, effects))
+            })
             .await?;
+        let mut timers_changed = false;
+        for e in effects.receipts {
+            if e.read {
+                self.emit(SessionEvent::StateChanged {
+                    message_id: e.message_id,
+                    state: MessageState::Read,
+                });
+            }
+            if let Some(t) = e.timers {
+                timers_changed = true;
+                self.emit(SessionEvent::TimersChanged {
+                    message_id: e.message_id,
+                    conversation: e.conversation,
+                    timers: t,
+                });
+            }
+        }
+        if timers_changed || matches!(&out, Some(Inbound::Message(r)) if r.timers.is_timed()) {
+            self.schedule_shred().await;
+        }
+        if let Some((room, head)) = effects.room_ahead
+            && self.conn.is_some()
+        {
+            self.sync_room(&room).await?;
+            let r = room.clone();
+            let reached = self
+                .blocking(move |s, _| Ok(rooms::load_state(&s.db(), &r)?.map(|s| s.head_seq)))
+                .await?;
+            if reached.is_none_or(|h| h < head) {
+                self.note_behind(&room, head).await?;
+            }
+        }
         if kind == DeliveryKind::Delivered as i32
             && let Ok(id) = <[u8; 16]>::try_from(message_id.as_slice())
         {

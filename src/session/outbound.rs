@@ -3,15 +3,19 @@
 use prost::Message as _;
 
 use super::engine::Engine;
-use super::{Keys, SessionError, SessionEvent, now_ms};
-use crate::crypto::envelope::{self, KeyPackage, MessageId, Payload, PayloadKind, Timers};
+use super::rooms;
+use super::timers::{clamp, outgoing_timers};
+use super::{Keys, MAX_TIMER_SECS, Queued, SendOptions, SessionError, SessionEvent, now_ms};
+use crate::crypto::envelope::{
+    self, KeyPackage, MessageId, Payload, PayloadKind, ReceiptKind, Timers,
+};
 use crate::crypto::handshake::{self, Session};
 use crate::crypto::identity::{Revocation, RootPublicKey};
 use crate::crypto::prekeys::{
     self, DevicePrekeys, OneTimePrekey, PqPrekey, PrekeyBundle, SignedPrekey,
 };
 use crate::protocol::{self, ErrorCode, frame::Body, names};
-use crate::store::{Db, MessageRecord, MessageState, OutboxItem, Store};
+use crate::store::{Db, MessageKind, MessageRecord, MessageState, OutboxItem, OutboxKind, Store};
 
 const PREKEYS_BLOB: &str = "prekeys";
 
@@ -97,30 +101,76 @@ pub(crate) fn save_prekeys(db: &Db<'_>, p: &DevicePrekeys) -> Result<(), Session
 }
 
 impl Engine {
-    /// Puts a text message into the durable outbox and the history (as "sending").
+    /// Puts a text message into the durable outbox and the history (as "sending"). `to` is a
+    /// username, a room id, or a direct-message conversation id.
     pub(crate) async fn queue_text(
         &mut self,
         to: &str,
         text: &str,
-    ) -> Result<[u8; 16], SessionError> {
-        let to = names::canonical_username(to)
-            .ok_or_else(|| SessionError::Usage(format!("not a valid username: {to:?}")))?;
-        if to == self.keys.username {
-            return Err(SessionError::Usage(
-                "you cannot send a direct message to yourself".into(),
-            ));
-        }
+        opts: SendOptions,
+    ) -> Result<Queued, SessionError> {
+        let (conversation, to) = if rooms::is_room(to) {
+            (to.to_owned(), to.to_owned())
+        } else {
+            let peer = match to.strip_prefix("dm:") {
+                Some(pair) => pair
+                    .split(':')
+                    .find(|u| *u != self.keys.username)
+                    .unwrap_or(&self.keys.username)
+                    .to_owned(),
+                None => to.to_owned(),
+            };
+            let peer = names::canonical_username(&peer)
+                .ok_or_else(|| SessionError::Usage(format!("not a valid username: {to:?}")))?;
+            if peer == self.keys.username {
+                return Err(SessionError::Usage(
+                    "you cannot send a direct message to yourself".into(),
+                ));
+            }
+            (names::dm_conversation(&self.keys.username, &peer), peer)
+        };
         if text.len() > envelope::MAX_PAYLOAD - 1024 {
             return Err(SessionError::Usage(
                 "message too long (the limit is about 1 MiB)".into(),
             ));
         }
+        if text.trim().is_empty() {
+            return Err(SessionError::Usage("an empty message was not sent".into()));
+        }
+        let (max_expire, max_burn) = self.policy.as_ref().map_or(
+            (u64::from(MAX_TIMER_SECS), u64::from(MAX_TIMER_SECS)),
+            |p| (p.max_expire_secs, p.max_burn_secs),
+        );
         let text = text.to_owned();
         let id = MessageId::random()?.0;
+        let offset = self.opts.clock_offset_ms;
         self.blocking(move |store, keys| {
-            let now = now_ms();
-            let conversation = names::dm_conversation(&keys.username, &to);
+            let now = now_ms().saturating_add_signed(offset);
             store.transaction(|db| -> Result<_, SessionError> {
+                if rooms::is_room(&conversation) {
+                    let state = rooms::load_state(db, &conversation)?.ok_or_else(|| {
+                        SessionError::Usage(format!("unknown room: {conversation}"))
+                    })?;
+                    if state.deleted {
+                        return Err(SessionError::Usage("this room was deleted".into()));
+                    }
+                    if !state.is_member(&keys.username) {
+                        return Err(SessionError::Refused(
+                            "you are not a member of this room".into(),
+                        ));
+                    }
+                    if rooms::withheld(db, &state)? {
+                        return Err(SessionError::Refused(rooms::WITHHELD.into()));
+                    }
+                }
+                let (def_expire, def_burn) = db.conversation_timers(&conversation)?;
+                let c = clamp(
+                    opts.expire_after.or(def_expire),
+                    opts.burn_after.or(def_burn),
+                    max_expire,
+                    max_burn,
+                );
+                let timers = outgoing_timers(c.expire_after, c.burn_after, now);
                 db.outbox_push(&OutboxItem {
                     id: 0,
                     message_id: id,
@@ -132,10 +182,13 @@ impl Engine {
                     key_package: None,
                     attempts: 0,
                     last_error: None,
+                    kind: OutboxKind::Text,
+                    timers,
+                    extra: Vec::new(),
                 })?;
                 db.insert_message(&MessageRecord {
                     message_id: id,
-                    conversation,
+                    conversation: conversation.clone(),
                     outgoing: true,
                     sender: keys.username.clone(),
                     sender_device: keys.device_id,
@@ -143,13 +196,18 @@ impl Engine {
                     received_at_ms: now,
                     text,
                     state: MessageState::Sending,
+                    kind: MessageKind::Text,
+                    timers,
                 })?;
-                Ok(())
-            })?;
-            Ok(())
+                Ok(Queued {
+                    message_id: id,
+                    conversation,
+                    timers,
+                    notes: c.notes,
+                })
+            })
         })
-        .await?;
-        Ok(id)
+        .await
     }
 
     /// Delivers every queued message, oldest first. Stops at the first transient failure (the
@@ -193,6 +251,10 @@ impl Engine {
     }
 
     async fn deliver(&mut self, item: &OutboxItem) -> Result<(), SessionError> {
+        if rooms::is_room(&item.conversation) {
+            let server_ts = self.deliver_room(item).await?;
+            return self.delivered(item, server_ts).await;
+        }
         let mut request = item.request.clone();
         let mut key_package = item.key_package.as_ref().map(|k| k.to_vec());
         for _ in 0..5 {
@@ -211,23 +273,7 @@ impl Engine {
                 .as_ref()
                 .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
             match conn.request(Body::Send(send)).await {
-                Ok(Body::SendOk(_)) => {
-                    let (id, mid) = (item.id, item.message_id);
-                    self.blocking(move |s, _| {
-                        s.transaction(|db| -> Result<_, SessionError> {
-                            db.outbox_remove(id)?;
-                            db.set_message_state(&mid, MessageState::Sent)?;
-                            Ok(())
-                        })?;
-                        Ok(())
-                    })
-                    .await?;
-                    self.emit(SessionEvent::StateChanged {
-                        message_id: item.message_id,
-                        state: MessageState::Sent,
-                    });
-                    return Ok(());
-                }
+                Ok(Body::SendOk(ok)) => return self.delivered(item, ok.server_ts_ms).await,
                 Ok(_) => return Err(SessionError::Protocol("unexpected answer to Send".into())),
                 Err(SessionError::Relay {
                     code: ErrorCode::DevicesChanged,
@@ -276,6 +322,48 @@ impl Engine {
         ))
     }
 
+    /// Records a send the relay accepted at `server_ts` (its clock): the outbox item goes, a
+    /// text becomes "sent", and its expiry is shortened to count from the relay's time if our
+    /// clock was ahead.
+    async fn delivered(&mut self, item: &OutboxItem, server_ts: u64) -> Result<(), SessionError> {
+        let (id, mid, kind) = (item.id, item.message_id, item.kind);
+        let expire = item.timers.expire_after_s;
+        let timers = self
+            .blocking(move |s, _| {
+                s.transaction(|db| -> Result<_, SessionError> {
+                    db.outbox_remove(id)?;
+                    if kind != OutboxKind::Text {
+                        return Ok(None);
+                    }
+                    db.set_message_state(&mid, MessageState::Sent)?;
+                    if let Some(e) = expire
+                        && server_ts > 0
+                    {
+                        db.set_expire_at(&mid, server_ts.saturating_add(u64::from(e) * 1000))?;
+                    }
+                    Ok(db.message(&mid)?.map(|m| (m.conversation, m.timers)))
+                })
+            })
+            .await?;
+        if kind == OutboxKind::Text {
+            self.emit(SessionEvent::StateChanged {
+                message_id: item.message_id,
+                state: MessageState::Sent,
+            });
+            if let Some((conversation, timers)) = timers
+                && timers.is_timed()
+            {
+                self.emit(SessionEvent::TimersChanged {
+                    message_id: item.message_id,
+                    conversation,
+                    timers,
+                });
+                self.schedule_shred().await;
+            }
+        }
+        Ok(())
+    }
+
     /// Asks the relay for a user's root key and active devices (consumes no prekeys).
     pub(crate) async fn fetch_user(
         &self,
@@ -309,6 +397,14 @@ impl Engine {
     }
 
     /// Makes sure we know `user`'s root key (pinned on first use) and device list.
+    pub(crate) async fn learn_user_devices(
+        &mut self,
+        user: &str,
+    ) -> Result<Vec<[u8; 16]>, SessionError> {
+        self.learn_user(user).await
+    }
+
+    /// Makes sure we know `user`'s root key (pinned on first use) and device list.
     async fn learn_user(&mut self, user: &str) -> Result<Vec<[u8; 16]>, SessionError> {
         let u = user.to_owned();
         let known = self
@@ -337,6 +433,15 @@ impl Engine {
         })
         .await?;
         Ok(devices)
+    }
+
+    /// Starts sessions with every device of `user` in `wanted` that has none.
+    pub(crate) async fn ensure_sessions_pub(
+        &mut self,
+        user: &str,
+        wanted: &[[u8; 16]],
+    ) -> Result<(), SessionError> {
+        self.ensure_sessions(user, wanted).await
     }
 
     /// Starts sessions with every device of `user` in `wanted` that has none.
@@ -439,7 +544,23 @@ impl Engine {
         let message_id = item.message_id;
         let conversation = item.conversation.clone();
         let recipient = item.recipient.clone();
-        let text = item.text.clone();
+        let kind = match item.kind {
+            OutboxKind::Text => PayloadKind::Text(item.text.clone()),
+            OutboxKind::Receipt => PayloadKind::Receipt {
+                kind: ReceiptKind::Read,
+                message_ids: item
+                    .extra
+                    .chunks_exact(16)
+                    .filter_map(|c| c.try_into().ok().map(MessageId))
+                    .collect(),
+            },
+            OutboxKind::Control => PayloadKind::Control(item.extra.clone()),
+        };
+        let timers = Timers {
+            expire_after: item.timers.expire_after_s,
+            burn_after: item.timers.burn_after_s,
+        };
+        let ttl_ms = timers.expire_after.map_or(0, |s| u64::from(s) * 1000);
         let sent_at = item.created_at_ms;
         let old_body = item
             .request
@@ -453,8 +574,8 @@ impl Engine {
                     message_id: MessageId(message_id),
                     sent_at_ms: sent_at,
                     conversation: conversation.into_bytes(),
-                    kind: PayloadKind::Text(text),
-                    timers: Timers::default(),
+                    kind,
+                    timers,
                     reply_to: None,
                 })?,
             };
@@ -488,7 +609,7 @@ impl Engine {
                     entries,
                     recipients,
                     delete_by_ms: 0,
-                    ttl_ms: 0,
+                    ttl_ms,
                 }
                 .encode_to_vec();
                 db.outbox_set_request(id, &request, &wrapped)?;

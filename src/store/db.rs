@@ -2,6 +2,16 @@
 //!
 //! Secret bytes are copied straight from SQLite's row buffer into `Zeroizing` containers, so no
 //! unwiped intermediate `Vec` is left on the heap.
+//!
+//! # Ephemeral messages
+//! A message with a timer ([`MessageTimers`]: expiry, burn-on-read, or a deadline set later) is
+//! *sealed*: its text is stored only as AES-256-GCM ciphertext under a fresh random 32-byte key
+//! of its own, kept in the `message_keys` table, and its `text` column is empty. Reads decrypt
+//! transparently. [`Db::shred`] deletes the key together with the row, so a copy of the
+//! ciphertext that survives somewhere (a WAL frame, a freed page, a backup of the database
+//! file) is unreadable even to someone holding the cache key. Sealed messages are never added
+//! to the search index: FTS5 keeps its own copy of every word, which no per-message key covers
+//! and which would outlive the message it came from.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,8 +20,12 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRe
 use rusqlite::{Connection, OptionalExtension as _, Row, ToSql, params};
 use zeroize::Zeroizing;
 
-use super::schema::{self, COUNT_MESSAGE, INDEX_MESSAGE, INSERT_MESSAGE, MESSAGE_COLUMNS};
+use super::schema::{self, COUNT_MESSAGE, INDEX_MESSAGE, INSERT_MESSAGE};
 use super::{Result, StoreError};
+use crate::crypto::primitives::{Aead, Secret32, derive_key_nonce};
+
+/// HKDF label deriving the AES-256-GCM key and nonce of a sealed message from its own key.
+const SEAL_INFO: &[u8] = b"cinder/v1/cache/msg";
 
 /// Data access to an open cache, in autocommit mode or inside [`super::Store::transaction`].
 #[derive(Clone, Copy)]
@@ -76,6 +90,131 @@ pub struct OutboxItem {
     pub attempts: u32,
     /// The last attempt's error.
     pub last_error: Option<String>,
+    /// What the item sends.
+    pub kind: OutboxKind,
+    /// The timers to send with the message; only `expire_after_s` and `burn_after_s` are kept.
+    pub timers: MessageTimers,
+    /// Opaque bytes of a [`OutboxKind::Receipt`] or [`OutboxKind::Control`] item (empty for
+    /// text).
+    pub extra: Vec<u8>,
+}
+
+/// What an [`OutboxItem`] sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// A message the user wrote (`text`).
+    Text,
+    /// Read receipts (`extra` says which).
+    Receipt,
+    /// A control message (`extra` holds it).
+    Control,
+}
+
+impl OutboxKind {
+    const ALL: [OutboxKind; 3] = [Self::Text, Self::Receipt, Self::Control];
+
+    /// The stored code.
+    fn code(self) -> i64 {
+        match self {
+            Self::Text => 0,
+            Self::Receipt => 1,
+            Self::Control => 2,
+        }
+    }
+}
+
+impl ToSql for OutboxKind {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.code()))
+    }
+}
+
+impl FromSql for OutboxKind {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let code = value.as_i64()?;
+        Self::ALL
+            .into_iter()
+            .find(|k| k.code() == code)
+            .ok_or(FromSqlError::OutOfRange(code))
+    }
+}
+
+/// What a message of the history is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MessageKind {
+    /// Something a person wrote.
+    #[default]
+    Text,
+    /// A line the client adds to the conversation (a member joined, the timer changed...).
+    System,
+}
+
+impl MessageKind {
+    const ALL: [MessageKind; 2] = [Self::Text, Self::System];
+
+    /// The stored code.
+    fn code(self) -> i64 {
+        match self {
+            Self::Text => 0,
+            Self::System => 1,
+        }
+    }
+}
+
+impl ToSql for MessageKind {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.code()))
+    }
+}
+
+impl FromSql for MessageKind {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let code = value.as_i64()?;
+        Self::ALL
+            .into_iter()
+            .find(|k| k.code() == code)
+            .ok_or(FromSqlError::OutOfRange(code))
+    }
+}
+
+/// The disappearing-message timers of one message.
+///
+/// The `*_after_s` durations come with the message; the `*_at_ms` deadlines (milliseconds since
+/// the Unix epoch) are set when they become known: expiry usually from the sender's timestamp,
+/// burn when the message is first displayed ([`Db::mark_displayed`]). Deadlines only ever move
+/// earlier ([`Db::set_expire_at`], [`Db::set_burn_at`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MessageTimers {
+    /// Delete this long after it was sent.
+    pub expire_after_s: Option<u32>,
+    /// Delete this long after it was first displayed.
+    pub burn_after_s: Option<u32>,
+    /// When the expiry timer runs out.
+    pub expire_at_ms: Option<u64>,
+    /// When the burn timer runs out.
+    pub burn_at_ms: Option<u64>,
+    /// When this device first displayed it.
+    pub displayed_at_ms: Option<u64>,
+}
+
+impl MessageTimers {
+    /// When the message must be deleted: the earlier of the two deadlines, if any is set.
+    pub fn delete_at_ms(&self) -> Option<u64> {
+        match (self.expire_at_ms, self.burn_at_ms) {
+            (Some(e), Some(b)) => Some(e.min(b)),
+            (e, b) => e.or(b),
+        }
+    }
+
+    /// Whether the message carries a timer (`expire_after_s` or `burn_after_s`).
+    pub fn is_timed(&self) -> bool {
+        self.expire_after_s.is_some() || self.burn_after_s.is_some()
+    }
+
+    /// Whether the cache seals the text: a timer, or a deadline without one.
+    fn seals(&self) -> bool {
+        self.is_timed() || self.delete_at_ms().is_some()
+    }
 }
 
 /// Where a message stands.
@@ -173,6 +312,11 @@ pub struct MessageRecord {
     pub text: String,
     /// Where it stands.
     pub state: MessageState,
+    /// Text or system line.
+    pub kind: MessageKind,
+    /// Its disappearing-message timers; with any set, the text is sealed (see the module
+    /// documentation).
+    pub timers: MessageTimers,
 }
 
 /// One stored session: the peer device's id and its serialized state.
@@ -197,9 +341,68 @@ fn sql_u64(v: u64) -> rusqlite::Result<i64> {
     i64::try_from(v).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
+fn sql_u64_opt(v: Option<u64>) -> rusqlite::Result<Option<i64>> {
+    v.map(sql_u64).transpose()
+}
+
 fn get_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
     let v: i64 = row.get(idx)?;
     u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
+}
+
+fn get_u64_opt(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<u64>> {
+    let v: Option<i64> = row.get(idx)?;
+    v.map(|v| u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v)))
+        .transpose()
+}
+
+/// The latest time SQLite can store: later deadlines are clamped to it.
+const MAX_MS: u64 = i64::MAX.unsigned_abs();
+
+/// `at_ms` plus `seconds`, clamped to [`MAX_MS`].
+fn after(at_ms: u64, seconds: u32) -> u64 {
+    at_ms
+        .saturating_add(u64::from(seconds).saturating_mul(1000))
+        .min(MAX_MS)
+}
+
+/// The earlier of a stored deadline and a new one.
+fn earlier(stored: Option<u64>, new: u64) -> u64 {
+    stored.map_or(new, |s| s.min(new))
+}
+
+/// Stores the key of a sealed message: `?1` its id, `?2` the key.
+const PUT_MESSAGE_KEY: &str =
+    "INSERT OR REPLACE INTO message_keys (message_id, key) VALUES (?1, ?2)";
+
+/// The keys of `blobs` starting with `?1`: they sort from `?1` up to (excluding) `?1` followed
+/// by the byte 0xff, which no UTF-8 text contains. A range on the primary key, so `%` and `_`
+/// in the prefix are plain characters (LIKE would treat them as wildcards).
+const BLOB_PREFIX_RANGE: &str = "key >= ?1 AND key < ?1 || x'ff'";
+
+/// A sealed text: the ciphertext and the random key it is sealed under.
+struct Sealed {
+    key: Secret32,
+    ciphertext: Vec<u8>,
+}
+
+/// Seals `text` under a fresh random key; the message id is the associated data, so a
+/// ciphertext cannot be moved to another row.
+fn seal_text(message_id: &[u8; 16], text: &str) -> Result<Sealed> {
+    let key = Secret32::random()?;
+    let (k, nonce) = derive_key_nonce(None, key.expose(), SEAL_INFO);
+    let ciphertext = Aead::new(&k).seal(&nonce, message_id, text.as_bytes());
+    Ok(Sealed { key, ciphertext })
+}
+
+/// Opens what [`seal_text`] sealed.
+fn open_text(message_id: &[u8; 16], key: &[u8; 32], ciphertext: &[u8]) -> Result<String> {
+    let (k, nonce) = derive_key_nonce(None, key, SEAL_INFO);
+    let plain = Aead::new(&k)
+        .open(&nonce, message_id, ciphertext)
+        .map_err(|_| StoreError::Corrupt("a sealed message does not decrypt".into()))?;
+    String::from_utf8(plain)
+        .map_err(|_| StoreError::Corrupt("a sealed message is not UTF-8".into()))
 }
 
 /// Copies a 32-byte secret column straight into a wiped-on-drop buffer.
@@ -232,9 +435,51 @@ fn secret_vec_opt(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Zeroizin
     }
 }
 
-/// [`MESSAGE_COLUMNS`] of the `messages` table aliased as `m`, for joins.
+/// What [`message_from_row`] reads, from the `messages` table aliased as `m`. The key of a
+/// sealed message is looked up only for sealed rows, so plain history and search cost what
+/// they did before messages could be sealed.
 const M_COLUMNS: &str = "m.message_id, m.conversation, m.outgoing, m.sender, m.sender_device, \
-                         m.sent_at_ms, m.received_at_ms, m.text, m.state";
+                         m.sent_at_ms, m.received_at_ms, m.text, m.state, m.kind, \
+                         m.expire_after_s, m.burn_after_s, m.expire_at_ms, m.burn_at_ms, \
+                         m.displayed_at_ms, m.sealed, \
+                         CASE WHEN m.sealed IS NOT NULL THEN (SELECT k.key FROM message_keys AS k \
+                                                              WHERE k.message_id = m.message_id) \
+                         END";
+
+/// The newest messages of conversation `?1`, at most `?2`, newest first.
+fn sql_history() -> String {
+    format!(
+        "SELECT {M_COLUMNS} FROM messages AS m WHERE m.conversation = ?1
+         ORDER BY m.seq DESC LIMIT ?2"
+    )
+}
+
+/// The messages of conversation `?1` before key `?2`, at most `?3`, newest first.
+fn sql_history_before() -> String {
+    format!(
+        "SELECT {M_COLUMNS} FROM messages AS m WHERE m.conversation = ?1 AND m.seq < ?2
+         ORDER BY m.seq DESC LIMIT ?3"
+    )
+}
+
+/// Matches of FTS query `?1`, at most `?2`, newest first; within conversation `?3` if
+/// `in_conversation`.
+fn sql_search(in_conversation: bool) -> String {
+    let within = if in_conversation {
+        "AND m.conversation = ?3"
+    } else {
+        ""
+    };
+    // CROSS JOIN keeps the index as the outer loop: it yields matches newest first (rowid
+    // order is history order), so the scan stops after `limit` rows instead of sorting every
+    // match.
+    format!(
+        "SELECT {M_COLUMNS} FROM messages_fts CROSS JOIN messages AS m
+             ON m.seq = messages_fts.rowid
+         WHERE messages_fts MATCH ?1 {within}
+         ORDER BY messages_fts.rowid DESC LIMIT ?2"
+    )
+}
 
 /// Most terms of a search query; more add nothing a person would type but cost time.
 const MAX_QUERY_TERMS: usize = 32;
@@ -277,22 +522,74 @@ fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(-1)
 }
 
-fn message_from_row(row: &Row<'_>) -> rusqlite::Result<MessageRecord> {
-    Ok(MessageRecord {
-        message_id: row.get(0)?,
-        conversation: row.get(1)?,
-        outgoing: row.get(2)?,
-        sender: row.get(3)?,
-        sender_device: row.get(4)?,
-        sent_at_ms: get_u64(row, 5)?,
-        received_at_ms: get_u64(row, 6)?,
-        text: row.get(7)?,
-        state: row.get(8)?,
+/// A message row as stored: a sealed text still has to be opened ([`StoredMessage::open`]).
+struct StoredMessage {
+    record: MessageRecord,
+    /// The ciphertext of a sealed text.
+    sealed: Option<Vec<u8>>,
+    /// The key of a sealed text, if it is stored.
+    key: Option<Zeroizing<[u8; 32]>>,
+}
+
+impl StoredMessage {
+    /// The record with its text decrypted.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] if a sealed text has no key or does not decrypt.
+    fn open(self) -> Result<MessageRecord> {
+        let mut record = self.record;
+        if let Some(ciphertext) = self.sealed {
+            let key = self.key.ok_or_else(|| {
+                StoreError::Corrupt("the key of a sealed message is missing".into())
+            })?;
+            record.text = open_text(&record.message_id, &key, &ciphertext)?;
+        }
+        Ok(record)
+    }
+}
+
+/// Reads the columns of [`M_COLUMNS`].
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let sealed: Option<Vec<u8>> = row.get(15)?;
+    let key = match row.get_ref(16)? {
+        ValueRef::Null => None,
+        _ => Some(secret32(row, 16)?),
+    };
+    Ok(StoredMessage {
+        record: MessageRecord {
+            message_id: row.get(0)?,
+            conversation: row.get(1)?,
+            outgoing: row.get(2)?,
+            sender: row.get(3)?,
+            sender_device: row.get(4)?,
+            sent_at_ms: get_u64(row, 5)?,
+            received_at_ms: get_u64(row, 6)?,
+            text: row.get(7)?,
+            state: row.get(8)?,
+            kind: row.get(9)?,
+            timers: MessageTimers {
+                expire_after_s: row.get(10)?,
+                burn_after_s: row.get(11)?,
+                expire_at_ms: get_u64_opt(row, 12)?,
+                burn_at_ms: get_u64_opt(row, 13)?,
+                displayed_at_ms: get_u64_opt(row, 14)?,
+            },
+        },
+        sealed,
+        key,
     })
 }
 
+/// Collects message rows, opening sealed texts.
+fn open_all(
+    rows: impl Iterator<Item = rusqlite::Result<StoredMessage>>,
+) -> Result<Vec<MessageRecord>> {
+    rows.map(|r| r?.open()).collect()
+}
+
 const OUTBOX_COLUMNS: &str = "id, message_id, conversation, recipient, text, created_at_ms, \
-                              request, key_package, attempts, last_error";
+                              request, key_package, attempts, last_error, kind, \
+                              expire_after_s, burn_after_s, extra";
 
 fn outbox_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxItem> {
     Ok(OutboxItem {
@@ -306,6 +603,13 @@ fn outbox_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxItem> {
         key_package: secret_vec_opt(row, 7)?,
         attempts: row.get(8)?,
         last_error: row.get(9)?,
+        kind: row.get(10)?,
+        timers: MessageTimers {
+            expire_after_s: row.get(11)?,
+            burn_after_s: row.get(12)?,
+            ..MessageTimers::default()
+        },
+        extra: row.get(13)?,
     })
 }
 
@@ -426,6 +730,31 @@ impl<'a> Db<'a> {
             .optional()?)
     }
 
+    /// Every value whose key starts with `prefix` (byte for byte: `"room/a/"` matches
+    /// `"room/a/x"` but not `"room/ab"`), ordered by key.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn blobs_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Zeroizing<Vec<u8>>)>> {
+        let mut stmt = self.0.prepare_cached(&format!(
+            "SELECT key, value FROM blobs WHERE {BLOB_PREFIX_RANGE} ORDER BY key"
+        ))?;
+        let rows = stmt.query_map([prefix], |r| Ok((r.get(0)?, secret_vec(r, 1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Deletes every value whose key starts with `prefix` (as [`Self::blobs_with_prefix`]);
+    /// returns how many.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn delete_blobs_with_prefix(&self, prefix: &str) -> Result<usize> {
+        Ok(self
+            .0
+            .prepare_cached(&format!("DELETE FROM blobs WHERE {BLOB_PREFIX_RANGE}"))?
+            .execute([prefix])?)
+    }
+
     // --- pinned root keys ----------------------------------------------------------------
 
     /// Pins `user`'s root public key, replacing a previous pin.
@@ -540,15 +869,17 @@ impl<'a> Db<'a> {
 
     // --- outbox --------------------------------------------------------------------------
 
-    /// Appends `item` to the outbox and returns its row id (`item.id` is ignored).
+    /// Appends `item` to the outbox and returns its row id (`item.id` is ignored; of
+    /// `item.timers`, only the `*_after_s` durations are kept).
     ///
     /// # Errors
     /// SQL errors.
     pub fn outbox_push(&self, item: &OutboxItem) -> Result<i64> {
         self.0.execute(
             "INSERT INTO outbox (message_id, conversation, recipient, text, created_at_ms,
-                                 request, key_package, attempts, last_error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                 request, key_package, attempts, last_error, kind,
+                                 expire_after_s, burn_after_s, extra)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 item.message_id,
                 item.conversation,
@@ -559,6 +890,10 @@ impl<'a> Db<'a> {
                 item.key_package.as_ref().map(|k| k.as_slice()),
                 item.attempts,
                 item.last_error,
+                item.kind,
+                item.timers.expire_after_s,
+                item.timers.burn_after_s,
+                item.extra,
             ],
         )?;
         Ok(self.0.last_insert_rowid())
@@ -618,29 +953,41 @@ impl<'a> Db<'a> {
 
     /// Adds a message to the history; returns `false` and changes nothing if its id is known.
     ///
+    /// A message with timers is sealed under a key of its own and left out of the search index
+    /// (see the module documentation); its deletion deadline is the earlier of the record's
+    /// `expire_at_ms` and `burn_at_ms`.
+    ///
     /// # Errors
-    /// SQL errors.
+    /// SQL errors, [`StoreError::Crypto`] if the OS random generator fails.
     pub fn insert_message(&self, m: &MessageRecord) -> Result<bool> {
         Ok(self.insert_messages(std::slice::from_ref(m))? == 1)
     }
 
     /// Adds messages to the history, atomically; returns how many were new (known ids change
-    /// nothing). Their text is indexed for [`Self::search`] and their conversations' summaries
-    /// are updated.
+    /// nothing). The text of untimed messages is indexed for [`Self::search`], timed ones are
+    /// sealed instead ([`Self::insert_message`]); their conversations' summaries are updated.
     ///
     /// Prefer one call for a batch (a mailbox sync, an import) inside one transaction: the
     /// search index then writes one segment for the batch rather than one per message.
     ///
     /// # Errors
-    /// SQL errors; nothing is inserted then.
+    /// SQL and random generator errors; nothing is inserted then.
     pub fn insert_messages(&self, messages: &[MessageRecord]) -> Result<usize> {
         self.atomically(|| {
             let mut insert = self.0.prepare_cached(INSERT_MESSAGE)?;
             let mut count = self.0.prepare_cached(COUNT_MESSAGE)?;
+            let mut put_key = self.0.prepare_cached(PUT_MESSAGE_KEY)?;
             let mut new = Vec::with_capacity(messages.len());
+            let mut sealed_count = 0;
             for m in messages {
                 let seq = schema::next_seq(self.0, m.sent_at_ms)?;
                 let received = sql_u64(m.received_at_ms)?;
+                let sealed = if m.timers.seals() {
+                    Some(seal_text(&m.message_id, &m.text)?)
+                } else {
+                    None
+                };
+                let t = &m.timers;
                 // ON CONFLICT names the id column, so other constraint violations still raise
                 // errors (INSERT OR IGNORE would swallow them too).
                 let n = insert.execute(params![
@@ -651,14 +998,35 @@ impl<'a> Db<'a> {
                     m.sender_device,
                     sql_u64(m.sent_at_ms)?,
                     received,
-                    m.text,
+                    if sealed.is_some() {
+                        ""
+                    } else {
+                        m.text.as_str()
+                    },
                     m.state,
                     seq,
+                    m.kind,
+                    t.expire_after_s,
+                    t.burn_after_s,
+                    sql_u64_opt(t.expire_at_ms)?,
+                    sql_u64_opt(t.burn_at_ms)?,
+                    sql_u64_opt(t.displayed_at_ms)?,
+                    sql_u64_opt(t.delete_at_ms())?,
+                    sealed.as_ref().map(|s| s.ciphertext.as_slice()),
                 ])?;
                 if n == 1 {
                     let activity = sql_u64(m.sent_at_ms.max(m.received_at_ms))?;
                     count.execute(params![m.conversation, activity, !m.outgoing, received])?;
-                    new.push((seq, m.text.as_str()));
+                    match &sealed {
+                        Some(s) => {
+                            put_key.execute(params![m.message_id, &s.key.expose()[..]])?;
+                            sealed_count += 1;
+                        }
+                        // Only clear text is indexed: an index copy of a timed message's
+                        // words would outlive the message, since shredding its key cannot
+                        // reach them.
+                        None => new.push((seq, m.text.as_str())),
+                    }
                 }
             }
             // The index last: FTS5 keeps the batch's terms in memory and writes them as one
@@ -669,16 +1037,17 @@ impl<'a> Db<'a> {
             for (seq, text) in &new {
                 index.execute(params![seq, text])?;
             }
-            Ok(new.len())
+            Ok(new.len() + sealed_count)
         })
     }
 
-    /// Deletes a message (expiry, burn, "delete for me"); returns `false` if there was none.
+    /// Deletes a message ("delete for me"); returns `false` if there was none.
     ///
     /// Its text leaves the search index in the same transaction (no delete markers are left to
-    /// a later merge) and the freed pages are zeroed; the conversation's summary follows.
-    /// Checkpoint afterwards ([`super::Store::checkpoint_truncate`]) to drop the old page
-    /// versions from the WAL.
+    /// a later merge), the key of a sealed message goes with it, and the freed pages are
+    /// zeroed; the conversation's summary follows. Checkpoint afterwards
+    /// ([`super::Store::checkpoint_truncate`]) to drop the old page versions from the WAL.
+    /// Expiry and burns use [`Self::shred`], which also drops pending sends.
     ///
     /// # Errors
     /// SQL errors.
@@ -704,19 +1073,341 @@ impl<'a> Db<'a> {
         Ok(n == 1)
     }
 
-    /// One message by id.
+    // --- timers, shredding, receipts ---------------------------------------------------
+
+    /// The timers of a message and whether its text is sealed; `None` if it is not cached.
+    fn timers(&self, message_id: &[u8; 16]) -> Result<Option<(MessageTimers, bool)>> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT expire_after_s, burn_after_s, expire_at_ms, burn_at_ms, displayed_at_ms,
+                        sealed IS NOT NULL
+                 FROM messages WHERE message_id = ?1",
+            )?
+            .query_row([message_id], |r| {
+                Ok((
+                    MessageTimers {
+                        expire_after_s: r.get(0)?,
+                        burn_after_s: r.get(1)?,
+                        expire_at_ms: get_u64_opt(r, 2)?,
+                        burn_at_ms: get_u64_opt(r, 3)?,
+                        displayed_at_ms: get_u64_opt(r, 4)?,
+                    },
+                    r.get(5)?,
+                ))
+            })
+            .optional()?)
+    }
+
+    /// Stores the deadlines and display time of `t`, and the deletion deadline they imply.
+    fn write_deadlines(&self, message_id: &[u8; 16], t: &MessageTimers) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "UPDATE messages SET expire_at_ms = ?2, burn_at_ms = ?3, displayed_at_ms = ?4,
+                                     delete_at_ms = ?5
+                 WHERE message_id = ?1",
+            )?
+            .execute(params![
+                message_id,
+                sql_u64_opt(t.expire_at_ms)?,
+                sql_u64_opt(t.burn_at_ms)?,
+                sql_u64_opt(t.displayed_at_ms)?,
+                sql_u64_opt(t.delete_at_ms())?,
+            ])?;
+        Ok(())
+    }
+
+    /// Seals the text of a message that was stored in clear (it got a deadline after it
+    /// arrived): the text moves under a fresh key and leaves the search index.
+    fn seal_stored(&self, message_id: &[u8; 16]) -> Result<()> {
+        let text: Option<String> = self
+            .0
+            .prepare_cached("SELECT text FROM messages WHERE message_id = ?1 AND sealed IS NULL")?
+            .query_row([message_id], |r| r.get(0))
+            .optional()?;
+        let Some(text) = text else {
+            return Ok(());
+        };
+        let sealed = seal_text(message_id, &text)?;
+        // The text trigger takes the old text out of the index (see `schema`).
+        self.0
+            .prepare_cached("UPDATE messages SET text = '', sealed = ?2 WHERE message_id = ?1")?
+            .execute(params![message_id, sealed.ciphertext])?;
+        self.0
+            .prepare_cached(PUT_MESSAGE_KEY)?
+            .execute(params![message_id, &sealed.key.expose()[..]])?;
+        Ok(())
+    }
+
+    /// Moves the expiry deadline of a message to `at_ms` if that is earlier than the stored
+    /// one (or none is stored): a timer can be shortened, never extended. Returns `false` if
+    /// the message is not cached, `true` otherwise (whether or not the deadline moved).
+    ///
+    /// A message stored in clear (no timer when it arrived) is sealed now and leaves the
+    /// search index, so it is crypto-shredded like any timed message.
+    ///
+    /// # Errors
+    /// SQL errors, [`StoreError::Crypto`] if the OS random generator fails.
+    pub fn set_expire_at(&self, message_id: &[u8; 16], at_ms: u64) -> Result<bool> {
+        self.atomically(|| {
+            let Some((mut t, sealed)) = self.timers(message_id)? else {
+                return Ok(false);
+            };
+            let at = earlier(t.expire_at_ms, at_ms.min(MAX_MS));
+            if t.expire_at_ms != Some(at) {
+                t.expire_at_ms = Some(at);
+                self.write_deadlines(message_id, &t)?;
+            }
+            if !sealed {
+                self.seal_stored(message_id)?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Moves the burn deadline of a message to `at_ms` if that is earlier than the stored one
+    /// (another device of ours, or the sender, reports when it was read). Returns `false` if
+    /// the message is not cached, `true` otherwise; seals a message stored in clear, as
+    /// [`Self::set_expire_at`] does.
+    ///
+    /// # Errors
+    /// SQL errors, [`StoreError::Crypto`] if the OS random generator fails.
+    pub fn set_burn_at(&self, message_id: &[u8; 16], at_ms: u64) -> Result<bool> {
+        self.atomically(|| {
+            let Some((mut t, sealed)) = self.timers(message_id)? else {
+                return Ok(false);
+            };
+            let at = earlier(t.burn_at_ms, at_ms.min(MAX_MS));
+            if t.burn_at_ms != Some(at) {
+                t.burn_at_ms = Some(at);
+                self.write_deadlines(message_id, &t)?;
+            }
+            if !sealed {
+                self.seal_stored(message_id)?;
+            }
+            Ok(true)
+        })
+    }
+
+    /// Records that this device displayed the message at `now_ms`, the first time only.
+    ///
+    /// On the first call for a message with `burn_after_s`, its burn deadline becomes
+    /// `now_ms + burn_after_s` (or stays at an earlier one already known) and that deadline is
+    /// returned: the caller tells the sender and our other devices. Returns `None` and changes
+    /// nothing if the message is not cached or was displayed before (the earliest display
+    /// time is kept, so the burn timer starts once); returns `None` after recording the
+    /// display time if the message has no burn timer.
     ///
     /// # Errors
     /// SQL errors.
-    pub fn message(&self, message_id: &[u8; 16]) -> Result<Option<MessageRecord>> {
+    pub fn mark_displayed(&self, message_id: &[u8; 16], now_ms: u64) -> Result<Option<u64>> {
+        self.atomically(|| {
+            let Some((mut t, _)) = self.timers(message_id)? else {
+                return Ok(None);
+            };
+            if t.displayed_at_ms.is_some() {
+                return Ok(None);
+            }
+            let now_ms = now_ms.min(MAX_MS);
+            t.displayed_at_ms = Some(now_ms);
+            let burn = t
+                .burn_after_s
+                .map(|s| earlier(t.burn_at_ms, after(now_ms, s)));
+            if burn.is_some() {
+                t.burn_at_ms = burn;
+            }
+            self.write_deadlines(message_id, &t)?;
+            Ok(burn)
+        })
+    }
+
+    /// The earliest deletion deadline of any cached message, to set the next wake-up by.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn next_deletion(&self) -> Result<Option<u64>> {
         Ok(self
             .0
-            .query_row(
-                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE message_id = ?1"),
-                [message_id],
-                message_from_row,
-            )
+            .prepare_cached(
+                "SELECT delete_at_ms FROM messages WHERE delete_at_ms IS NOT NULL
+                 ORDER BY delete_at_ms LIMIT 1",
+            )?
+            .query_row([], |r| get_u64(r, 0))
             .optional()?)
+    }
+
+    /// The messages whose deletion deadline is at or before `now_ms`, as (id, conversation),
+    /// soonest deadline first (ties in history order).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn due_deletions(&self, now_ms: u64) -> Result<Vec<([u8; 16], String)>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT message_id, conversation FROM messages
+             WHERE delete_at_ms IS NOT NULL AND delete_at_ms <= ?1
+             ORDER BY delete_at_ms, seq",
+        )?;
+        let rows = stmt.query_map([sql_u64(now_ms.min(MAX_MS))?], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Crypto-shreds messages (expiry, burn): deletes each one's key and row, its search index
+    /// entry if it had one, and any outbox item with its id (a timed message still waiting to
+    /// be sent is not sent after it expired). The conversations' summaries (counts, unread,
+    /// last activity) follow; a conversation left empty leaves the list. Returns how many
+    /// messages were deleted; unknown ids are skipped.
+    ///
+    /// Freed space is zeroed (`secure_delete`), but old page versions stay in the WAL until a
+    /// checkpoint: [`super::Store::shred_due`] does both.
+    ///
+    /// # Errors
+    /// SQL errors; nothing is deleted then.
+    pub fn shred(&self, ids: &[[u8; 16]]) -> Result<usize> {
+        self.atomically(|| {
+            let mut key = self
+                .0
+                .prepare_cached("DELETE FROM message_keys WHERE message_id = ?1")?;
+            let mut outbox = self
+                .0
+                .prepare_cached("DELETE FROM outbox WHERE message_id = ?1")?;
+            let mut row = self
+                .0
+                .prepare_cached("DELETE FROM messages WHERE message_id = ?1")?;
+            let mut deleted = 0;
+            for id in ids {
+                key.execute([id])?;
+                outbox.execute([id])?;
+                deleted += row.execute([id])?;
+            }
+            Ok(deleted)
+        })
+    }
+
+    /// Shreds every message of `conversation` (as [`Self::shred`]) and forgets its summary,
+    /// read mark and timer settings, e.g. when a room is deleted. Returns how many messages
+    /// were deleted.
+    ///
+    /// Outbox items of the conversation that are not messages of it (receipts, control
+    /// messages) are left alone: a final control message may still have to go out.
+    ///
+    /// # Errors
+    /// SQL errors; nothing is deleted then.
+    pub fn delete_conversation(&self, conversation: &str) -> Result<usize> {
+        self.atomically(|| {
+            self.0.execute(
+                "DELETE FROM outbox WHERE message_id IN
+                     (SELECT message_id FROM messages WHERE conversation = ?1)",
+                [conversation],
+            )?;
+            // The delete trigger takes each key and index entry along (see `schema`).
+            let deleted = self.0.execute(
+                "DELETE FROM messages WHERE conversation = ?1",
+                [conversation],
+            )?;
+            self.0.execute(
+                "DELETE FROM conversations WHERE conversation = ?1",
+                [conversation],
+            )?;
+            self.0.execute(
+                "DELETE FROM conversation_settings WHERE conversation = ?1",
+                [conversation],
+            )?;
+            Ok(deleted)
+        })
+    }
+
+    /// The incoming text messages of `conversation` that were displayed
+    /// ([`Self::mark_displayed`]) but whose read receipt has not been sent
+    /// ([`Self::mark_receipts_sent`]), in history order. System lines never get receipts.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn undisplayed_receipts(&self, conversation: &str) -> Result<Vec<[u8; 16]>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT message_id FROM messages
+             WHERE conversation = ?1 AND outgoing = 0 AND receipt_sent = 0
+               AND displayed_at_ms IS NOT NULL AND kind = 0
+             ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([conversation], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records that the read receipts of these messages were sent (unknown ids are skipped).
+    ///
+    /// # Errors
+    /// SQL errors; nothing is marked then.
+    pub fn mark_receipts_sent(&self, ids: &[[u8; 16]]) -> Result<()> {
+        self.atomically(|| {
+            let mut stmt = self
+                .0
+                .prepare_cached("UPDATE messages SET receipt_sent = 1 WHERE message_id = ?1")?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The timer defaults of `conversation` for new messages: (`expire_after_s`,
+    /// `burn_after_s`), both `None` unless set.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn conversation_timers(&self, conversation: &str) -> Result<(Option<u32>, Option<u32>)> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "SELECT expire_after_s, burn_after_s FROM conversation_settings
+                 WHERE conversation = ?1",
+            )?
+            .query_row([conversation], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .unwrap_or((None, None)))
+    }
+
+    /// Sets the timer defaults of `conversation` (both `None` turns them off). Messages already
+    /// cached keep their timers.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn set_conversation_timers(
+        &self,
+        conversation: &str,
+        expire_after_s: Option<u32>,
+        burn_after_s: Option<u32>,
+    ) -> Result<()> {
+        if expire_after_s.is_none() && burn_after_s.is_none() {
+            self.0.execute(
+                "DELETE FROM conversation_settings WHERE conversation = ?1",
+                [conversation],
+            )?;
+        } else {
+            self.0.execute(
+                "INSERT OR REPLACE INTO conversation_settings
+                     (conversation, expire_after_s, burn_after_s)
+                 VALUES (?1, ?2, ?3)",
+                params![conversation, expire_after_s, burn_after_s],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One message by id.
+    ///
+    /// # Errors
+    /// SQL errors, [`StoreError::Corrupt`] if its sealed text does not open.
+    pub fn message(&self, message_id: &[u8; 16]) -> Result<Option<MessageRecord>> {
+        self.0
+            .prepare_cached(&format!(
+                "SELECT {M_COLUMNS} FROM messages AS m WHERE m.message_id = ?1"
+            ))?
+            .query_row([message_id], message_from_row)
+            .optional()?
+            .map(StoredMessage::open)
+            .transpose()
     }
 
     /// The `limit` newest messages of `conversation`, returned oldest first.
@@ -739,7 +1430,7 @@ impl<'a> Db<'a> {
     ///
     /// # Errors
     /// [`StoreError::UnknownMessage`] if `before` is not in the cache (deleted since the last
-    /// page, say); SQL errors.
+    /// page, say); [`StoreError::Corrupt`] if a sealed text does not open; SQL errors.
     pub fn history_before(
         &self,
         conversation: &str,
@@ -749,12 +1440,8 @@ impl<'a> Db<'a> {
         let limit = sql_limit(limit);
         let mut page = match before {
             None => {
-                let mut stmt = self.0.prepare_cached(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation = ?1
-                     ORDER BY seq DESC LIMIT ?2"
-                ))?;
-                let rows = stmt.query_map(params![conversation, limit], message_from_row)?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()?
+                let mut stmt = self.0.prepare_cached(&sql_history())?;
+                open_all(stmt.query_map(params![conversation, limit], message_from_row)?)?
             }
             Some(id) => {
                 let seq: i64 = self
@@ -763,12 +1450,8 @@ impl<'a> Db<'a> {
                     .query_row([id], |r| r.get(0))
                     .optional()?
                     .ok_or(StoreError::UnknownMessage)?;
-                let mut stmt = self.0.prepare_cached(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation = ?1 AND seq < ?2
-                     ORDER BY seq DESC LIMIT ?3"
-                ))?;
-                let rows = stmt.query_map(params![conversation, seq, limit], message_from_row)?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()?
+                let mut stmt = self.0.prepare_cached(&sql_history_before())?;
+                open_all(stmt.query_map(params![conversation, seq, limit], message_from_row)?)?
             }
         };
         page.reverse();
@@ -831,6 +1514,9 @@ impl<'a> Db<'a> {
     /// The `limit` newest messages (across all conversations) whose text matches `query`,
     /// newest first.
     ///
+    /// Timed messages are never found: they are not in the index (see the module
+    /// documentation).
+    ///
     /// `query` is what a person typed. Every whitespace-separated word must occur (punctuation
     /// inside a word joins tokens that must follow each other: `foo-bar` finds "foo bar"); the
     /// last word matches as a prefix, for search-as-you-type, unless the input ends in
@@ -871,32 +1557,16 @@ impl<'a> Db<'a> {
             return Ok(Vec::new());
         };
         let limit = sql_limit(limit);
-        // CROSS JOIN keeps the index as the outer loop: it yields matches newest first (rowid
-        // order is history order), so the scan stops after `limit` rows instead of sorting
-        // every match.
-        let rows = match conversation {
+        match conversation {
             None => {
-                let mut stmt = self.0.prepare_cached(&format!(
-                    "SELECT {M_COLUMNS} FROM messages_fts CROSS JOIN messages AS m
-                         ON m.seq = messages_fts.rowid
-                     WHERE messages_fts MATCH ?1
-                     ORDER BY messages_fts.rowid DESC LIMIT ?2"
-                ))?;
-                stmt.query_map(params![fts, limit], message_from_row)?
-                    .collect::<rusqlite::Result<_>>()?
+                let mut stmt = self.0.prepare_cached(&sql_search(false))?;
+                open_all(stmt.query_map(params![fts, limit], message_from_row)?)
             }
             Some(c) => {
-                let mut stmt = self.0.prepare_cached(&format!(
-                    "SELECT {M_COLUMNS} FROM messages_fts CROSS JOIN messages AS m
-                         ON m.seq = messages_fts.rowid
-                     WHERE messages_fts MATCH ?1 AND m.conversation = ?3
-                     ORDER BY messages_fts.rowid DESC LIMIT ?2"
-                ))?;
-                stmt.query_map(params![fts, limit, c], message_from_row)?
-                    .collect::<rusqlite::Result<_>>()?
+                let mut stmt = self.0.prepare_cached(&sql_search(true))?;
+                open_all(stmt.query_map(params![fts, limit, c], message_from_row)?)
             }
-        };
-        Ok(rows)
+        }
     }
 
     // --- relay deliveries ----------------------------------------------------------------
@@ -946,7 +1616,7 @@ impl<'a> Db<'a> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::store::schema;
+    use crate::store::schema::{self, MESSAGE_COLUMNS};
 
     fn db() -> Connection {
         // Schema and queries are independent of the encryption, so an in-memory database
@@ -967,6 +1637,8 @@ mod tests {
             received_at_ms: 1000 + u64::from(id),
             text: format!("m{id}"),
             state: MessageState::Received,
+            kind: MessageKind::Text,
+            timers: MessageTimers::default(),
         }
     }
 
@@ -1092,6 +1764,9 @@ mod tests {
             key_package: None,
             attempts: 0,
             last_error: None,
+            kind: OutboxKind::Text,
+            timers: MessageTimers::default(),
+            extra: Vec::new(),
         };
         let a = d.outbox_push(&item).unwrap();
         let b = d.outbox_push(&item).unwrap();
@@ -1147,6 +1822,8 @@ mod tests {
             received_at_ms: sent + 5,
             text: text.into(),
             state: MessageState::Received,
+            kind: MessageKind::Text,
+            timers: MessageTimers::default(),
         }
     }
 
@@ -1459,27 +2136,17 @@ mod tests {
     #[test]
     fn paging_search_and_the_list_use_indexes_not_scans() {
         let c = db();
-        let page = plan(
-            &c,
-            &format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation = ?1 AND seq < ?2
-                 ORDER BY seq DESC LIMIT ?3"
-            ),
-        );
-        assert!(
-            page.contains("USING INDEX messages_by_conversation"),
-            "{page}"
-        );
-        assert!(!page.contains("TEMP B-TREE"), "{page}");
-        let search = plan(
-            &c,
-            &format!(
-                "SELECT {M_COLUMNS} FROM messages_fts CROSS JOIN messages AS m
-                     ON m.seq = messages_fts.rowid
-                 WHERE messages_fts MATCH ?1 AND m.conversation = ?3
-                 ORDER BY messages_fts.rowid DESC LIMIT ?2"
-            ),
-        );
+        for sql in [sql_history(), sql_history_before()] {
+            let page = plan(&c, &sql);
+            assert!(
+                page.contains("USING INDEX messages_by_conversation"),
+                "{page}"
+            );
+            assert!(!page.contains("TEMP B-TREE"), "{page}");
+            // The key of a sealed row is a primary-key lookup, not a scan.
+            assert!(!page.contains("SCAN k"), "{page}");
+        }
+        let search = plan(&c, &sql_search(true));
         assert!(search.contains("VIRTUAL TABLE INDEX"), "{search}");
         assert!(search.contains("INTEGER PRIMARY KEY"), "{search}");
         assert!(!search.contains("TEMP B-TREE"), "{search}");
@@ -1616,5 +2283,644 @@ mod tests {
             (5 << 20) + 1,
             "one past the largest key"
         );
+    }
+
+    // --- ephemeral messages -------------------------------------------------------------
+
+    /// An incoming message with timers.
+    fn timed(id: u16, conv: &str, sent: u64, text: &str, timers: MessageTimers) -> MessageRecord {
+        MessageRecord {
+            timers,
+            ..text_msg(id, conv, sent, text)
+        }
+    }
+
+    fn id(n: u16) -> [u8; 16] {
+        text_msg(n, "", 0, "").message_id
+    }
+
+    fn expiring(at_ms: u64) -> MessageTimers {
+        MessageTimers {
+            expire_after_s: Some(60),
+            expire_at_ms: Some(at_ms),
+            ..MessageTimers::default()
+        }
+    }
+
+    fn burning(after_s: u32) -> MessageTimers {
+        MessageTimers {
+            burn_after_s: Some(after_s),
+            ..MessageTimers::default()
+        }
+    }
+
+    /// The `text` and `sealed` columns of a message, as stored.
+    fn raw_text(c: &Connection, id: &[u8; 16]) -> (String, Option<Vec<u8>>) {
+        c.query_row(
+            "SELECT text, sealed FROM messages WHERE message_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    }
+
+    /// The stored key of a message, if any.
+    fn raw_key(c: &Connection, id: &[u8; 16]) -> Option<Vec<u8>> {
+        c.query_row(
+            "SELECT key FROM message_keys WHERE message_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap()
+    }
+
+    /// Every term of the search index.
+    fn index_terms(c: &Connection) -> Vec<String> {
+        c.execute_batch(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab
+             USING fts5vocab(main, messages_fts, row)",
+        )
+        .unwrap();
+        c.prepare("SELECT term FROM temp.vocab")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    fn integrity_check(c: &Connection) {
+        c.execute_batch("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
+            .unwrap();
+    }
+
+    fn counts(d: &Db<'_>) -> Vec<(String, u64, u64, u64)> {
+        d.conversations()
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.conversation, s.messages, s.unread, s.last_activity_ms))
+            .collect()
+    }
+
+    #[test]
+    fn timers_give_the_earlier_deadline_and_say_whether_they_are_set() {
+        let mut t = MessageTimers::default();
+        assert!(!t.is_timed());
+        assert_eq!(t.delete_at_ms(), None);
+        t.expire_at_ms = Some(50);
+        assert!(!t.is_timed(), "a deadline alone is not a timer");
+        assert_eq!(t.delete_at_ms(), Some(50));
+        t.burn_at_ms = Some(40);
+        assert_eq!(t.delete_at_ms(), Some(40));
+        t.expire_at_ms = None;
+        assert_eq!(t.delete_at_ms(), Some(40));
+        assert!(burning(1).is_timed() && expiring(1).is_timed());
+    }
+
+    #[test]
+    fn a_timed_message_is_sealed_at_rest_unsearchable_and_reads_back() {
+        let c = db();
+        let d = Db::new(&c);
+        let m = timed(1, "a", 100, "zanzibar rendezvous", expiring(10_000));
+        assert!(d.insert_message(&m).unwrap());
+        assert!(!d.insert_message(&m).unwrap(), "a known id changes nothing");
+        d.insert_message(&text_msg(2, "a", 200, "zanzibar in clear"))
+            .unwrap();
+
+        // At rest: no clear text, only ciphertext, and a 32-byte key of its own.
+        let (text, sealed) = raw_text(&c, &m.message_id);
+        assert_eq!(text, "");
+        let sealed = sealed.unwrap();
+        assert_eq!(sealed.len(), "zanzibar rendezvous".len() + 16);
+        assert!(!sealed.windows(8).any(|w| w == b"zanzibar"));
+        assert_eq!(raw_key(&c, &m.message_id).unwrap().len(), 32);
+        assert_eq!(raw_text(&c, &id(2)), ("zanzibar in clear".into(), None));
+        assert!(raw_key(&c, &id(2)).is_none());
+        let delete_at: Option<i64> = c
+            .query_row(
+                "SELECT delete_at_ms FROM messages WHERE message_id = ?1",
+                [m.message_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(delete_at, Some(10_000));
+
+        // Every read opens it.
+        assert_eq!(d.message(&m.message_id).unwrap().unwrap(), m);
+        assert_eq!(d.history("a", 10).unwrap()[0], m);
+        assert_eq!(
+            d.history_before("a", Some(id(2)), 10).unwrap(),
+            vec![m.clone()]
+        );
+
+        // Not searchable; the clear one is.
+        assert!(d.search("rendezvous", 10).unwrap().is_empty());
+        assert_eq!(
+            texts(&d.search("zanzibar", 10).unwrap()),
+            ["zanzibar in clear"]
+        );
+        let terms = index_terms(&c);
+        assert!(terms.iter().any(|t| t == "zanzibar"), "{terms:?}");
+        assert!(!terms.iter().any(|t| t == "rendezvous"), "{terms:?}");
+        assert_eq!(d.conversations().unwrap()[0].messages, 2);
+        integrity_check(&c);
+
+        // The key is what opens it: without it (or with another), the read is refused.
+        c.execute(
+            "UPDATE message_keys SET key = zeroblob(32) WHERE message_id = ?1",
+            [m.message_id],
+        )
+        .unwrap();
+        assert!(matches!(
+            d.message(&m.message_id),
+            Err(StoreError::Corrupt(_))
+        ));
+        c.execute(
+            "DELETE FROM message_keys WHERE message_id = ?1",
+            [m.message_id],
+        )
+        .unwrap();
+        assert!(matches!(d.history("a", 10), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_sealed_text_cannot_be_moved_to_another_message() {
+        let c = db();
+        let d = Db::new(&c);
+        d.insert_message(&timed(1, "a", 100, "one", expiring(9_000)))
+            .unwrap();
+        d.insert_message(&timed(2, "a", 200, "two", expiring(9_000)))
+            .unwrap();
+        // Message 2 gets message 1's ciphertext and key: the id is bound in, so it fails.
+        c.execute_batch(
+            "UPDATE messages SET sealed = (SELECT sealed FROM messages WHERE seq = (SELECT min(seq) FROM messages))
+             WHERE seq = (SELECT max(seq) FROM messages);
+             UPDATE message_keys SET key = (SELECT key FROM message_keys ORDER BY message_id LIMIT 1);",
+        )
+        .unwrap();
+        assert_eq!(d.message(&id(1)).unwrap().unwrap().text, "one");
+        assert!(matches!(d.message(&id(2)), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_batch_seals_timed_messages_and_indexes_the_rest() {
+        let c = db();
+        let d = Db::new(&c);
+        let batch = vec![
+            text_msg(1, "a", 100, "plain alpha"),
+            timed(2, "a", 200, "timed alpha", burning(5)),
+            text_msg(3, "b", 300, "plain beta"),
+        ];
+        assert_eq!(d.insert_messages(&batch).unwrap(), 3);
+        assert_eq!(d.insert_messages(&batch).unwrap(), 0);
+        assert_eq!(texts(&d.search("alpha", 10).unwrap()), ["plain alpha"]);
+        assert_eq!(
+            texts(&d.history("a", 10).unwrap()),
+            ["plain alpha", "timed alpha"]
+        );
+        assert_eq!(d.history("a", 10).unwrap()[1].timers, burning(5));
+        integrity_check(&c);
+    }
+
+    #[test]
+    fn set_expire_at_only_ever_shortens_the_timer() {
+        let c = db();
+        let d = Db::new(&c);
+        let m = timed(1, "a", 100, "soon gone", expiring(5_000));
+        d.insert_message(&m).unwrap();
+        let timers = |d: &Db<'_>| d.message(&id(1)).unwrap().unwrap().timers;
+        assert!(d.set_expire_at(&id(1), 9_000).unwrap());
+        assert_eq!(timers(&d).expire_at_ms, Some(5_000), "never extended");
+        assert_eq!(d.next_deletion().unwrap(), Some(5_000));
+        assert!(d.set_expire_at(&id(1), 3_000).unwrap());
+        assert_eq!(timers(&d).expire_at_ms, Some(3_000));
+        assert_eq!(d.next_deletion().unwrap(), Some(3_000));
+        assert!(d.set_expire_at(&id(1), u64::MAX).unwrap());
+        assert_eq!(timers(&d).expire_at_ms, Some(3_000));
+        // A burn deadline earlier than the expiry decides the deletion; a later one does not.
+        assert!(d.set_burn_at(&id(1), 4_000).unwrap());
+        assert_eq!(d.next_deletion().unwrap(), Some(3_000));
+        assert!(d.set_burn_at(&id(1), 2_000).unwrap());
+        assert!(d.set_burn_at(&id(1), 2_500).unwrap());
+        assert_eq!(timers(&d).burn_at_ms, Some(2_000), "never extended");
+        assert_eq!(d.next_deletion().unwrap(), Some(2_000));
+        assert_eq!(d.message(&id(1)).unwrap().unwrap().text, "soon gone");
+        assert!(!d.set_expire_at(&id(9), 1).unwrap());
+        assert!(!d.set_burn_at(&id(9), 1).unwrap());
+    }
+
+    #[test]
+    fn a_deadline_set_later_seals_a_clear_message_and_drops_it_from_search() {
+        let c = db();
+        let d = Db::new(&c);
+        d.insert_message(&text_msg(1, "a", 100, "quokka sighting"))
+            .unwrap();
+        assert_eq!(d.search("quokka", 10).unwrap().len(), 1);
+        assert!(d.set_expire_at(&id(1), 7_000).unwrap());
+        let (text, sealed) = raw_text(&c, &id(1));
+        assert_eq!(text, "");
+        assert!(sealed.is_some() && raw_key(&c, &id(1)).is_some());
+        assert!(d.search("quokka", 10).unwrap().is_empty());
+        assert!(!index_terms(&c).iter().any(|t| t == "quokka"));
+        let m = d.message(&id(1)).unwrap().unwrap();
+        assert_eq!(m.text, "quokka sighting");
+        assert_eq!(m.timers.expire_at_ms, Some(7_000));
+        // Sealing twice keeps the first key.
+        let key = raw_key(&c, &id(1));
+        assert!(d.set_burn_at(&id(1), 6_000).unwrap());
+        assert_eq!(raw_key(&c, &id(1)), key);
+        integrity_check(&c);
+    }
+
+    #[test]
+    fn mark_displayed_starts_the_burn_timer_once() {
+        let c = db();
+        let d = Db::new(&c);
+        d.insert_message(&timed(1, "a", 100, "burn me", burning(30)))
+            .unwrap();
+        d.insert_message(&text_msg(2, "a", 200, "no timer"))
+            .unwrap();
+        d.insert_message(&timed(3, "a", 300, "reported", burning(30)))
+            .unwrap();
+        let timers = |n: u16| d.message(&id(n)).unwrap().unwrap().timers;
+
+        assert_eq!(d.next_deletion().unwrap(), None, "no burn before display");
+        assert_eq!(d.mark_displayed(&id(1), 100_000).unwrap(), Some(130_000));
+        assert_eq!(d.next_deletion().unwrap(), Some(130_000));
+        // Displayed again later, or with an earlier clock: nothing restarts.
+        assert_eq!(d.mark_displayed(&id(1), 200_000).unwrap(), None);
+        assert_eq!(d.mark_displayed(&id(1), 50_000).unwrap(), None);
+        let t = timers(1);
+        assert_eq!(
+            (t.displayed_at_ms, t.burn_at_ms, t.expire_at_ms),
+            (Some(100_000), Some(130_000), None)
+        );
+
+        // No burn timer: the display is recorded, nothing is scheduled.
+        assert_eq!(d.mark_displayed(&id(2), 100_000).unwrap(), None);
+        assert_eq!(timers(2).displayed_at_ms, Some(100_000));
+        assert_eq!(timers(2).burn_at_ms, None);
+
+        // Another device reported an earlier burn: displaying here keeps it.
+        assert!(d.set_burn_at(&id(3), 120_000).unwrap());
+        assert_eq!(d.mark_displayed(&id(3), 100_000).unwrap(), Some(120_000));
+        assert_eq!(timers(3).burn_at_ms, Some(120_000));
+
+        assert_eq!(d.mark_displayed(&id(9), 1).unwrap(), None);
+        // Absurd clocks are clamped, not refused.
+        d.insert_message(&timed(4, "a", 400, "far", burning(u32::MAX)))
+            .unwrap();
+        assert_eq!(d.mark_displayed(&id(4), u64::MAX).unwrap(), Some(MAX_MS));
+    }
+
+    #[test]
+    fn deletions_come_due_in_deadline_order() {
+        let c = db();
+        let d = Db::new(&c);
+        assert_eq!(d.next_deletion().unwrap(), None);
+        d.insert_message(&timed(1, "a", 100, "x", expiring(5_000)))
+            .unwrap();
+        d.insert_message(&timed(2, "b", 200, "y", expiring(3_000)))
+            .unwrap();
+        d.insert_message(&timed(3, "a", 50, "z", expiring(5_000)))
+            .unwrap();
+        d.insert_message(&timed(4, "a", 60, "w", burning(1)))
+            .unwrap();
+        d.insert_message(&text_msg(5, "a", 70, "kept")).unwrap();
+        assert_eq!(d.next_deletion().unwrap(), Some(3_000));
+        assert!(d.due_deletions(2_999).unwrap().is_empty());
+        assert_eq!(d.due_deletions(3_000).unwrap(), vec![(id(2), "b".into())]);
+        // Equal deadlines come in history order (3 was sent before 1).
+        assert_eq!(
+            d.due_deletions(u64::MAX).unwrap(),
+            vec![
+                (id(2), "b".into()),
+                (id(3), "a".into()),
+                (id(1), "a".into())
+            ]
+        );
+        assert_eq!(d.mark_displayed(&id(4), 1_000).unwrap(), Some(2_000));
+        assert_eq!(d.next_deletion().unwrap(), Some(2_000));
+        assert_eq!(
+            d.due_deletions(4_000).unwrap(),
+            vec![(id(4), "a".into()), (id(2), "b".into())]
+        );
+        // The query walks the partial index.
+        let p = plan(
+            &c,
+            "SELECT message_id, conversation FROM messages
+             WHERE delete_at_ms IS NOT NULL AND delete_at_ms <= ?1
+             ORDER BY delete_at_ms, seq",
+        );
+        assert!(p.contains("messages_by_deletion"), "{p}");
+    }
+
+    /// An outbox item for message `message_id`.
+    fn out_item(message_id: [u8; 16], conversation: &str) -> OutboxItem {
+        OutboxItem {
+            id: 0,
+            message_id,
+            conversation: conversation.into(),
+            recipient: conversation.into(),
+            text: "pending".into(),
+            created_at_ms: 1,
+            request: None,
+            key_package: None,
+            attempts: 0,
+            last_error: None,
+            kind: OutboxKind::Text,
+            timers: MessageTimers::default(),
+            extra: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn shredding_removes_row_key_index_and_pending_sends_and_keeps_the_counts() {
+        let c = db();
+        let d = Db::new(&c);
+        let mut mine = timed(1, "a", 100, "outgoing secret", expiring(1_000));
+        mine.outgoing = true;
+        d.insert_message(&mine).unwrap();
+        d.insert_message(&text_msg(2, "a", 200, "clear words"))
+            .unwrap();
+        d.insert_message(&timed(3, "a", 300, "latest secret", expiring(2_000)))
+            .unwrap();
+        d.insert_message(&timed(4, "b", 50, "only one", expiring(2_000)))
+            .unwrap();
+        d.outbox_push(&out_item(id(1), "a")).unwrap();
+        d.outbox_push(&out_item(id(2), "a")).unwrap();
+        assert_eq!(
+            counts(&d),
+            [("a".into(), 3, 2, 305), ("b".into(), 1, 1, 55)]
+        );
+
+        assert_eq!(d.shred(&[id(1), id(3), id(3), id(9)]).unwrap(), 2);
+        for n in [1, 3] {
+            assert!(d.message(&id(n)).unwrap().is_none());
+            assert!(raw_key(&c, &id(n)).is_none());
+        }
+        let pending: Vec<_> = d
+            .outbox_pending()
+            .unwrap()
+            .into_iter()
+            .map(|o| o.message_id)
+            .collect();
+        assert_eq!(
+            pending,
+            [id(2)],
+            "only the shredded message's send is dropped"
+        );
+        // One incoming unread message left in "a", the activity moved back to it.
+        assert_eq!(
+            counts(&d),
+            [("a".into(), 1, 1, 205), ("b".into(), 1, 1, 55)]
+        );
+        assert_eq!(texts(&d.history("a", 10).unwrap()), ["clear words"]);
+        assert_eq!(d.next_deletion().unwrap(), Some(2_000));
+
+        // The last message of a conversation takes its summary along.
+        assert_eq!(d.shred(&[id(4)]).unwrap(), 1);
+        assert_eq!(counts(&d), [("a".into(), 1, 1, 205)]);
+        assert_eq!(d.shred(&[]).unwrap(), 0);
+        let keys: i64 = c
+            .query_row("SELECT count(*) FROM message_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(keys, 0);
+        integrity_check(&c);
+
+        // Shredding an indexed (clear) message takes it out of the index too.
+        assert_eq!(d.shred(&[id(2)]).unwrap(), 1);
+        assert!(d.search("clear", 10).unwrap().is_empty());
+        assert!(index_terms(&c).is_empty());
+        assert!(d.conversations().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_plain_delete_takes_the_key_along() {
+        let c = db();
+        let d = Db::new(&c);
+        d.insert_message(&timed(1, "a", 100, "t", expiring(1)))
+            .unwrap();
+        assert!(raw_key(&c, &id(1)).is_some());
+        assert!(d.delete_message(&id(1)).unwrap());
+        assert!(raw_key(&c, &id(1)).is_none());
+    }
+
+    #[test]
+    fn delete_conversation_shreds_it_and_forgets_its_settings() {
+        let c = db();
+        let d = Db::new(&c);
+        for n in 1..=20u16 {
+            let conv = if n % 2 == 0 { "room" } else { "other" };
+            let m = if n % 3 == 0 {
+                timed(n, conv, u64::from(n) * 10, "timed", expiring(99_999))
+            } else {
+                text_msg(n, conv, u64::from(n) * 10, &format!("word{n} shared"))
+            };
+            d.insert_message(&m).unwrap();
+        }
+        d.set_conversation_timers("room", Some(60), None).unwrap();
+        d.set_conversation_timers("other", None, Some(5)).unwrap();
+        d.mark_read("room", 50).unwrap();
+        d.outbox_push(&out_item(id(2), "room")).unwrap();
+        let mut receipt = out_item([0xee; 16], "room");
+        receipt.kind = OutboxKind::Receipt;
+        d.outbox_push(&receipt).unwrap();
+
+        assert_eq!(d.delete_conversation("room").unwrap(), 10);
+        assert!(d.history("room", 100).unwrap().is_empty());
+        assert_eq!(d.history("other", 100).unwrap().len(), 10);
+        assert_eq!(counts(&d).len(), 1);
+        assert_eq!(counts(&d)[0].1, 10);
+        assert_eq!(d.conversation_timers("room").unwrap(), (None, None));
+        assert_eq!(d.conversation_timers("other").unwrap(), (None, Some(5)));
+        let keys: i64 = c
+            .query_row("SELECT count(*) FROM message_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(keys, 3, "the keys of 'other' (3, 9, 15) are left");
+        let pending: Vec<_> = d
+            .outbox_pending()
+            .unwrap()
+            .into_iter()
+            .map(|o| o.message_id)
+            .collect();
+        assert_eq!(
+            pending,
+            [[0xee; 16]],
+            "sends that are not its messages stay"
+        );
+        // Search only finds the other conversation now.
+        assert!(
+            d.search("shared", 100)
+                .unwrap()
+                .iter()
+                .all(|m| m.conversation == "other")
+        );
+        assert_eq!(d.search("shared", 100).unwrap().len(), 7);
+        integrity_check(&c);
+        // A new message starts the conversation afresh, read mark included.
+        d.insert_message(&text_msg(40, "room", 1, "again")).unwrap();
+        assert_eq!(counts(&d)[1], ("room".into(), 1, 1, 6));
+        assert_eq!(d.delete_conversation("nowhere").unwrap(), 0);
+    }
+
+    #[test]
+    fn receipts_are_owed_for_displayed_incoming_text_until_sent() {
+        let c = db();
+        let d = Db::new(&c);
+        d.insert_message(&text_msg(1, "a", 100, "seen")).unwrap();
+        d.insert_message(&text_msg(2, "a", 200, "not yet seen"))
+            .unwrap();
+        let mut mine = text_msg(3, "a", 300, "mine");
+        mine.outgoing = true;
+        d.insert_message(&mine).unwrap();
+        let mut system = text_msg(4, "a", 400, "bob joined");
+        system.kind = MessageKind::System;
+        d.insert_message(&system).unwrap();
+        d.insert_message(&timed(5, "a", 50, "seen, timed", burning(60)))
+            .unwrap();
+        d.insert_message(&text_msg(6, "b", 100, "elsewhere"))
+            .unwrap();
+        assert!(d.undisplayed_receipts("a").unwrap().is_empty());
+        for n in [1, 3, 4, 5, 6] {
+            d.mark_displayed(&id(n), 1_000).unwrap();
+        }
+        assert_eq!(
+            d.message(&id(4)).unwrap().unwrap().kind,
+            MessageKind::System
+        );
+        assert_eq!(d.undisplayed_receipts("a").unwrap(), [id(5), id(1)]);
+        d.mark_receipts_sent(&[id(1), id(9)]).unwrap();
+        assert_eq!(d.undisplayed_receipts("a").unwrap(), [id(5)]);
+        d.mark_displayed(&id(2), 2_000).unwrap();
+        assert_eq!(d.undisplayed_receipts("a").unwrap(), [id(5), id(2)]);
+        // Displaying again does not owe the receipt again.
+        d.mark_receipts_sent(&[id(5), id(2)]).unwrap();
+        d.mark_displayed(&id(2), 3_000).unwrap();
+        assert!(d.undisplayed_receipts("a").unwrap().is_empty());
+        assert_eq!(d.undisplayed_receipts("b").unwrap(), [id(6)]);
+        let p = plan(
+            &c,
+            "SELECT message_id FROM messages
+             WHERE conversation = ?1 AND outgoing = 0 AND receipt_sent = 0
+               AND displayed_at_ms IS NOT NULL AND kind = 0
+             ORDER BY seq",
+        );
+        assert!(p.contains("messages_receipts_owed"), "{p}");
+    }
+
+    #[test]
+    fn conversation_timers_are_stored_replaced_and_cleared() {
+        let c = db();
+        let d = Db::new(&c);
+        assert_eq!(d.conversation_timers("a").unwrap(), (None, None));
+        d.set_conversation_timers("a", Some(3600), Some(30))
+            .unwrap();
+        d.set_conversation_timers("b", None, Some(u32::MAX))
+            .unwrap();
+        assert_eq!(d.conversation_timers("a").unwrap(), (Some(3600), Some(30)));
+        assert_eq!(d.conversation_timers("b").unwrap(), (None, Some(u32::MAX)));
+        d.set_conversation_timers("a", Some(60), None).unwrap();
+        assert_eq!(d.conversation_timers("a").unwrap(), (Some(60), None));
+        d.set_conversation_timers("a", None, None).unwrap();
+        assert_eq!(d.conversation_timers("a").unwrap(), (None, None));
+        let rows: i64 = c
+            .query_row("SELECT count(*) FROM conversation_settings", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(rows, 1);
+    }
+
+    #[test]
+    fn blob_prefixes_match_byte_for_byte_without_wildcards() {
+        let c = db();
+        let d = Db::new(&c);
+        let keys = [
+            "room/a",
+            "room/a/",
+            "room/a/x",
+            "room/a/y/z",
+            "room/a/\u{10FFFF}",
+            "room/ab",
+            "room/ab/x",
+            "room/a_/x",
+            "room/a%/x",
+            "room/aX/x",
+            "room/b/x",
+            "Room/a/x",
+            "room\\a/x",
+        ];
+        for k in keys {
+            d.put_blob(k, k.as_bytes()).unwrap();
+        }
+        let found = |p: &str| {
+            d.blobs_with_prefix(p)
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| {
+                    assert_eq!(v.as_slice(), k.as_bytes());
+                    k
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            found("room/a/"),
+            ["room/a/", "room/a/x", "room/a/y/z", "room/a/\u{10FFFF}"]
+        );
+        assert_eq!(found("room/a_/"), ["room/a_/x"]);
+        assert_eq!(found("room/a%"), ["room/a%/x"]);
+        assert_eq!(found("room\\"), ["room\\a/x"]);
+        assert_eq!(found("room/ab"), ["room/ab", "room/ab/x"]);
+        assert!(found("room/c").is_empty());
+        assert_eq!(found("").len(), keys.len());
+        assert_eq!(d.delete_blobs_with_prefix("room/a/").unwrap(), 4);
+        assert_eq!(d.delete_blobs_with_prefix("room/a/").unwrap(), 0);
+        assert_eq!(found("room/a").len(), 6);
+        assert!(d.blob("room/a").unwrap().is_some());
+        assert!(d.blob("room/ab").unwrap().is_some());
+        assert!(d.blob("room/a_/x").unwrap().is_some());
+        assert_eq!(d.delete_blobs_with_prefix("").unwrap(), keys.len() - 4);
+    }
+
+    #[test]
+    fn the_outbox_keeps_kinds_timers_and_extra_bytes() {
+        let c = db();
+        let d = Db::new(&c);
+        for (kind, extra) in [
+            (OutboxKind::Text, Vec::new()),
+            (OutboxKind::Receipt, vec![1, 2, 3]),
+            (OutboxKind::Control, vec![0; 300]),
+        ] {
+            let mut item = out_item([1; 16], "a");
+            item.kind = kind;
+            item.extra = extra;
+            item.timers = MessageTimers {
+                expire_after_s: Some(10),
+                burn_after_s: Some(20),
+                expire_at_ms: Some(5),
+                ..MessageTimers::default()
+            };
+            d.outbox_push(&item).unwrap();
+        }
+        let p = d.outbox_pending().unwrap();
+        assert_eq!(
+            p.iter().map(|o| o.kind).collect::<Vec<_>>(),
+            OutboxKind::ALL
+        );
+        assert_eq!(p[1].extra, [1, 2, 3]);
+        assert_eq!(p[2].extra.len(), 300);
+        for o in &p {
+            // Only the durations are kept.
+            assert_eq!(
+                o.timers,
+                MessageTimers {
+                    expire_after_s: Some(10),
+                    ..burning(20)
+                }
+            );
+        }
+        assert!(c.execute("UPDATE outbox SET kind = 3", []).is_err());
     }
 }

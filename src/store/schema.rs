@@ -17,6 +17,10 @@
 //!   read mark, so the conversation list costs one row per conversation however long the
 //!   history is.
 //!
+//! Version 3 adds ephemeral messages (see [`V3`]): timers and a `sealed` ciphertext column on
+//! `messages`, the per-message keys in `message_keys`, per-conversation timer defaults, and
+//! typed outbox items.
+//!
 //! Deletes and updates of `messages` keep the index and the summaries right through triggers,
 //! whoever issues them. Inserts do it in `Db::insert_messages` instead ([`INSERT_MESSAGE`],
 //! [`INDEX_MESSAGE`], [`COUNT_MESSAGE`]): a trigger makes every insert a statement with its own
@@ -248,16 +252,19 @@ pub(super) fn next_seq(c: &Connection, sent_at_ms: u64) -> rusqlite::Result<i64>
         .query_row([], |r| r.get(0))
 }
 
-/// The message columns besides `seq`, in the order of [`super::db::MessageRecord`].
+/// The message columns of version 1 (all but `seq`), which the version 2 migration copies.
 pub(super) const MESSAGE_COLUMNS: &str = "message_id, conversation, outgoing, sender, \
                                           sender_device, sent_at_ms, received_at_ms, text, state";
 
-/// Inserts a message: `?1`..`?9` are [`MESSAGE_COLUMNS`], `?10` its [`next_seq`]. A known
-/// `message_id` changes nothing; other constraint violations are errors.
+/// Inserts a message: `?1`..`?9` are [`MESSAGE_COLUMNS`], `?10` its [`next_seq`], `?11`..`?18`
+/// the version 3 columns `kind`, `expire_after_s`, `burn_after_s`, `expire_at_ms`, `burn_at_ms`,
+/// `displayed_at_ms`, `delete_at_ms` and `sealed`. A known `message_id` changes nothing; other
+/// constraint violations are errors.
 pub(super) const INSERT_MESSAGE: &str = "
 INSERT INTO messages (message_id, conversation, outgoing, sender, sender_device, sent_at_ms,
-                      received_at_ms, text, state, seq)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                      received_at_ms, text, state, seq, kind, expire_after_s, burn_after_s,
+                      expire_at_ms, burn_at_ms, displayed_at_ms, delete_at_ms, sealed)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
 ON CONFLICT (message_id) DO NOTHING";
 
 /// Indexes a new message's text: `?1` its `seq`, `?2` its text.
@@ -299,13 +306,102 @@ fn v2(c: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Schema version 3: ephemeral messages, receipts bookkeeping and typed outbox items.
+///
+/// - `messages` gains its kind (0 text, 1 system line), its timers (`expire_after_s`,
+///   `burn_after_s`, `expire_at_ms`, `burn_at_ms`, `displayed_at_ms`), `delete_at_ms` (the
+///   earlier of the two deadlines, kept by `Db`, with a partial index so the next deadline is
+///   one index step away), `receipt_sent`, and `sealed`: the AES-256-GCM ciphertext of a timed
+///   message's text, whose `text` column is then empty. The per-message key of `sealed` lives
+///   in `message_keys`; deleting it (crypto-shredding) makes any surviving copy of `sealed`
+///   unreadable, wherever it lingers.
+/// - Sealed messages are not in the search index: the index keeps its own copy of the words,
+///   which no per-message key covers. The triggers therefore leave them out, and a row that
+///   becomes sealed leaves the index at once.
+/// - `conversation_settings` holds per-conversation timer defaults.
+/// - `outbox` gains the item kind (0 text, 1 receipt, 2 control), the timers to send with it
+///   and opaque `extra` bytes.
+const V3: &str = "
+ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0 CHECK (kind IN (0, 1));
+ALTER TABLE messages ADD COLUMN expire_after_s INTEGER CHECK (expire_after_s >= 0);
+ALTER TABLE messages ADD COLUMN burn_after_s INTEGER CHECK (burn_after_s >= 0);
+ALTER TABLE messages ADD COLUMN expire_at_ms INTEGER;
+ALTER TABLE messages ADD COLUMN burn_at_ms INTEGER;
+ALTER TABLE messages ADD COLUMN displayed_at_ms INTEGER;
+ALTER TABLE messages ADD COLUMN delete_at_ms INTEGER;
+ALTER TABLE messages ADD COLUMN receipt_sent INTEGER NOT NULL DEFAULT 0
+    CHECK (receipt_sent IN (0, 1));
+ALTER TABLE messages ADD COLUMN sealed BLOB CHECK (sealed IS NULL OR text = '');
+
+-- The deadlines to act on, soonest first.
+CREATE INDEX messages_by_deletion ON messages (delete_at_ms) WHERE delete_at_ms IS NOT NULL;
+-- Read receipts still owed, per conversation.
+CREATE INDEX messages_receipts_owed ON messages (conversation, seq)
+WHERE outgoing = 0 AND receipt_sent = 0 AND displayed_at_ms IS NOT NULL;
+
+-- The key of each sealed message; deleting it shreds the message.
+CREATE TABLE message_keys (
+    message_id BLOB PRIMARY KEY CHECK (length(message_id) = 16),
+    key        BLOB NOT NULL CHECK (length(key) = 32)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE conversation_settings (
+    conversation   TEXT PRIMARY KEY,
+    expire_after_s INTEGER CHECK (expire_after_s >= 0),
+    burn_after_s   INTEGER CHECK (burn_after_s >= 0)
+) STRICT, WITHOUT ROWID;
+
+ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0 CHECK (kind IN (0, 1, 2));
+ALTER TABLE outbox ADD COLUMN expire_after_s INTEGER CHECK (expire_after_s >= 0);
+ALTER TABLE outbox ADD COLUMN burn_after_s INTEGER CHECK (burn_after_s >= 0);
+ALTER TABLE outbox ADD COLUMN extra BLOB NOT NULL DEFAULT x'';
+-- Shredding a message drops its pending sends.
+CREATE INDEX outbox_by_message ON outbox (message_id);
+
+-- Set by version 2 already (the option is persistent); repeated because shredding relies on it.
+INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1);
+
+-- As in version 2, except that sealed rows were never indexed, and a deleted message takes
+-- its key along, whoever deletes it.
+DROP TRIGGER messages_after_delete;
+CREATE TRIGGER messages_after_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, text)
+    SELECT 'delete', OLD.seq, OLD.text WHERE OLD.sealed IS NULL;
+    DELETE FROM message_keys WHERE message_id = OLD.message_id;
+    UPDATE conversations SET
+        messages = messages - 1,
+        unread = unread - (OLD.outgoing = 0 AND OLD.received_at_ms > last_read_ms),
+        last_activity_ms = CASE
+            WHEN max(OLD.sent_at_ms, OLD.received_at_ms) < last_activity_ms THEN last_activity_ms
+            ELSE coalesce((SELECT max(sent_at_ms, received_at_ms) FROM messages
+                           WHERE conversation = OLD.conversation
+                           ORDER BY max(sent_at_ms, received_at_ms) DESC LIMIT 1), 0)
+        END
+    WHERE conversation = OLD.conversation;
+    DELETE FROM conversations WHERE conversation = OLD.conversation AND messages = 0;
+END;
+
+-- Text may change (an edit), or be sealed when a timer is set later; only unsealed text is in
+-- the search index.
+DROP TRIGGER messages_after_text_update;
+CREATE TRIGGER messages_after_text_update AFTER UPDATE OF text, sealed ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, text)
+    SELECT 'delete', OLD.seq, OLD.text WHERE OLD.sealed IS NULL;
+    INSERT INTO messages_fts (rowid, text) SELECT NEW.seq, NEW.text WHERE NEW.sealed IS NULL;
+END;
+";
+
 /// One migration step; `MIGRATIONS[i]` goes from version `i` to `i + 1`.
 type Step = fn(&Connection) -> Result<()>;
 
-const MIGRATIONS: &[Step] = &[|c| Ok(c.execute_batch(V1)?), v2];
+const MIGRATIONS: &[Step] = &[
+    |c| Ok(c.execute_batch(V1)?),
+    v2,
+    |c| Ok(c.execute_batch(V3)?),
+];
 
 /// The schema version this build writes.
-pub(super) const VERSION: i64 = 2;
+pub(super) const VERSION: i64 = 3;
 
 /// Brings the schema up to [`VERSION`] in one transaction.
 ///
@@ -365,8 +461,9 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        // v1's eight, `conversations`, and the search index with its three shadow tables.
-        assert_eq!(tables, 13);
+        // v1's eight, `conversations`, the search index with its three shadow tables, and
+        // v3's `message_keys` and `conversation_settings`.
+        assert_eq!(tables, 15);
         conn.pragma_update(None, "user_version", VERSION + 1)
             .unwrap();
         assert!(matches!(migrate(&mut conn), Err(StoreError::Corrupt(_))));

@@ -485,6 +485,10 @@ impl App {
                 }
                 Vec::new()
             }
+            Ok(_) => {
+                self.say("not yet available", true);
+                Vec::new()
+            }
         }
     }
 
@@ -1108,6 +1112,11 @@ impl App {
                 self.connection = Connection::Connected;
                 Vec::new()
             }
+            // Rooms, timers and policy: handled by the room and ephemeral-message views.
+            SessionEvent::RoomChanged { .. }
+            | SessionEvent::Shredded { .. }
+            | SessionEvent::TimersChanged { .. }
+            | SessionEvent::PolicyChanged(_) => Vec::new(),
             SessionEvent::Disconnected { retry_in, reason } => {
                 self.connection = match retry_in {
                     Some(d) => Connection::Reconnecting {
@@ -1189,6 +1198,7 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::{MessageKind, MessageTimers};
 
     pub(crate) fn app(profile: &str) -> App {
         let mut a = App::new(
@@ -1330,6 +1340,8 @@ mod tests {
             received_at_ms: 1_700_000_000_000 + u64::from(n) * 1000,
             text: text.into(),
             state: MessageState::Received,
+            kind: MessageKind::Text,
+            timers: MessageTimers::default(),
         }
     }
 

@@ -27,7 +27,7 @@ use super::keymap::{Keymap, Resolved};
 use super::theme::{self, Theme};
 use super::view;
 use crate::session::{self, EngineOptions, SessionHandle};
-use crate::session::{MessageRecord, MessageState};
+use crate::session::{MessageKind, MessageRecord, MessageState, MessageTimers};
 
 /// What `cinder chat` passes in.
 pub struct TuiOptions {
@@ -365,6 +365,7 @@ fn spawn_effect(
                 auto_reconnect: true,
                 reconnect_max: opts.reconnect_max,
                 ca_pem: None,
+                clock_offset_ms: 0,
             };
             let tx2 = raw;
             tokio::spawn(async move {
@@ -383,6 +384,7 @@ fn spawn_effect(
                             store,
                             EngineOptions {
                                 ca_pem,
+                                clock_offset_ms: 0,
                                 ..engine_opts
                             },
                         ) {
@@ -427,6 +429,8 @@ fn spawn_effect(
                                 received_at_ms: now,
                                 text,
                                 state: MessageState::Sending,
+                                kind: MessageKind::Text,
+                                timers: MessageTimers::default(),
                             })))
                         }
                         Err(e) => Err(e.to_string()),

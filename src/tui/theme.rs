@@ -31,6 +31,7 @@ pub const REQUIRED_KEYS: &[&str] = &[
     "ui.sidebar.selected",
     "ui.sidebar.unread",
     "ui.sidebar.header",
+    "ui.sidebar.left",
     "ui.statusbar",
     "ui.statusbar.connected",
     "ui.statusbar.reconnecting",
@@ -46,6 +47,8 @@ pub const REQUIRED_KEYS: &[&str] = &[
     "ui.help.doc",
     "ui.error",
     "ui.info",
+    "ui.warning",
+    "ui.members.moderator",
     "message.sender",
     "message.sender.self",
     "message.time",
@@ -55,6 +58,9 @@ pub const REQUIRED_KEYS: &[&str] = &[
     "message.day_separator",
     "message.new_marker",
     "message.system",
+    "message.system.warning",
+    "message.timer",
+    "message.timer.burning",
     "message.undecryptable",
 ];
 

@@ -24,13 +24,15 @@ pub struct TestRelay {
 
 impl TestRelay {
     pub async fn start(root: &Path) -> Self {
+        Self::start_with(root, |_| {}).await
+    }
+
+    /// Starts with a configuration changed by `configure` (limits, a tampering hook).
+    pub async fn start_with(root: &Path, configure: impl FnOnce(&mut RelayConfig)) -> Self {
         let data = root.join("relay");
-        let handle = relay::start(RelayConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            data.clone(),
-        ))
-        .await
-        .unwrap();
+        let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), data.clone());
+        configure(&mut config);
+        let handle = relay::start(config).await.unwrap();
         let addr = handle.local_addr();
         let admin_invite = handle.admin_invite().unwrap().to_owned();
         Self {

@@ -1,0 +1,1443 @@
+//! Rooms and group DMs: the verified membership log, Sender Keys, and room messages.
+//!
+//! Membership is whatever the signed, hash-chained log says (`crypto::membership`), replayed
+//! and verified here; the relay's own member list is only used by the relay to route. Every
+//! send first reconciles this device's sender key with the verified member devices: a device
+//! that received the key but is no longer a member (removed, left, device gone, root key
+//! changed) forces a rotation; devices that are new only get the current chain position, so
+//! newcomers read from their join on and removed members read nothing sent after. Each room
+//! message carries the sender's view of the log head inside its signed ciphertext, so a member
+//! whose relay withholds a change (a dropped removal) notices when the next message arrives.
+//!
+//! Cache layout (the SQLCipher `blobs` table), all under `rooms/`:
+//! `state/<room>` the verified `RoomState`; `op/<room>/<seq>` the hash of each accepted change
+//! (to tell a harmless redelivery from a forged or replayed one); `sk/<room>` our sender key,
+//! `skdist/<room>` the devices that hold it; `rsk/<room>/<device>/<distribution>` received
+//! sender keys with their (authenticated) sender; `behind/<room>` a log head a member claimed
+//! that the relay did not show us.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost::Message as _;
+
+use super::engine::Engine;
+use super::{Keys, SessionError, SessionEvent, now_ms};
+use crate::crypto::CryptoError;
+use crate::crypto::envelope::{self, KeyPackage, MessageId, Payload, PayloadKind, Timers};
+use crate::crypto::handshake::Session;
+use crate::crypto::identity::{DeviceId, RootPublicKey};
+use crate::crypto::membership::{
+    self, Change, MembershipError, OpKind, Role, RoomKind, RoomState, RoomTimers, SignedOp,
+};
+use crate::crypto::primitives;
+use crate::crypto::sender_keys::{
+    ReceivedSenderKey, SenderKeyDistribution, SenderKeyMessage, SenderKeyState,
+};
+use crate::crypto::wire::{Reader, Writer};
+use crate::protocol::{self, ErrorCode, frame::Body, names};
+use crate::store::{Db, MessageKind, MessageRecord, MessageState, MessageTimers, OutboxItem};
+
+/// Control-message type: a sender key distribution for a room.
+pub(crate) const CONTROL_SKDM: u8 = 1;
+/// Most key entries in one distribution `Send` (keeps the frame well under 1 MiB even when
+/// every entry is a first, post-quantum handshake message of about 2.3 KB).
+const DISTRIBUTION_CHUNK: usize = 200;
+/// Room size limit before the relay told us its own.
+pub(crate) const DEFAULT_MAX_MEMBERS: usize = 500;
+
+/// A member of a room, for display.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomMember {
+    /// Username.
+    pub username: String,
+    /// Moderator or member.
+    pub role: Role,
+}
+
+/// What a client shows about a room or group DM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// The room id (also its conversation id).
+    pub room_id: String,
+    /// Room (moderated) or group DM.
+    pub kind: RoomKind,
+    /// Title (group DMs may have none).
+    pub title: String,
+    /// Description (topic).
+    pub description: String,
+    /// Members, moderators first, then by name.
+    pub members: Vec<RoomMember>,
+    /// Our role, if we are a member.
+    pub my_role: Option<Role>,
+    /// Whether the room was deleted.
+    pub deleted: bool,
+    /// Timer defaults set by the room.
+    pub timers: RoomTimers,
+    /// Why this client distrusts the relay's view of the room, if it does.
+    pub warning: Option<String>,
+}
+
+impl RoomInfo {
+    fn from_state(s: &RoomState, me: &str, behind: Option<u64>) -> Self {
+        let mut members: Vec<RoomMember> = s
+            .members
+            .iter()
+            .map(|(u, r)| RoomMember {
+                username: u.clone(),
+                role: *r,
+            })
+            .collect();
+        members.sort_by(|a, b| {
+            b.role
+                .cmp(&a.role)
+                .then_with(|| a.username.cmp(&b.username))
+        });
+        Self {
+            room_id: s.room_id.clone(),
+            kind: s.kind,
+            title: s.title.clone(),
+            description: s.description.clone(),
+            members,
+            my_role: s.role(me),
+            deleted: s.deleted,
+            timers: s.timers,
+            warning: behind.filter(|h| *h > s.head_seq).map(|h| {
+                format!(
+                    "a member has seen membership change {h} of this room but the relay has \
+                     shown us only up to {}; the relay may be withholding a change",
+                    s.head_seq
+                )
+            }),
+        }
+    }
+
+    /// The name to show: the title, or the other members for an untitled group DM.
+    pub fn display_name(&self, me: &str) -> String {
+        if !self.title.is_empty() {
+            return self.title.clone();
+        }
+        let others: Vec<&str> = self
+            .members
+            .iter()
+            .map(|m| m.username.as_str())
+            .filter(|u| *u != me)
+            .collect();
+        if others.is_empty() {
+            "(empty group)".into()
+        } else {
+            others.join(", ")
+        }
+    }
+}
+
+/// Whether a conversation id names a room or group DM.
+pub fn is_room(conversation: &str) -> bool {
+    membership::room_kind_of(conversation).is_some()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+fn state_key(room: &str) -> String {
+    format!("rooms/state/{room}")
+}
+fn op_key(room: &str, seq: u64) -> String {
+    format!("rooms/op/{room}/{seq:020}")
+}
+fn sk_key(room: &str) -> String {
+    format!("rooms/sk/{room}")
+}
+fn skdist_key(room: &str) -> String {
+    format!("rooms/skdist/{room}")
+}
+fn rsk_prefix(room: &str) -> String {
+    format!("rooms/rsk/{room}/")
+}
+fn rsk_key(room: &str, device: &[u8; 16], distribution: &[u8; 16]) -> String {
+    format!("rooms/rsk/{room}/{}/{}", hex(device), hex(distribution))
+}
+fn behind_key(room: &str) -> String {
+    format!("rooms/behind/{room}")
+}
+
+pub(crate) fn load_state(db: &Db<'_>, room: &str) -> Result<Option<RoomState>, SessionError> {
+    match db.blob(&state_key(room))? {
+        Some(b) => Ok(Some(RoomState::decode(&b)?)),
+        None => Ok(None),
+    }
+}
+
+fn save_state(db: &Db<'_>, s: &RoomState) -> Result<(), SessionError> {
+    db.put_blob(&state_key(&s.room_id), &s.encode())?;
+    Ok(())
+}
+
+fn behind(db: &Db<'_>, room: &str) -> Result<Option<u64>, SessionError> {
+    Ok(db
+        .blob(&behind_key(room))?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_be_bytes))
+}
+
+/// Whether a member claimed a membership change the relay has not shown us.
+pub(crate) fn withheld(db: &Db<'_>, state: &RoomState) -> Result<bool, SessionError> {
+    Ok(behind(db, &state.room_id)?.is_some_and(|b| b > state.head_seq))
+}
+
+/// The sentence for refusing to send while the relay withholds a change.
+pub(crate) const WITHHELD: &str =
+    "not sending: the relay is withholding membership changes of this room";
+
+/// Every room in the cache, deleted ones included.
+pub(crate) fn all_states(db: &Db<'_>) -> Result<Vec<RoomState>, SessionError> {
+    db.blobs_with_prefix("rooms/state/")?
+        .into_iter()
+        .map(|(_, b)| Ok(RoomState::decode(&b)?))
+        .collect()
+}
+
+pub(crate) fn room_info(db: &Db<'_>, me: &str, room: &str) -> Result<RoomInfo, SessionError> {
+    let s = load_state(db, room)?
+        .ok_or_else(|| SessionError::Usage(format!("unknown room: {room}")))?;
+    Ok(RoomInfo::from_state(&s, me, behind(db, room)?))
+}
+
+pub(crate) fn list_rooms(db: &Db<'_>, me: &str) -> Result<Vec<RoomInfo>, SessionError> {
+    let mut out = Vec::new();
+    for s in all_states(db)? {
+        let b = behind(db, &s.room_id)?;
+        out.push(RoomInfo::from_state(&s, me, b));
+    }
+    out.sort_by(|a, b| {
+        a.title
+            .to_lowercase()
+            .cmp(&b.title.to_lowercase())
+            .then_with(|| a.room_id.cmp(&b.room_id))
+    });
+    Ok(out)
+}
+
+/// Resolves what a user typed (a room id, a unique id prefix of at least 6 characters, or an
+/// unambiguous title) among the rooms this account is a member of.
+pub(crate) fn resolve(db: &Db<'_>, me: &str, reference: &str) -> Result<String, SessionError> {
+    let reference = reference.trim();
+    if reference.is_empty() {
+        return Err(SessionError::Usage("no room given".into()));
+    }
+    let rooms: Vec<RoomState> = all_states(db)?.into_iter().filter(|s| !s.deleted).collect();
+    if let Some(s) = rooms.iter().find(|s| s.room_id == reference) {
+        return Ok(s.room_id.clone());
+    }
+    let mine: Vec<&RoomState> = rooms.iter().filter(|s| s.is_member(me)).collect();
+    let lower = reference.to_lowercase();
+    let by_title: Vec<&RoomState> = mine
+        .iter()
+        .copied()
+        .filter(|s| s.title.to_lowercase() == lower)
+        .collect();
+    let candidates: Vec<&RoomState> = if by_title.is_empty() && reference.len() >= 6 {
+        mine.iter()
+            .copied()
+            .filter(|s| {
+                let hexpart = s.room_id.split(':').nth(1).unwrap_or("");
+                hexpart.starts_with(&lower) || s.room_id.starts_with(&lower)
+            })
+            .collect()
+    } else {
+        by_title
+    };
+    match candidates.as_slice() {
+        [one] => Ok(one.room_id.clone()),
+        [] => Err(SessionError::Usage(format!(
+            "no room called {reference:?} (see `cinder room list`)"
+        ))),
+        many => Err(SessionError::Usage(format!(
+            "{reference:?} is ambiguous; it could be: {}",
+            many.iter()
+                .map(|s| format!("{} ({})", s.room_id, s.title))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn timer_text(t: Option<u32>) -> String {
+    t.map_or_else(
+        || "off".into(),
+        |s| super::timers::format_duration(s.into()),
+    )
+}
+
+/// The human sentence for one accepted change.
+fn describe(change: &Change, op: &SignedOp, state: &RoomState) -> String {
+    let actor = &op.op.actor;
+    let what = if state.kind == RoomKind::Room {
+        "the room"
+    } else {
+        "the group"
+    };
+    match change {
+        Change::Created => {
+            if state.title.is_empty() {
+                format!("{actor} created {what}")
+            } else {
+                format!("{actor} created {what} \u{201c}{}\u{201d}", state.title)
+            }
+        }
+        Change::Invited(users) => format!("{actor} added {}", users.join(", ")),
+        Change::Removed(users) => format!("{actor} removed {}", users.join(", ")),
+        Change::Promoted(u) => format!("{actor} made {u} a moderator"),
+        Change::Demoted(u) => format!("{actor} made {u} a member (no longer a moderator)"),
+        Change::Left(u) => format!("{u} left {what}"),
+        Change::Edited => format!(
+            "{actor} set the title to \u{201c}{}\u{201d} and the topic to \u{201c}{}\u{201d}",
+            state.title, state.description
+        ),
+        Change::TimersSet(t) => format!(
+            "{actor} set message timers: expire {}, burn {}",
+            timer_text(t.expire_after),
+            timer_text(t.burn_after)
+        ),
+        Change::Deleted => format!("{actor} deleted {what}"),
+    }
+}
+
+/// A system line in a room's history.
+fn system_record(room: &str, id: [u8; 16], actor: &str, at_ms: u64, text: String) -> MessageRecord {
+    let now = now_ms();
+    MessageRecord {
+        message_id: id,
+        conversation: room.to_owned(),
+        outgoing: false,
+        sender: actor.to_owned(),
+        sender_device: [0u8; 16],
+        sent_at_ms: at_ms.min(now),
+        received_at_ms: now,
+        text,
+        state: MessageState::Received,
+        kind: MessageKind::System,
+        timers: MessageTimers::default(),
+    }
+}
+
+fn op_record_id(op: &SignedOp) -> [u8; 16] {
+    let h = op.hash();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h[..16]);
+    id
+}
+
+/// Records a security warning as a system line and returns it.
+pub(crate) fn warn(db: &Db<'_>, room: &str, text: String) -> Result<MessageRecord, SessionError> {
+    tracing::warn!(room, "{text}");
+    let rec = system_record(
+        room,
+        MessageId::random()?.0,
+        "",
+        now_ms(),
+        format!("\u{26a0} {text}"),
+    );
+    db.insert_message(&rec)?;
+    Ok(rec)
+}
+
+/// Applies one verified change to the cached state (which must be at `op.seq - 1`), records
+/// it, and forgets what removed members could otherwise keep using.
+fn apply_op(
+    db: &Db<'_>,
+    keys: &Keys,
+    state: &mut RoomState,
+    op: &SignedOp,
+    root: &RootPublicKey,
+) -> Result<Result<Option<MessageRecord>, MembershipError>, SessionError> {
+    // The member limit is the relay's to enforce; a client accepts what verified members did.
+    let change = match state.apply(op, root, usize::MAX) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    after_change(db, keys, state, op, &change).map(Ok)
+}
+
+fn after_change(
+    db: &Db<'_>,
+    keys: &Keys,
+    state: &RoomState,
+    op: &SignedOp,
+    change: &Change,
+) -> Result<Option<MessageRecord>, SessionError> {
+    let room = state.room_id.as_str();
+    save_state(db, state)?;
+    db.put_blob(&op_key(room, op.op.seq), &op.hash())?;
+    let gone: Vec<String> = match change {
+        Change::Removed(users) => users.clone(),
+        Change::Left(u) => vec![u.clone()],
+        _ => Vec::new(),
+    };
+    if !gone.is_empty() {
+        // Sender keys of people who left are useless to keep and must not decrypt anything
+        // the relay might still inject under their name.
+        for (key, value) in db.blobs_with_prefix(&rsk_prefix(room))? {
+            if let Ok((user, _)) = decode_rsk(&value)
+                && gone.contains(&user)
+            {
+                db.delete_blobs_with_prefix(&key)?;
+            }
+        }
+    }
+    let me_gone = gone.contains(&keys.username);
+    if me_gone || matches!(change, Change::Deleted) {
+        db.delete_blobs_with_prefix(&sk_key(room))?;
+        db.delete_blobs_with_prefix(&skdist_key(room))?;
+        db.delete_blobs_with_prefix(&rsk_prefix(room))?;
+    }
+    if let Change::TimersSet(t) = change {
+        db.set_conversation_timers(room, t.expire_after, t.burn_after)?;
+    }
+    if let Some(b) = behind(db, room)?
+        && b <= state.head_seq
+    {
+        db.delete_blobs_with_prefix(&behind_key(room))?;
+    }
+    if matches!(change, Change::Deleted) {
+        db.delete_conversation(room)?;
+        return Ok(None);
+    }
+    let mut text = describe(change, op, state);
+    if me_gone && op.op.actor != keys.username {
+        text = format!("{text} \u{2014} you can no longer read or send messages here");
+    }
+    let rec = system_record(room, op_record_id(op), &op.op.actor, op.op.at_ms, text);
+    Ok(db.insert_message(&rec)?.then_some(rec))
+}
+
+fn encode_rsk(user: &str, key: &ReceivedSenderKey) -> zeroize::Zeroizing<Vec<u8>> {
+    let secret = key.to_secret_bytes();
+    let mut w = Writer::with_capacity(secret.len() + 40);
+    w.bytes(user.as_bytes()).bytes(&secret);
+    zeroize::Zeroizing::new(w.into_vec())
+}
+
+fn decode_rsk(bytes: &[u8]) -> Result<(String, ReceivedSenderKey), CryptoError> {
+    let mut r = Reader::new(bytes, "received sender key");
+    let user = r.string(64)?.to_owned();
+    let key = ReceivedSenderKey::from_secret_bytes(r.bytes(1 << 20)?)?;
+    r.finish()?;
+    Ok((user, key))
+}
+
+type Target = (String, [u8; 16]);
+
+fn encode_targets(t: &BTreeSet<Target>) -> Vec<u8> {
+    let mut w = Writer::with_capacity(t.len() * 40 + 4);
+    w.u32(u32::try_from(t.len()).unwrap_or(u32::MAX));
+    for (u, d) in t {
+        w.bytes(u.as_bytes()).fixed(d);
+    }
+    w.into_vec()
+}
+
+fn decode_targets(b: &[u8]) -> Result<BTreeSet<Target>, CryptoError> {
+    let mut r = Reader::new(b, "sender key recipients");
+    let n = r.u32()?;
+    let mut out = BTreeSet::new();
+    for _ in 0..n {
+        let u = r.string(64)?.to_owned();
+        out.insert((u, r.array::<16>()?));
+    }
+    r.finish()?;
+    Ok(out)
+}
+
+/// Stores a sender key distribution that arrived over an authenticated pairwise session from
+/// `user`'s device `device`. A distribution already held is kept (a repeated one must not
+/// move the chain under messages in flight).
+pub(crate) fn store_distribution(
+    db: &Db<'_>,
+    user: &str,
+    device: [u8; 16],
+    conversation: &str,
+    bytes: &[u8],
+) -> Result<Result<(), String>, SessionError> {
+    let d = match SenderKeyDistribution::decode(bytes) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(format!("bad sender key distribution: {e}"))),
+    };
+    if d.room_id != conversation.as_bytes() || d.sender_device.0 != device || !is_room(conversation)
+    {
+        return Ok(Err(
+            "sender key distribution for another room or device".into()
+        ));
+    }
+    let key = rsk_key(conversation, &device, &d.distribution_id);
+    if db.blob(&key)?.is_none() {
+        let rsk = ReceivedSenderKey::from_distribution(&d);
+        db.put_blob(&key, &encode_rsk(user, &rsk))?;
+    }
+    Ok(Ok(()))
+}
+
+/// The outcome of decrypting a room message.
+pub(crate) enum RoomInbound {
+    /// Stored; with the log head the sender claimed if it is beyond ours.
+    Stored(MessageRecord, Option<u64>),
+    Duplicate,
+    Undecryptable(String),
+}
+
+/// Decrypts and stores one room message (inside the caller's transaction). The sender is the
+/// user whose pairwise session delivered the sender key, never the relay's claim; they must be
+/// a member in our verified state.
+pub(crate) fn decrypt_room_message(
+    db: &Db<'_>,
+    d: &protocol::Delivery,
+    now: u64,
+) -> Result<RoomInbound, SessionError> {
+    let bad = |s: &str| Ok(RoomInbound::Undecryptable(s.to_owned()));
+    let room = d.room_id.as_str();
+    let Some(state) = load_state(db, room)? else {
+        return bad("a message for a room this device does not know");
+    };
+    let msg = match SenderKeyMessage::decode(&d.payload) {
+        Ok(m) => m,
+        Err(e) => return Ok(RoomInbound::Undecryptable(e.to_string())),
+    };
+    if msg.room_id != room.as_bytes() || msg.sender_device.0.as_slice() != d.sender_device {
+        return bad("a room message spliced from another room or device");
+    }
+    let key = rsk_key(room, &msg.sender_device.0, &msg.distribution_id);
+    let Some(stored) = db.blob(&key)? else {
+        return bad(
+            "no sender key for this message (it was sent before this device joined or after \
+             it left)",
+        );
+    };
+    let (user, mut rsk) = decode_rsk(&stored)?;
+    if !state.is_member(&user) {
+        return bad("a room message from someone who is not a member");
+    }
+    let body_hash = primitives::sha256(&[&d.body]);
+    let meta = match rsk.decrypt(&msg, &body_hash) {
+        Ok(m) => zeroize::Zeroizing::new(m),
+        Err(e) => return Ok(RoomInbound::Undecryptable(e.to_string())),
+    };
+    // The chain moved: keep it even if the body is bad (that key is spent either way).
+    db.put_blob(&key, &encode_rsk(&user, &rsk))?;
+    let (package, head_seq, head_hash) = match decode_meta(&meta) {
+        Ok(x) => x,
+        Err(e) => return Ok(RoomInbound::Undecryptable(e.to_string())),
+    };
+    let payload = match envelope::open(&package, &d.body) {
+        Ok(p) => p,
+        Err(e) => return Ok(RoomInbound::Undecryptable(e.to_string())),
+    };
+    if payload.message_id.0.as_slice() != d.message_id.as_slice()
+        || payload.conversation != room.as_bytes()
+    {
+        return bad("a room message spliced under another id or room");
+    }
+    let PayloadKind::Text(text) = payload.kind else {
+        return bad("unsupported room message kind");
+    };
+    let timers = super::timers::incoming_timers(payload.timers, payload.sent_at_ms, d.server_ts_ms);
+    if timers.expire_at_ms.is_some_and(|t| t <= now) {
+        return Ok(RoomInbound::Duplicate);
+    }
+    let claimed_ahead = if head_seq > state.head_seq {
+        Some(head_seq)
+    } else {
+        if head_seq == state.head_seq && head_hash != state.head_hash {
+            warn(
+                db,
+                room,
+                format!(
+                    "{user}'s view of this room's membership differs from ours at change \
+                     {head_seq}; the relay may be showing members different histories"
+                ),
+            )?;
+        }
+        None
+    };
+    let record = MessageRecord {
+        message_id: payload.message_id.0,
+        conversation: room.to_owned(),
+        outgoing: false,
+        sender: user,
+        sender_device: msg.sender_device.0,
+        sent_at_ms: payload.sent_at_ms,
+        received_at_ms: now,
+        text,
+        state: MessageState::Received,
+        kind: MessageKind::Text,
+        timers,
+    };
+    if db.insert_message(&record)? {
+        Ok(RoomInbound::Stored(record, claimed_ahead))
+    } else {
+        Ok(RoomInbound::Duplicate)
+    }
+}
+
+fn encode_meta(package: &KeyPackage, state: &RoomState) -> zeroize::Zeroizing<Vec<u8>> {
+    let p = package.encode();
+    let mut w = Writer::with_capacity(p.len() + 48);
+    w.bytes(&p).u64(state.head_seq).fixed(&state.head_hash);
+    zeroize::Zeroizing::new(w.into_vec())
+}
+
+fn decode_meta(b: &[u8]) -> Result<(KeyPackage, u64, [u8; 32]), CryptoError> {
+    let mut r = Reader::new(b, "room key metadata");
+    let package = KeyPackage::decode(r.bytes(1024)?)?;
+    let seq = r.u64()?;
+    let hash = r.array::<32>()?;
+    r.finish()?;
+    Ok((package, seq, hash))
+}
+
+/// Maps a refused membership change to one sentence for the user.
+fn op_error(e: MembershipError) -> SessionError {
+    match e {
+        MembershipError::NotMember(_)
+        | MembershipError::NotModerator(_)
+        | MembershipError::NotAllowed(_)
+        | MembershipError::TooManyMembers(_)
+        | MembershipError::Deleted => SessionError::Refused(e.to_string()),
+        _ => SessionError::Usage(e.to_string()),
+    }
+}
+
+fn unknown_user(u: &str, e: SessionError) -> SessionError {
+    match e {
+        SessionError::Relay {
+            code: ErrorCode::UnknownUser,
+            ..
+        } => SessionError::Usage(format!("no such user: {u}")),
+        e => e,
+    }
+}
+
+impl Engine {
+    /// Makes sure `user`'s root key is pinned (first use) and returns it.
+    pub(crate) async fn root_of(&mut self, user: &str) -> Result<RootPublicKey, SessionError> {
+        let u = user.to_owned();
+        if let Some(k) = self.blocking(move |s, _| Ok(s.db().root_key(&u)?)).await? {
+            return Ok(RootPublicKey(k));
+        }
+        let (root, devices) = self.fetch_user(user).await?;
+        let u = user.to_owned();
+        self.blocking(move |s, _| {
+            let db = s.db();
+            match db.root_key(&u)? {
+                Some(k) => Ok(RootPublicKey(k)),
+                None => {
+                    db.pin_root_key(&u, &root, now_ms() / 1000)?;
+                    db.set_devices(&u, &devices)?;
+                    Ok(RootPublicKey(root))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn submit_op(&mut self, op: &SignedOp) -> Result<(), SessionError> {
+        self.ensure_connected().await?;
+        let conn = self
+            .conn
+            .as_ref()
+            .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+        match conn
+            .request(Body::SubmitRoomOp(protocol::SubmitRoomOp {
+                room_id: op.op.room_id.clone(),
+                op: op.encode(),
+            }))
+            .await?
+        {
+            Body::RoomOpOk(_) => Ok(()),
+            _ => Err(SessionError::Protocol(
+                "unexpected answer to SubmitRoomOp".into(),
+            )),
+        }
+    }
+
+    pub(crate) fn max_members(&self) -> usize {
+        self.policy
+            .as_ref()
+            .map_or(DEFAULT_MAX_MEMBERS, |p| p.max_room_members as usize)
+            .max(2)
+    }
+
+    /// Creates a room or group DM with `members` (not including us) and returns it.
+    pub(crate) async fn create_room(
+        &mut self,
+        kind: RoomKind,
+        title: String,
+        description: String,
+        members: Vec<String>,
+    ) -> Result<RoomInfo, SessionError> {
+        let mut canon = Vec::new();
+        for m in members {
+            let u = names::canonical_username(&m)
+                .ok_or_else(|| SessionError::Usage(format!("not a valid username: {m:?}")))?;
+            if u != self.keys.username && !canon.contains(&u) {
+                canon.push(u);
+            }
+        }
+        self.ensure_connected().await?;
+        for u in &canon {
+            self.root_of(u).await.map_err(|e| unknown_user(u, e))?;
+        }
+        let op = membership::MembershipOp {
+            room_id: membership::new_room_id(kind)?,
+            seq: 0,
+            prev: [0u8; 32],
+            actor: self.keys.username.clone(),
+            actor_cert: self.keys.cert.clone(),
+            at_ms: now_ms(),
+            kind: OpKind::Create {
+                kind,
+                title,
+                description,
+                members: canon,
+            },
+        };
+        let signed = SignedOp::sign(op, &self.keys.device.signing);
+        let root = RootPublicKey(self.keys.root);
+        let state = RoomState::genesis(&signed, &root, self.max_members()).map_err(op_error)?;
+        self.submit_op(&signed).await?;
+        let (info, rec) = self
+            .blocking(move |s, keys| {
+                s.transaction(|db| -> Result<_, SessionError> {
+                    let rec = after_change(db, keys, &state, &signed, &Change::Created)?;
+                    Ok((RoomInfo::from_state(&state, &keys.username, None), rec))
+                })
+            })
+            .await?;
+        if let Some(r) = rec {
+            self.emit(SessionEvent::Message(r));
+        }
+        self.emit(SessionEvent::RoomChanged {
+            room_id: info.room_id.clone(),
+        });
+        Ok(info)
+    }
+
+    /// Signs and submits one change of an existing room, after bringing our log up to date.
+    pub(crate) async fn change_room(
+        &mut self,
+        room: &str,
+        make: impl Fn(&RoomState) -> OpKind,
+    ) -> Result<RoomInfo, SessionError> {
+        self.ensure_connected().await?;
+        for _ in 0..3 {
+            self.sync_room(room).await?;
+            let r = room.to_owned();
+            let state = self
+                .blocking(move |s, _| load_state(&s.db(), &r))
+                .await?
+                .ok_or_else(|| SessionError::Usage(format!("unknown room: {room}")))?;
+            if state.deleted {
+                return Err(SessionError::Usage("this room was deleted".into()));
+            }
+            let kind = make(&state);
+            if let OpKind::Invite { users } = &kind {
+                for u in users.clone() {
+                    self.root_of(&u).await.map_err(|e| unknown_user(&u, e))?;
+                }
+            }
+            let op = state.next_op(&self.keys.username, &self.keys.cert, now_ms(), kind);
+            let signed = SignedOp::sign(op, &self.keys.device.signing);
+            let root = RootPublicKey(self.keys.root);
+            // Checked locally first so the user gets the precise reason without a round trip.
+            state
+                .check(&signed, &root, self.max_members())
+                .map_err(op_error)?;
+            match self.submit_op(&signed).await {
+                Ok(()) => {}
+                Err(SessionError::Relay {
+                    code: ErrorCode::RoomChanged,
+                    ..
+                }) => continue,
+                Err(e) => return Err(e),
+            }
+            let (rec, info) = self
+                .blocking(move |s, keys| {
+                    s.transaction(|db| -> Result<_, SessionError> {
+                        let mut state = load_state(db, &signed.op.room_id)?.ok_or_else(|| {
+                            SessionError::Protocol("room vanished from the cache".into())
+                        })?;
+                        let rec =
+                            apply_op(db, keys, &mut state, &signed, &root)?.map_err(op_error)?;
+                        Ok((rec, RoomInfo::from_state(&state, &keys.username, None)))
+                    })
+                })
+                .await?;
+            if let Some(r) = rec {
+                self.emit(SessionEvent::Message(r));
+            }
+            self.emit(SessionEvent::RoomChanged {
+                room_id: room.to_owned(),
+            });
+            return Ok(info);
+        }
+        Err(SessionError::Protocol(
+            "the room keeps changing; try again".into(),
+        ))
+    }
+
+    /// Resolves a room reference and applies one requested change.
+    pub(crate) async fn room_request(
+        &mut self,
+        reference: &str,
+        request: super::RoomRequest,
+    ) -> Result<RoomInfo, SessionError> {
+        use super::RoomRequest as R;
+        let reference = reference.to_owned();
+        let room = self
+            .blocking(move |s, keys| resolve(&s.db(), &keys.username, &reference))
+            .await?;
+        let canon = |users: Vec<String>| -> Result<Vec<String>, SessionError> {
+            let mut out: Vec<String> = Vec::new();
+            for u in users {
+                let c = names::canonical_username(&u)
+                    .ok_or_else(|| SessionError::Usage(format!("not a valid username: {u:?}")))?;
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+            if out.is_empty() {
+                return Err(SessionError::Usage("no users given".into()));
+            }
+            Ok(out)
+        };
+        match request {
+            R::Invite(users) => {
+                let users = canon(users)?;
+                self.change_room(&room, move |_| OpKind::Invite {
+                    users: users.clone(),
+                })
+                .await
+            }
+            R::Remove(users) => {
+                let users = canon(users)?;
+                self.change_room(&room, move |_| OpKind::Remove {
+                    users: users.clone(),
+                })
+                .await
+            }
+            R::Promote(u) => {
+                let user = canon(vec![u])?.remove(0);
+                self.change_room(&room, move |_| OpKind::Promote { user: user.clone() })
+                    .await
+            }
+            R::Demote(u) => {
+                let user = canon(vec![u])?.remove(0);
+                self.change_room(&room, move |_| OpKind::Demote { user: user.clone() })
+                    .await
+            }
+            R::Leave => self.change_room(&room, |_| OpKind::Leave).await,
+            R::Edit { title, description } => {
+                self.change_room(&room, move |s| OpKind::Edit {
+                    title: title.clone().unwrap_or_else(|| s.title.clone()),
+                    description: description.clone().unwrap_or_else(|| s.description.clone()),
+                })
+                .await
+            }
+            R::Timers(timers) => {
+                self.change_room(&room, move |_| OpKind::SetTimers { timers })
+                    .await
+            }
+            R::Delete => self.change_room(&room, |_| OpKind::Delete).await,
+        }
+    }
+
+    /// Fetches the room's log from the relay past our head and applies it. Returns whether
+    /// our head moved.
+    pub(crate) async fn sync_room(&mut self, room: &str) -> Result<bool, SessionError> {
+        let r = room.to_owned();
+        let known = self.blocking(move |s, _| load_state(&s.db(), &r)).await?;
+        let mut from = known.as_ref().map_or(0, |s| s.head_seq + 1);
+        let mut ops = Vec::new();
+        loop {
+            let conn = self
+                .conn
+                .as_ref()
+                .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+            let answer = conn
+                .request(Body::GetRoomLog(protocol::GetRoomLog {
+                    room_id: room.to_owned(),
+                    from_seq: from,
+                }))
+                .await;
+            let log = match answer {
+                Ok(Body::RoomLog(l)) => l,
+                Ok(_) => {
+                    return Err(SessionError::Protocol(
+                        "unexpected answer to GetRoomLog".into(),
+                    ));
+                }
+                // Removed or deleted: the relay no longer shows us the log.
+                Err(SessionError::Relay {
+                    code: ErrorCode::UnknownRoom,
+                    ..
+                }) => break,
+                Err(e) => return Err(e),
+            };
+            let n = log.ops.len() as u64;
+            ops.extend(log.ops);
+            if !log.more || n == 0 {
+                break;
+            }
+            from += n;
+        }
+        if ops.is_empty() {
+            return Ok(false);
+        }
+        let mut decoded = Vec::with_capacity(ops.len());
+        for b in &ops {
+            match SignedOp::decode(b) {
+                Ok(op) => decoded.push(op),
+                Err(e) => {
+                    let text = format!("the relay sent a malformed membership change: {e}");
+                    let r = room.to_owned();
+                    let rec = self.blocking(move |s, _| warn(&s.db(), &r, text)).await?;
+                    self.emit(SessionEvent::Message(rec));
+                    return Ok(false);
+                }
+            }
+        }
+        let mut roots = BTreeMap::new();
+        for op in &decoded {
+            if !roots.contains_key(&op.op.actor) {
+                let root = self.root_of(&op.op.actor).await?;
+                roots.insert(op.op.actor.clone(), root);
+            }
+        }
+        self.apply_ops(room, decoded, roots).await
+    }
+
+    async fn apply_ops(
+        &mut self,
+        room: &str,
+        ops: Vec<SignedOp>,
+        roots: BTreeMap<String, RootPublicKey>,
+    ) -> Result<bool, SessionError> {
+        let r = room.to_owned();
+        let (records, moved) = self
+            .blocking(move |s, keys| {
+                s.transaction(|db| -> Result<_, SessionError> {
+                    let mut records = Vec::new();
+                    let mut state = load_state(db, &r)?;
+                    let start = state.as_ref().map(|s| s.head_seq);
+                    for op in &ops {
+                        if op.op.room_id != r {
+                            records.push(warn(
+                                db,
+                                &r,
+                                "the relay sent a membership change of another room".into(),
+                            )?);
+                            break;
+                        }
+                        let Some(root) = roots.get(&op.op.actor) else {
+                            break;
+                        };
+                        match &mut state {
+                            None => match RoomState::genesis(op, root, usize::MAX) {
+                                Ok(s) => {
+                                    records.extend(after_change(
+                                        db,
+                                        keys,
+                                        &s,
+                                        op,
+                                        &Change::Created,
+                                    )?);
+                                    state = Some(s);
+                                }
+                                Err(e) => {
+                                    records.push(warn(
+                                        db,
+                                        &r,
+                                        format!("rejected the room's first change: {e}"),
+                                    )?);
+                                    break;
+                                }
+                            },
+                            Some(st) => {
+                                if op.op.seq <= st.head_seq {
+                                    // Already applied: harmless only if it is the same change.
+                                    let ours = db.blob(&op_key(&r, op.op.seq))?;
+                                    if ours.as_deref().map(|h| h.as_slice())
+                                        != Some(op.hash().as_slice())
+                                    {
+                                        records.push(warn(
+                                            db,
+                                            &r,
+                                            format!(
+                                                "rejected a conflicting copy of membership \
+                                                 change {} (replayed or forged by the relay)",
+                                                op.op.seq
+                                            ),
+                                        )?);
+                                    }
+                                    continue;
+                                }
+                                match apply_op(db, keys, st, op, root)? {
+                                    Ok(rec) => records.extend(rec),
+                                    Err(e) => {
+                                        records.push(warn(
+                                            db,
+                                            &r,
+                                            format!("rejected a membership change: {e}"),
+                                        )?);
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let end = state.as_ref().map(|s| s.head_seq);
+                    Ok((records, end != start))
+                })
+            })
+            .await?;
+        for r in records {
+            self.emit(SessionEvent::Message(r));
+        }
+        if moved {
+            self.emit(SessionEvent::RoomChanged {
+                room_id: room.to_owned(),
+            });
+        }
+        Ok(moved)
+    }
+
+    /// Handles a `RoomOp` delivery: apply it if it is the next change, fill a gap from the
+    /// relay's log, and flag anything that does not fit.
+    pub(crate) async fn process_room_op(
+        &mut self,
+        d: &protocol::Delivery,
+    ) -> Result<(), SessionError> {
+        let room = d.room_id.clone();
+        if !is_room(&room) {
+            return Ok(());
+        }
+        let op = match SignedOp::decode(&d.payload) {
+            Ok(op) => op,
+            Err(e) => {
+                let text = format!("rejected a malformed membership change: {e}");
+                let rec = self
+                    .blocking(move |s, _| warn(&s.db(), &room, text))
+                    .await?;
+                self.emit(SessionEvent::Message(rec));
+                return Ok(());
+            }
+        };
+        let r = room.clone();
+        let head = self
+            .blocking(move |s, _| Ok(load_state(&s.db(), &r)?.map(|s| s.head_seq)))
+            .await?;
+        let next = head.map_or(0, |h| h + 1);
+        if op.op.seq > next && self.conn.is_some() {
+            // A gap (we were offline for part of the log, or we were just invited): the
+            // relay's log fills it, and must contain this change.
+            self.sync_room(&room).await?;
+            let r = room.clone();
+            let seq = op.op.seq;
+            let reached = self
+                .blocking(move |s, _| Ok(load_state(&s.db(), &r)?.map(|s| s.head_seq)))
+                .await?;
+            if reached.is_none_or(|h| h < seq) {
+                self.note_behind(&room, seq).await?;
+            }
+            return Ok(());
+        }
+        let root = match self.root_of(&op.op.actor).await {
+            Ok(r) => r,
+            Err(SessionError::Relay { .. }) => {
+                let text = format!(
+                    "rejected a membership change by unknown user {}",
+                    op.op.actor
+                );
+                let rec = self
+                    .blocking(move |s, _| warn(&s.db(), &room, text))
+                    .await?;
+                self.emit(SessionEvent::Message(rec));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut roots = BTreeMap::new();
+        roots.insert(op.op.actor.clone(), root);
+        self.apply_ops(&room, vec![op], roots).await?;
+        Ok(())
+    }
+
+    /// Remembers that a member claimed a log head we have not seen, and warns once.
+    pub(crate) async fn note_behind(&mut self, room: &str, seq: u64) -> Result<(), SessionError> {
+        let r = room.to_owned();
+        let rec = self
+            .blocking(move |s, _| {
+                let db = s.db();
+                if behind(&db, &r)?.is_some_and(|o| o >= seq) {
+                    return Ok(None);
+                }
+                db.put_blob(&behind_key(&r), &seq.to_be_bytes())?;
+                let head = load_state(&db, &r)?.map_or(0, |s| s.head_seq);
+                Ok(Some(warn(
+                    &db,
+                    &r,
+                    format!(
+                        "the relay is withholding membership changes of this room (a member \
+                         is at change {seq}, the relay showed us {head}); sending here is \
+                         paused until it catches up"
+                    ),
+                )?))
+            })
+            .await?;
+        if let Some(rec) = rec {
+            self.emit(SessionEvent::Message(rec));
+            self.emit(SessionEvent::RoomChanged {
+                room_id: room.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The verified member devices our sender key must reach (every other member's devices
+    /// and our own other devices).
+    async fn room_targets(&mut self, state: &RoomState) -> Result<BTreeSet<Target>, SessionError> {
+        let mut targets = BTreeSet::new();
+        let users: Vec<String> = state.members.keys().cloned().collect();
+        for u in users {
+            for d in self.learn_user_devices(&u).await? {
+                if u == self.keys.username && d == self.keys.device_id {
+                    continue;
+                }
+                targets.insert((u.clone(), d));
+            }
+        }
+        Ok(targets)
+    }
+
+    /// Makes our sender key for `room` current: rotates it when a device that holds it is no
+    /// longer a member device (or age or usage demand it), and distributes it to member devices
+    /// that lack it.
+    async fn prepare_sender_key(&mut self, state: &RoomState) -> Result<(), SessionError> {
+        let room = state.room_id.clone();
+        let targets = self.room_targets(state).await?;
+        let r = room.clone();
+        let t = targets.clone();
+        let missing: BTreeSet<Target> = self
+            .blocking(move |s, keys| {
+                s.transaction(|db| -> Result<_, SessionError> {
+                    let now = now_ms() / 1000;
+                    let own = match db.blob(&sk_key(&r))? {
+                        Some(b) => Some(SenderKeyState::from_secret_bytes(&b)?),
+                        None => None,
+                    };
+                    let dist = match db.blob(&skdist_key(&r))? {
+                        Some(b) => decode_targets(&b)?,
+                        None => BTreeSet::new(),
+                    };
+                    let stale = dist.iter().any(|d| !t.contains(d));
+                    let due = own.as_ref().and_then(|o| o.rotation_due(now));
+                    let (own, dist) = match own {
+                        Some(o) if !stale && due.is_none() => (o, dist),
+                        _ => {
+                            tracing::debug!(room = %r, stale, ?due, "new sender key");
+                            let fresh =
+                                SenderKeyState::new(r.as_bytes(), DeviceId(keys.device_id), now)?;
+                            (fresh, BTreeSet::new())
+                        }
+                    };
+                    db.put_blob(&sk_key(&r), &own.to_secret_bytes())?;
+                    db.put_blob(&skdist_key(&r), &encode_targets(&dist))?;
+                    Ok(t.difference(&dist).cloned().collect())
+                })
+            })
+            .await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        // The relay wants every device of an addressed user covered, so a user with any new
+        // device gets the distribution on all of them (a repeat is ignored by the receiver).
+        let users: BTreeSet<String> = missing.iter().map(|(u, _)| u.clone()).collect();
+        let mut batch: Vec<Target> = Vec::new();
+        for u in users {
+            let devs: Vec<Target> = targets.iter().filter(|(x, _)| *x == u).cloned().collect();
+            let ids: Vec<[u8; 16]> = devs.iter().map(|(_, d)| *d).collect();
+            self.ensure_sessions_pub(&u, &ids).await?;
+            batch.extend(devs);
+            if batch.len() >= DISTRIBUTION_CHUNK {
+                self.distribute(&room, std::mem::take(&mut batch)).await?;
+            }
+        }
+        if !batch.is_empty() {
+            self.distribute(&room, batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends our current sender key to `targets` over the pairwise sessions (one body, one
+    /// small key entry per device) and records them as holding it.
+    async fn distribute(&mut self, room: &str, targets: Vec<Target>) -> Result<(), SessionError> {
+        let mut targets = targets;
+        for _ in 0..4 {
+            let r = room.to_owned();
+            let t = targets.clone();
+            let request = self
+                .blocking(move |s, _| {
+                    s.transaction(|db| -> Result<_, SessionError> {
+                        let own = db
+                            .blob(&sk_key(&r))?
+                            .ok_or_else(|| SessionError::Protocol("no sender key".into()))?;
+                        let own = SenderKeyState::from_secret_bytes(&own)?;
+                        let skdm = own.distribution().encode();
+                        let mut control = Vec::with_capacity(skdm.len() + 1);
+                        control.push(CONTROL_SKDM);
+                        control.extend_from_slice(&skdm);
+                        let id = MessageId::random()?;
+                        let sealed = envelope::seal(&Payload {
+                            message_id: id,
+                            sent_at_ms: now_ms(),
+                            conversation: r.clone().into_bytes(),
+                            kind: PayloadKind::Control(control),
+                            timers: Timers::default(),
+                            reply_to: None,
+                        });
+                        let (package, body) = sealed?;
+                        let wrapped = package.encode();
+                        let mut entries = Vec::with_capacity(t.len());
+                        let mut recipients: Vec<String> = Vec::new();
+                        for (user, dev) in &t {
+                            let bytes = db.session(user, dev)?.ok_or_else(|| {
+                                SessionError::Protocol(format!(
+                                    "no session with a device of {user}"
+                                ))
+                            })?;
+                            let mut session = Session::from_secret_bytes(&bytes)?;
+                            let msg = session.encrypt(&wrapped)?;
+                            db.put_session(user, dev, &session.to_secret_bytes())?;
+                            entries.push(protocol::KeyEntry {
+                                recipient_user: user.clone(),
+                                recipient_device: dev.to_vec(),
+                                payload: msg.encode(),
+                            });
+                            if !recipients.contains(user) {
+                                recipients.push(user.clone());
+                            }
+                        }
+                        Ok(protocol::Send {
+                            message_id: id.0.to_vec(),
+                            body,
+                            entries,
+                            recipients,
+                            delete_by_ms: 0,
+                            ttl_ms: 0,
+                        })
+                    })
+                })
+                .await?;
+            let conn = self
+                .conn
+                .as_ref()
+                .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+            match conn.request(Body::Send(request)).await {
+                Ok(Body::SendOk(_)) => {
+                    let r = room.to_owned();
+                    self.blocking(move |s, _| {
+                        s.transaction(|db| -> Result<_, SessionError> {
+                            let mut dist = match db.blob(&skdist_key(&r))? {
+                                Some(b) => decode_targets(&b)?,
+                                None => BTreeSet::new(),
+                            };
+                            dist.extend(targets);
+                            db.put_blob(&skdist_key(&r), &encode_targets(&dist))?;
+                            Ok(())
+                        })
+                    })
+                    .await?;
+                    return Ok(());
+                }
+                Ok(_) => return Err(SessionError::Protocol("unexpected answer to Send".into())),
+                Err(SessionError::Relay {
+                    code: ErrorCode::DevicesChanged,
+                    stale,
+                    ..
+                }) => {
+                    // Learn the devices the relay says exist; only devices under a verified
+                    // certificate ever get a session (ensure_sessions checks the chain).
+                    for u in &stale {
+                        let devices: Vec<[u8; 16]> = u
+                            .devices
+                            .iter()
+                            .filter_map(|d| d.as_slice().try_into().ok())
+                            .collect();
+                        let user = u.username.clone();
+                        let ds = devices.clone();
+                        self.blocking(move |s, _| {
+                            let db = s.db();
+                            for (old, _) in db.sessions_for(&user)? {
+                                if !ds.contains(&old) {
+                                    db.delete_session(&user, &old)?;
+                                }
+                            }
+                            db.set_devices(&user, &ds)?;
+                            Ok(())
+                        })
+                        .await?;
+                        let me = self.keys.username.clone();
+                        let my_device = self.keys.device_id;
+                        let mine: Vec<[u8; 16]> = devices
+                            .iter()
+                            .copied()
+                            .filter(|d| !(u.username == me && *d == my_device))
+                            .collect();
+                        self.ensure_sessions_pub(&u.username, &mine).await?;
+                        targets.retain(|(x, _)| *x != u.username);
+                        targets.extend(mine.into_iter().map(|d| (u.username.clone(), d)));
+                    }
+                }
+                Err(SessionError::Relay {
+                    code: ErrorCode::RateLimited,
+                    retry_after_ms,
+                    ..
+                }) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        u64::from(retry_after_ms).clamp(10, 5000),
+                    ))
+                    .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(SessionError::Protocol(
+            "member devices keep changing; try again".into(),
+        ))
+    }
+
+    /// Delivers one queued room message: reconcile the sender key, encrypt once, send once.
+    /// Returns the relay's receive time.
+    pub(crate) async fn deliver_room(&mut self, item: &OutboxItem) -> Result<u64, SessionError> {
+        let room = item.conversation.clone();
+        let mut request = item.request.clone();
+        for _ in 0..5 {
+            let bytes = match request.take() {
+                Some(r) => r,
+                None => {
+                    let r = room.clone();
+                    let (state, behind_at) = self
+                        .blocking(move |s, _| {
+                            let db = s.db();
+                            Ok((load_state(&db, &r)?, behind(&db, &r)?))
+                        })
+                        .await?;
+                    let state = state
+                        .ok_or_else(|| SessionError::Usage(format!("unknown room: {room}")))?;
+                    if state.deleted {
+                        return Err(SessionError::Usage("this room was deleted".into()));
+                    }
+                    if !state.is_member(&self.keys.username) {
+                        return Err(SessionError::Usage(
+                            "you are not a member of this room".into(),
+                        ));
+                    }
+                    if behind_at.is_some_and(|b| b > state.head_seq) {
+                        return Err(SessionError::Refused(WITHHELD.into()));
+                    }
+                    self.prepare_sender_key(&state).await?;
+                    self.encrypt_room_item(item, &state).await?
+                }
+            };
+            let send = protocol::RoomSend::decode(bytes.as_slice())
+                .map_err(|e| SessionError::Protocol(format!("stored request is corrupt: {e}")))?;
+            let conn = self
+                .conn
+                .as_ref()
+                .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+            match conn.request(Body::RoomSend(send)).await {
+                Ok(Body::SendOk(ok)) => return Ok(ok.server_ts_ms),
+                Ok(_) => {
+                    return Err(SessionError::Protocol(
+                        "unexpected answer to RoomSend".into(),
+                    ));
+                }
+                Err(SessionError::Relay {
+                    code: ErrorCode::RoomChanged,
+                    ..
+                }) => {
+                    // Our view is behind: catch up, then re-encrypt under the key the new
+                    // membership calls for. The refused ciphertext was never stored.
+                    if !self.sync_room(&room).await? {
+                        return Err(SessionError::Usage(
+                            "not sending: the relay says this room changed but does not show \
+                             the change"
+                                .into(),
+                        ));
+                    }
+                }
+                Err(SessionError::Relay {
+                    code: ErrorCode::RateLimited,
+                    retry_after_ms,
+                    ..
+                }) => {
+                    request = Some(bytes);
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        u64::from(retry_after_ms).clamp(10, 5000),
+                    ))
+                    .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(SessionError::Protocol(
+            "the room keeps changing; try again".into(),
+        ))
+    }
+
+    async fn encrypt_room_item(
+        &mut self,
+        item: &OutboxItem,
+        state: &RoomState,
+    ) -> Result<Vec<u8>, SessionError> {
+        let id = item.id;
+        let message_id = item.message_id;
+        let conversation = item.conversation.clone();
+        let text = item.text.clone();
+        let sent_at = item.created_at_ms;
+        let timers = Timers {
+            expire_after: item.timers.expire_after_s,
+            burn_after: item.timers.burn_after_s,
+        };
+        let state = state.clone();
+        self.blocking(move |s, _| {
+            s.transaction(|db| -> Result<_, SessionError> {
+                let (package, body) = envelope::seal(&Payload {
+                    message_id: MessageId(message_id),
+                    sent_at_ms: sent_at,
+                    conversation: conversation.clone().into_bytes(),
+                    kind: PayloadKind::Text(text),
+                    timers,
+                    reply_to: None,
+                })?;
+                let own = db
+                    .blob(&sk_key(&conversation))?
+                    .ok_or_else(|| SessionError::Protocol("no sender key".into()))?;
+                let mut own = SenderKeyState::from_secret_bytes(&own)?;
+                let meta = encode_meta(&package, &state);
+                let msg = own.encrypt(&meta, &package.body_hash)?;
+                db.put_blob(&sk_key(&conversation), &own.to_secret_bytes())?;
+                let request = protocol::RoomSend {
+                    message_id: message_id.to_vec(),
+                    room_id: conversation.clone(),
+                    body,
+                    key_message: msg.encode(),
+                    head_seq: state.head_seq,
+                    ttl_ms: timers.expire_after.map_or(0, |s| u64::from(s) * 1000),
+                }
+                .encode_to_vec();
+                db.outbox_set_request(id, &request, &package.encode())?;
+                Ok(request)
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,447 @@
+//! Ephemeral messages, read receipts and shredding end to end (issue 6): a real relay
+//! in-process, real engines and SQLCipher caches.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cinder::protocol::{Delivery, DeliveryKind};
+use cinder::relay::Tamper;
+use cinder::session::{
+    self, EngineOptions, MessageKind, MessageRecord, MessageState, SendOptions, SessionEvent,
+    SessionHandle,
+};
+use common::{PASS, TestRelay, all_bytes, contains, engine, network};
+
+async fn history(h: &SessionHandle, with: &str) -> Vec<MessageRecord> {
+    let me = h.account().username.clone();
+    let conv = cinder::protocol::names::dm_conversation(&me, with);
+    h.history(&conv, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.kind == MessageKind::Text)
+        .collect()
+}
+
+async fn has(h: &SessionHandle, with: &str, text: &str) -> bool {
+    history(h, with).await.iter().any(|m| m.text == text)
+}
+
+/// Polls `cond` for up to `limit`; returns whether it became true (never asserts on time).
+async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cond().await
+}
+
+fn relay_rows(data: &Path, sql: &str) -> i64 {
+    let db = rusqlite::Connection::open(data.join("relay.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// Records the bodies the relay delivers, so a test can look for them in the relay's files.
+#[derive(Default)]
+struct Recorder {
+    bodies: Mutex<Vec<Vec<u8>>>,
+    /// Deliveries to replay to a user on their next delivery.
+    replay_to: Mutex<Option<(String, Delivery)>>,
+    /// The last `Message` delivery each user got.
+    last: Mutex<Vec<(String, Delivery)>>,
+}
+
+impl Tamper for Recorder {
+    fn delivery(&self, to_user: &str, _dev: &[u8; 16], d: Delivery) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        if !d.body.is_empty() {
+            self.bodies.lock().unwrap().push(d.body.clone());
+        }
+        if d.kind == DeliveryKind::Message as i32 {
+            self.last
+                .lock()
+                .unwrap()
+                .push((to_user.to_owned(), d.clone()));
+        }
+        let mut r = self.replay_to.lock().unwrap();
+        if r.as_ref().is_some_and(|(u, _)| u == to_user)
+            && let Some((_, old)) = r.take()
+        {
+            out.push(old);
+        }
+        out.push(d);
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_second_message_vanishes_from_both_sides_the_relay_and_the_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = Arc::new(Recorder::default());
+    let r2 = rec.clone();
+    let relay = TestRelay::start_with(tmp.path(), |c| c.tamper = Some(r2)).await;
+    let dirs = network(tmp.path(), &relay, &["alice", "bob", "carol"]).await;
+    let (alice, bob) = (engine(&dirs[1]), engine(&dirs[2]));
+    let mut alice_events = alice.subscribe();
+    let marker = "EPHEMERAL-MARKER-7f3a9c";
+    let q = alice
+        .send_message(
+            "bob",
+            marker,
+            SendOptions {
+                expire_after: Some(2),
+                burn_after: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.timers.expire_after_s, Some(2));
+    alice.flush().await.unwrap();
+    // Carol never comes online: her copy sits at the relay until its delete-by time.
+    alice
+        .send_message(
+            "carol",
+            marker,
+            SendOptions {
+                expire_after: Some(2),
+                burn_after: None,
+            },
+        )
+        .await
+        .unwrap();
+    alice.flush().await.unwrap();
+    bob.sync().await.unwrap();
+    let got = history(&bob, "alice").await;
+    let m = got.iter().find(|m| m.text == marker).expect("bob got it");
+    assert_eq!(m.timers.expire_after_s, Some(2));
+    assert!(m.timers.expire_at_ms.is_some());
+    assert!(relay_rows(&relay.data, "SELECT count(*) FROM mailbox WHERE kind = 0") >= 1);
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !has(&bob, "alice", marker).await && !has(&alice, "bob", marker).await
+        })
+        .await,
+        "the message outlived its 2 s expiry"
+    );
+    let mut shredded = false;
+    while let Ok(ev) = alice_events.try_recv() {
+        if let SessionEvent::Shredded { message_ids, .. } = ev {
+            shredded |= message_ids.contains(&q.message_id);
+        }
+    }
+    assert!(shredded, "alice's engine did not report the shredding");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            relay_rows(&relay.data, "SELECT count(*) FROM mailbox WHERE kind = 0") == 0
+                && relay_rows(&relay.data, "SELECT count(*) FROM bodies") == 0
+        })
+        .await,
+        "the relay kept an expired copy"
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+    let mut relay = relay;
+    relay.stop().await;
+    // No file of either cache or of the relay holds the text or a delivered ciphertext body.
+    let bodies = rec.bodies.lock().unwrap().clone();
+    assert!(!bodies.is_empty());
+    for dir in [&dirs[1], &dirs[2], &relay.data] {
+        for (path, bytes) in all_bytes(dir) {
+            assert!(
+                !contains(&bytes, marker.as_bytes()),
+                "{} holds the text",
+                path.display()
+            );
+            for b in &bodies {
+                assert!(
+                    !contains(&bytes, &b[..64.min(b.len())]),
+                    "{} holds a shredded ciphertext",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burn_on_read_starts_at_first_display_and_burns_for_sender_and_recipient() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
+    let (alice, bob) = (engine(&dirs[1]), engine(&dirs[2]));
+    let text = "burn after reading";
+    alice
+        .send_message(
+            "bob",
+            text,
+            SendOptions {
+                expire_after: Some(3600),
+                burn_after: Some(2),
+            },
+        )
+        .await
+        .unwrap();
+    alice.flush().await.unwrap();
+    bob.sync().await.unwrap();
+    let m = history(&bob, "alice")
+        .await
+        .into_iter()
+        .find(|m| m.text == text)
+        .unwrap();
+    assert_eq!(m.timers.burn_after_s, Some(2));
+    assert!(m.timers.burn_at_ms.is_none(), "burning before display");
+    // Not displayed yet: it must survive well past its burn time.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(has(&bob, "alice", text).await, "burned without being read");
+    assert!(has(&alice, "bob", text).await);
+
+    // Display (what `cinder recv` and the UI do) starts the countdown on both sides.
+    bob.displayed(&[m.message_id]).await.unwrap();
+    let shown = history(&bob, "alice")
+        .await
+        .into_iter()
+        .find(|m| m.text == text)
+        .unwrap();
+    assert!(shown.timers.burn_at_ms.is_some());
+    alice.sync().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !has(&bob, "alice", text).await && !has(&alice, "bob", text).await
+        })
+        .await,
+        "burn-on-read did not delete both copies"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_device_never_shows_an_expired_message_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
+    let (alice, bob) = (engine(&dirs[1]), engine(&dirs[2]));
+    let opts = SendOptions {
+        expire_after: Some(2),
+        burn_after: None,
+    };
+    alice
+        .send_message("bob", "stored then offline", opts)
+        .await
+        .unwrap();
+    alice.flush().await.unwrap();
+    bob.sync().await.unwrap();
+    assert!(has(&bob, "alice", "stored then offline").await);
+    bob.shutdown().await;
+    // A second message expires while bob is offline, before he ever fetches it.
+    alice
+        .send_message("bob", "never fetched", opts)
+        .await
+        .unwrap();
+    alice.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+
+    // Reopen: the first thing the engine does is shred what fell due.
+    let store = session::unlock(&dirs[2], PASS).unwrap();
+    let bob = session::spawn(store, EngineOptions::default()).unwrap();
+    assert!(
+        history(&bob, "alice").await.is_empty(),
+        "an expired message was shown after restart"
+    );
+    bob.sync().await.unwrap();
+    assert!(
+        history(&bob, "alice").await.is_empty(),
+        "a message that expired at the relay was delivered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_above_the_network_cap_are_clamped_by_the_sending_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start_with(tmp.path(), |c| {
+        c.max_expire_secs = Some(60);
+        c.max_burn_secs = Some(10);
+    })
+    .await;
+    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
+    let alice = engine(&dirs[1]);
+    alice.flush().await.unwrap();
+    let p = alice.policy().expect("policy after login");
+    assert_eq!((p.max_expire_secs, p.max_burn_secs), (60, 10));
+    let q = alice
+        .send_message(
+            "bob",
+            "too long",
+            SendOptions {
+                expire_after: Some(86_400),
+                burn_after: Some(3600),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.timers.expire_after_s, Some(60));
+    assert_eq!(q.timers.burn_after_s, Some(10));
+    assert_eq!(q.notes.len(), 2, "{:?}", q.notes);
+    alice.flush().await.unwrap();
+
+    // The relay's refusal of a send that does not clamp (raw frames, TimerTooLong) is
+    // `timers_above_the_network_maximum_are_refused` in tests/relay_rooms.rs.
+    let bob = engine(&dirs[2]);
+    bob.sync().await.unwrap();
+    let m = history(&bob, "alice").await;
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].timers.expire_after_s, Some(60));
+    assert_eq!(m[0].timers.burn_after_s, Some(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_clock_a_day_ahead_does_not_extend_a_messages_life() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
+    let store = session::unlock(&dirs[1], PASS).unwrap();
+    let alice = session::spawn(
+        store,
+        EngineOptions {
+            clock_offset_ms: 86_400_000,
+            ..EngineOptions::default()
+        },
+    )
+    .unwrap();
+    let bob = engine(&dirs[2]);
+    let text = "from the future";
+    alice
+        .send_message(
+            "bob",
+            text,
+            SendOptions {
+                expire_after: Some(2),
+                burn_after: None,
+            },
+        )
+        .await
+        .unwrap();
+    alice.flush().await.unwrap();
+    bob.sync().await.unwrap();
+    let m = history(&bob, "alice")
+        .await
+        .into_iter()
+        .find(|m| m.text == text)
+        .expect("delivered");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        m.timers.expire_at_ms.unwrap() < now + 60_000,
+        "expiry follows the sender's clock: {:?}",
+        m.timers
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !has(&bob, "alice", text).await && !has(&alice, "bob", text).await
+        })
+        .await,
+        "a sender clock a day ahead extended the message's life"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_receipts_follow_the_network_policy_and_cannot_be_forged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = Arc::new(Recorder::default());
+    let r2 = rec.clone();
+    let relay = TestRelay::start_with(tmp.path(), |c| c.tamper = Some(r2)).await;
+    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
+    let (alice, bob) = (engine(&dirs[1]), engine(&dirs[2]));
+    let state = |h: SessionHandle, id: [u8; 16]| async move {
+        h.history(
+            &cinder::protocol::names::dm_conversation("alice", "bob"),
+            100,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.message_id == id)
+        .map(|m| m.state)
+    };
+
+    // On (the default): displaying sends a receipt; the sender shows "read".
+    let id = alice.send_text("bob", "please read").await.unwrap();
+    alice.flush().await.unwrap();
+    bob.sync().await.unwrap();
+    bob.displayed(&[id]).await.unwrap();
+    bob.flush().await.unwrap();
+    alice.sync().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            state(alice.clone(), id).await == Some(MessageState::Read)
+        })
+        .await,
+        "no read receipt while the network allows them"
+    );
+    // The relay replays bob's receipt (an old ratchet message) on a later message: rejected,
+    // nothing changes.
+    let receipt = rec
+        .last
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(u, _)| u == "alice")
+        .map(|(_, d)| d.clone())
+        .unwrap();
+
+    // Off: no receipts are sent or shown.
+    let admin = engine(&dirs[0]);
+    admin.set_read_receipts(false).await.unwrap();
+    admin.shutdown().await;
+    alice.flush().await.unwrap();
+    bob.flush().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            alice.policy().is_some_and(|p| !p.read_receipts)
+                && bob.policy().is_some_and(|p| !p.read_receipts)
+        })
+        .await,
+        "the policy change did not reach the clients"
+    );
+    let id2 = alice.send_text("bob", "no receipts now").await.unwrap();
+    alice.flush().await.unwrap();
+    let mut replayed = receipt;
+    replayed.seq += 1_000_000;
+    *rec.replay_to.lock().unwrap() = Some(("alice".into(), replayed));
+    bob.sync().await.unwrap();
+    bob.displayed(&[id2]).await.unwrap();
+    bob.flush().await.unwrap();
+    // A message from bob so the replayed receipt reaches alice with it.
+    bob.send_text("alice", "hello").await.unwrap();
+    bob.flush().await.unwrap();
+    let mut events = alice.subscribe();
+    alice.sync().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    alice.sync().await.unwrap();
+    let st = state(alice.clone(), id2).await;
+    assert!(
+        matches!(st, Some(MessageState::Sent | MessageState::Delivered)),
+        "a receipt appeared while the network forbids them: {st:?}"
+    );
+    let mut rejected = false;
+    while let Ok(ev) = events.try_recv() {
+        if let SessionEvent::Undecryptable { .. } = ev {
+            rejected = true;
+        }
+    }
+    assert!(rejected, "the replayed receipt was not rejected");
+}
