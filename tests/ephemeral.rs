@@ -419,6 +419,7 @@ async fn read_receipts_follow_the_network_policy_and_cannot_be_forged() {
     );
     let id2 = alice.send_text("bob", "no receipts now").await.unwrap();
     alice.flush().await.unwrap();
+    let mut events = alice.subscribe();
     let mut replayed = receipt;
     replayed.seq += 1_000_000;
     *rec.replay_to.lock().unwrap() = Some(("alice".into(), replayed));
@@ -428,7 +429,6 @@ async fn read_receipts_follow_the_network_policy_and_cannot_be_forged() {
     // A message from bob so the replayed receipt reaches alice with it.
     bob.send_text("alice", "hello").await.unwrap();
     bob.flush().await.unwrap();
-    let mut events = alice.subscribe();
     alice.sync().await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     alice.sync().await.unwrap();
