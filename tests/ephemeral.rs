@@ -445,3 +445,67 @@ async fn read_receipts_follow_the_network_policy_and_cannot_be_forged() {
     }
     assert!(rejected, "the replayed receipt was not rejected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_messages_expire_and_burn_for_every_member_and_the_sender() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let dirs = network(tmp.path(), &relay, &["alice", "bob", "carol"]).await;
+    let (alice, bob, carol) = (engine(&dirs[1]), engine(&dirs[2]), engine(&dirs[3]));
+    let room = alice
+        .create_room(
+            session::RoomKind::Room,
+            "Ops",
+            "",
+            &["bob".into(), "carol".into()],
+        )
+        .await
+        .unwrap();
+    let id = room.room_id.clone();
+    let texts = |h: SessionHandle, id: String| async move {
+        h.history(&id, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.kind == MessageKind::Text)
+            .map(|m| (m.message_id, m.text))
+            .collect::<Vec<_>>()
+    };
+    // Room defaults set by the moderator apply to everyone's next message.
+    alice.set_timers(&id, Some(3600), Some(2)).await.unwrap();
+    bob.sync().await.unwrap();
+    carol.sync().await.unwrap();
+    assert_eq!(bob.timers(&id).await.unwrap(), (Some(3600), Some(2)));
+    let q = bob
+        .send_message(&id, "burns in the room", SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(q.timers.burn_after_s, Some(2));
+    bob.flush().await.unwrap();
+    alice.sync().await.unwrap();
+    carol.sync().await.unwrap();
+    assert!(
+        texts(alice.clone(), id.clone())
+            .await
+            .iter()
+            .any(|(m, _)| *m == q.message_id)
+    );
+    // Alice reads it; her copy burns, and bob's (the sender's) too. Carol has not read it.
+    alice.displayed(&[q.message_id]).await.unwrap();
+    bob.sync().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            texts(alice.clone(), id.clone()).await.is_empty()
+                && texts(bob.clone(), id.clone()).await.is_empty()
+        })
+        .await,
+        "the read copy and the sender's copy did not burn"
+    );
+    assert!(
+        texts(carol.clone(), id.clone())
+            .await
+            .iter()
+            .any(|(m, _)| *m == q.message_id),
+        "carol's unread copy burned before she read it"
+    );
+}

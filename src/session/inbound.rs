@@ -55,7 +55,14 @@ fn apply_receipt(
         let Some(m) = db.message(&id.0)? else {
             continue;
         };
-        if m.conversation != conversation {
+        // A receipt names messages of the pairwise conversation, or of a room both belong to
+        // (burn-on-read in rooms; rooms never show "read").
+        let room = rooms::is_room(&m.conversation);
+        if m.conversation != conversation
+            && !(room
+                && rooms::load_state(db, &m.conversation)?
+                    .is_some_and(|s| s.is_member(user) || user == keys.username))
+        {
             continue;
         }
         let mut effect = ReceiptEffect {
@@ -71,7 +78,8 @@ fn apply_receipt(
                 effect.timers = db.message(&id.0)?.map(|m| m.timers);
             }
         } else if m.outgoing {
-            if show_read && matches!(m.state, MessageState::Sent | MessageState::Delivered) {
+            if show_read && !room && matches!(m.state, MessageState::Sent | MessageState::Delivered)
+            {
                 db.set_message_state(&id.0, MessageState::Read)?;
                 effect.read = true;
             }
