@@ -11,7 +11,7 @@
 //! | [`config`] | XDG paths, profile directories, the strict TOML config file | - |
 //! | [`logging`] | tracing setup: records go to a log file, never to the terminal | - |
 //! | [`store`] | the local encrypted cache (SQLCipher under a passphrase-wrapped key), synchronous | protocol, crypto |
-//! | [`relay`] | the server: accounts, devices, prekeys, store-and-forward mailboxes over WebSocket (TLS optional), SQLite with group commit | protocol, config, crypto (signature checks only) |
+//! | [`relay`] | the server: accounts, devices, prekeys, store-and-forward mailboxes, rooms (routing by the signed membership log), expiry sweeps and the network policy over WebSocket (TLS optional), SQLite with group commit | protocol, config, crypto (signature and membership-rule checks only) |
 //! | [`bench`] | `cinder bench` scenarios: load generators that print figures | everything |
 //!
 //! Modules that later issues add (`protocol`, `config`, `logging`, `store`, `media`, `session`,

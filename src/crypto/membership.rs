@@ -1828,6 +1828,17 @@ mod tests {
             refuse_op(&mut f.state, &op, &f.alice.root(), MAX),
             MembershipError::Invalid("room already created")
         );
+        // Whoever sends it: a second Create is refused as such, not for the sender.
+        let mallory = User::new("mallory");
+        let mut op = mallory.create_op(RoomKind::Room, &[]);
+        op.room_id = f.state.room_id.clone();
+        op.seq = 1;
+        op.prev = f.state.head_hash;
+        let op = mallory.sign(op);
+        assert_eq!(
+            refuse_op(&mut f.state, &op, &mallory.root(), MAX),
+            MembershipError::Invalid("room already created")
+        );
     }
 
     #[test]

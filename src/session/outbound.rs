@@ -335,7 +335,14 @@ impl Engine {
                     if kind != OutboxKind::Text {
                         return Ok(None);
                     }
-                    db.set_message_state(&mid, MessageState::Sent)?;
+                    // The recipient may have stored (or read) it before our SendOk arrived: never
+                    // move a message back from "delivered" or "read" to "sent".
+                    if db
+                        .message(&mid)?
+                        .is_some_and(|m| m.state == MessageState::Sending)
+                    {
+                        db.set_message_state(&mid, MessageState::Sent)?;
+                    }
                     if let Some(e) = expire
                         && server_ts > 0
                     {
