@@ -1104,10 +1104,28 @@ impl Engine {
     /// The verified member devices our sender key must reach (every other member's devices
     /// and our own other devices).
     async fn room_targets(&mut self, state: &RoomState) -> Result<BTreeSet<Target>, SessionError> {
-        let mut targets = BTreeSet::new();
         let users: Vec<String> = state.members.keys().cloned().collect();
-        for u in users {
-            for d in self.learn_user_devices(&u).await? {
+        // One cache read for every member (a 500-member room must not cost 500 round trips
+        // to the blocking pool per send); only members we know nothing about go to the relay.
+        let known: Vec<(String, bool, Vec<[u8; 16]>)> = self
+            .blocking(move |s, _| {
+                let db = s.db();
+                users
+                    .into_iter()
+                    .map(|u| {
+                        let pinned = db.root_key(&u)?.is_some();
+                        let devices = db.devices(&u)?;
+                        Ok((u, pinned, devices))
+                    })
+                    .collect()
+            })
+            .await?;
+        let mut targets = BTreeSet::new();
+        for (u, pinned, mut devices) in known {
+            if !pinned || devices.is_empty() {
+                devices = self.learn_user_devices(&u).await?;
+            }
+            for d in devices {
                 if u == self.keys.username && d == self.keys.device_id {
                     continue;
                 }
