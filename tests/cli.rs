@@ -625,6 +625,27 @@ async fn rooms_timers_and_policy_from_the_command_line() {
         std::thread::sleep(Duration::from_millis(3500));
         let hist = env.ok("bob", &["history", "--with", "alice", "--json"]);
         assert!(!hist.contains("short-lived"), "{hist}");
+        // Burn-on-read: `recv` printing it is the first display.
+        env.ok(
+            "alice",
+            &["send", "--to", "bob", "--burn", "2s", "burn-after-recv"],
+        );
+        // (That nothing burns before display is `tests/ephemeral.rs`.)
+        let got = env.ok("bob", &["recv", "--json"]);
+        assert!(got.contains("burn-after-recv"), "{got}");
+        std::thread::sleep(Duration::from_millis(3000));
+        let hist = env.ok("bob", &["history", "--with", "alice", "--json"]);
+        assert!(
+            !hist.contains("burn-after-recv"),
+            "not burned after display: {hist}"
+        );
+        env.ok("alice", &["recv"]);
+        std::thread::sleep(Duration::from_millis(500));
+        let hist = env.ok("alice", &["history", "--with", "bob", "--json"]);
+        assert!(
+            !hist.contains("burn-after-recv"),
+            "the sender's copy survived: {hist}"
+        );
         let out = env.ok("alice", &["timer", "--with", "bob", "--expire", "1h"]);
         assert!(
             out.contains("expire 1h") && out.contains("burn off"),
