@@ -32,6 +32,11 @@ pub(crate) struct Engine {
     policy_shared: Arc<Mutex<Option<protocol::Policy>>>,
     /// When the next timed message must be shredded.
     pub(crate) next_shred: Option<Instant>,
+    /// Bumped whenever a user's device list in the cache changes.
+    pub(crate) devices_epoch: u64,
+    /// Rooms whose sender key was reconciled with the member devices, at which (log head,
+    /// devices epoch): a send in a steady room skips the per-member work.
+    pub(crate) room_keys_ok: std::collections::HashMap<String, (u64, u64)>,
 }
 
 /// Starts the engine for an unlocked store.
@@ -73,6 +78,8 @@ pub fn spawn(mut store: Store, opts: EngineOptions) -> Result<SessionHandle, Ses
         policy: None,
         policy_shared: Arc::new(Mutex::new(None)),
         next_shred: None,
+        devices_epoch: 0,
+        room_keys_ok: std::collections::HashMap::new(),
     };
     let connected = Arc::clone(&engine.connected);
     let policy = Arc::clone(&engine.policy_shared);

@@ -302,6 +302,7 @@ impl Engine {
                         Ok(())
                     })
                     .await?;
+                    self.devices_epoch += 1;
                 }
                 Err(SessionError::Relay {
                     code: ErrorCode::RateLimited,
@@ -439,6 +440,7 @@ impl Engine {
             Ok(())
         })
         .await?;
+        self.devices_epoch += 1;
         Ok(devices)
     }
 

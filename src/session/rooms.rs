@@ -636,6 +636,7 @@ impl Engine {
             }
         })
         .await
+        .inspect(|_| self.devices_epoch += 1)
     }
 
     async fn submit_op(&mut self, op: &SignedOp) -> Result<(), SessionError> {
@@ -1140,6 +1141,25 @@ impl Engine {
     /// that lack it.
     async fn prepare_sender_key(&mut self, state: &RoomState) -> Result<(), SessionError> {
         let room = state.room_id.clone();
+        if self.room_keys_ok.get(&room) == Some(&(state.head_seq, self.devices_epoch)) {
+            // Same members, same devices as at the last reconciliation: only age and usage
+            // can call for a new key, and checking them is O(1).
+            let r = room.clone();
+            let fresh = self
+                .blocking(move |s, _| {
+                    Ok(match s.db().blob(&sk_key(&r))? {
+                        Some(b) => SenderKeyState::from_secret_bytes(&b)?
+                            .rotation_due(now_ms() / 1000)
+                            .is_none(),
+                        None => false,
+                    })
+                })
+                .await?;
+            if fresh {
+                return Ok(());
+            }
+        }
+        let epoch = self.devices_epoch;
         let targets = self.room_targets(state).await?;
         let r = room.clone();
         let t = targets.clone();
@@ -1173,6 +1193,7 @@ impl Engine {
             })
             .await?;
         if missing.is_empty() {
+            self.room_keys_ok.insert(room, (state.head_seq, epoch));
             return Ok(());
         }
         // The relay wants every device of an addressed user covered, so a user with any new
@@ -1191,6 +1212,8 @@ impl Engine {
         if !batch.is_empty() {
             self.distribute(&room, batch).await?;
         }
+        // Learning devices during this call bumped the epoch; the next send re-checks once.
+        self.room_keys_ok.insert(room, (state.head_seq, epoch));
         Ok(())
     }
 
@@ -1302,6 +1325,7 @@ impl Engine {
                             Ok(())
                         })
                         .await?;
+                        self.devices_epoch += 1;
                         let me = self.keys.username.clone();
                         let my_device = self.keys.device_id;
                         let mine: Vec<[u8; 16]> = devices
