@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod dm;
 pub mod fixtures;
 pub mod idle;
+pub mod room;
 pub mod search;
 pub mod tui;
 

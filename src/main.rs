@@ -345,6 +345,9 @@ enum BenchScenario {
     Dm(DmArgs),
     /// Relay memory per idle authenticated connection.
     Idle(IdleArgs),
+    /// A large room through a relay: send cost, fan-out at saturation, latency to the last
+    /// member, sender-key rotation after a removal.
+    Room(bench::room::Args),
     /// Full-text search, paging and the conversation list over a large encrypted cache.
     Search(SearchArgs),
     /// UI frame time for a conversation of many messages at 80x24, 200x50 and 300x80.
@@ -631,6 +634,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             scenario: BenchScenario::Idle(args),
         } => run_idle_bench(args).await,
+        Command::Bench {
+            scenario: BenchScenario::Room(a),
+        } => {
+            let target = bench_target(a.relay.as_ref(), a.invite.as_ref(), a.relay_pid)?;
+            let o = a.options(target, cli::parse_duration)?;
+            let r = bench::room::run(&o).await.map_err(load_error)?;
+            bench::room::write(&r, a.json, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
         Command::Bench {
             scenario: BenchScenario::Search(args),
         } => run_search_bench(args),

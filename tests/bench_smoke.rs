@@ -1,5 +1,6 @@
-//! Smoke tests of the load scenarios: `cinder bench dm` and `cinder bench idle` with tiny
-//! parameters, against a real relay process (the `cinder` binary this package builds).
+//! Smoke tests of the load scenarios: `cinder bench dm`, `cinder bench idle` and
+//! `cinder bench room` with tiny parameters, against a real relay process (the `cinder` binary
+//! this package builds).
 //!
 //! They check that the reports are consistent (everything sent on loopback is delivered and
 //! decrypted, latencies are positive, process figures are read, the JSON has its keys), never
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cinder::bench::client::RelayTarget;
-use cinder::bench::{dm, idle};
+use cinder::bench::{dm, idle, room};
 
 fn spawn_target() -> RelayTarget {
     RelayTarget::Spawn {
@@ -131,6 +132,136 @@ async fn idle_connections_are_measured() {
     let mut text = Vec::new();
     idle::print(&r, &mut text).unwrap();
     assert!(String::from_utf8(text).unwrap().contains("per connection"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_counts_every_delivery_and_rotation() {
+    let mut o = room::Options::new(spawn_target());
+    o.members = 6;
+    o.rotating_senders = 2;
+    o.window = 4;
+    o.saturate_duration = Duration::from_millis(500);
+    o.duration = Duration::from_secs(1);
+    o.warmup = Duration::from_millis(200);
+    o.rate = 20.0;
+    o.drain = Duration::from_secs(20);
+    let r = room::run(&o).await.unwrap();
+    assert_eq!(r.scenario, "room");
+    assert_eq!(r.relay, "spawned");
+    assert_eq!(r.members, 6);
+    assert!(r.first_error.is_none(), "{r:?}");
+
+    // Client send cost in both rooms.
+    assert_eq!(r.send_cpu.small_members, 2);
+    assert_eq!(r.send_cpu.large_members, 6);
+    assert!(
+        r.send_cpu.small_us > 0.0 && r.send_cpu.large_us > 0.0,
+        "{r:?}"
+    );
+    assert!(r.send_cpu.frame_bytes > 0);
+
+    // Both saturation runs delivered to all 5 recipients and left nothing behind.
+    for f in [&r.fanout_counting, &r.fanout_decrypting] {
+        assert!(f.deliveries > 0, "{f:?}");
+        assert!(f.deliveries_per_sec > 0.0, "{f:?}");
+        assert!(f.sent > 0, "{f:?}");
+        assert_eq!(f.incomplete, 0, "{f:?}");
+        assert_eq!(f.send_errors, 0, "{f:?}");
+        assert_eq!(f.decrypt_errors, 0, "{f:?}");
+        assert!(f.relay_cpu_us_per_delivery.is_some(), "{f:?}");
+    }
+    assert_eq!(r.fanout_counting.members_do, "counting");
+    assert_eq!(r.fanout_decrypting.members_do, "decrypting");
+
+    // Open loop at 20 msgs/s for 1 s: every message reached (and was decrypted by) everyone.
+    let l = &r.latency;
+    assert!((18..=22).contains(&l.sent), "{l:?}");
+    assert_eq!(l.delivered_to_all, l.sent, "{l:?}");
+    assert_eq!(l.incomplete, 0);
+    assert_eq!(l.decrypt_errors, 0);
+    assert!(l.last_member_p50_ms > 0.0);
+    assert!(l.first_member_p50_ms <= l.last_member_p50_ms, "{l:?}");
+    assert!(l.last_member_p50_ms <= l.last_member_p99_ms);
+    assert!(l.last_member_p99_ms <= l.last_member_max_ms);
+
+    // One member removed; two of the five remaining rotated, each reaching the other four.
+    let t = &r.rotation;
+    assert_eq!(t.remaining_members, 5);
+    assert_eq!(t.rotating_senders, 2);
+    assert_eq!(t.entries_per_rotation, 4);
+    assert_eq!(t.frames_per_rotation, 1);
+    assert_eq!(t.installed, t.expected_installs);
+    assert_eq!(t.expected_installs, 8);
+    assert!(t.bytes_mean > 4.0 * 100.0, "{t:?}");
+    assert!(t.cpu_ms_mean > 0.0);
+    assert!(t.all_senders_bytes >= t.bytes_mean * 5.0 - 1.0);
+
+    let json = serde_json::to_value(&r).unwrap();
+    has_keys(
+        &json,
+        &[
+            "members",
+            "send_cpu",
+            "fanout_counting",
+            "fanout_decrypting",
+            "latency",
+            "rotation",
+            "relay_rss_mib",
+        ],
+    );
+    has_keys(
+        &json["send_cpu"],
+        &["small_us", "large_us", "ratio", "target_met"],
+    );
+    for run in ["fanout_counting", "fanout_decrypting"] {
+        has_keys(
+            &json[run],
+            &[
+                "deliveries",
+                "deliveries_per_sec",
+                "msgs_per_sec",
+                "relay_cpu_us_per_delivery",
+                "client_cpu_us_per_delivery",
+            ],
+        );
+    }
+    has_keys(
+        &json["latency"],
+        &[
+            "last_member_p50_ms",
+            "last_member_p99_ms",
+            "delivered_to_all",
+        ],
+    );
+    has_keys(
+        &json["rotation"],
+        &[
+            "cpu_ms_mean",
+            "bytes_mean",
+            "entries_per_rotation",
+            "all_senders_cpu_s",
+            "all_senders_bytes",
+        ],
+    );
+    let mut text = Vec::new();
+    room::print(&r, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("members counting frames"), "{text}");
+    assert!(text.contains("rotation after a removal"), "{text}");
+}
+
+#[tokio::test]
+async fn room_refuses_bad_options() {
+    let mut o = room::Options::new(RelayTarget::External {
+        url: "ws://192.0.2.1:7000".into(),
+        invite: "X".into(),
+        pid: None,
+    });
+    let e = room::run(&o).await.unwrap_err();
+    assert!(e.to_string().contains("loopback"), "{e}");
+    o.members = 2;
+    let e = room::run(&o).await.unwrap_err();
+    assert!(e.to_string().contains("--members"), "{e}");
 }
 
 #[tokio::test]

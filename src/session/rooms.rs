@@ -38,10 +38,10 @@ use crate::protocol::{self, ErrorCode, frame::Body, names};
 use crate::store::{Db, MessageKind, MessageRecord, MessageState, MessageTimers, OutboxItem};
 
 /// Control-message type: a sender key distribution for a room.
-pub(crate) const CONTROL_SKDM: u8 = 1;
+pub const CONTROL_SKDM: u8 = 1;
 /// Most key entries in one distribution `Send` (keeps the frame well under 1 MiB even when
 /// every entry is a first, post-quantum handshake message of about 2.3 KB).
-const DISTRIBUTION_CHUNK: usize = 200;
+pub const DISTRIBUTION_CHUNK: usize = 200;
 /// Room size limit before the relay told us its own.
 pub(crate) const DEFAULT_MAX_MEMBERS: usize = 500;
 
@@ -577,14 +577,20 @@ pub(crate) fn decrypt_room_message(
     }
 }
 
-fn encode_meta(package: &KeyPackage, state: &RoomState) -> zeroize::Zeroizing<Vec<u8>> {
+/// The plaintext a room message's sender-key ciphertext carries: the body's key package and
+/// the sender's view of the membership log head.
+pub fn encode_meta(package: &KeyPackage, state: &RoomState) -> zeroize::Zeroizing<Vec<u8>> {
     let p = package.encode();
     let mut w = Writer::with_capacity(p.len() + 48);
     w.bytes(&p).u64(state.head_seq).fixed(&state.head_hash);
     zeroize::Zeroizing::new(w.into_vec())
 }
 
-fn decode_meta(b: &[u8]) -> Result<(KeyPackage, u64, [u8; 32]), CryptoError> {
+/// Reads [`encode_meta`]'s output: (key package, log head sequence, log head hash).
+///
+/// # Errors
+/// [`CryptoError::Malformed`] for anything else.
+pub fn decode_meta(b: &[u8]) -> Result<(KeyPackage, u64, [u8; 32]), CryptoError> {
     let mut r = Reader::new(b, "room key metadata");
     let package = KeyPackage::decode(r.bytes(1024)?)?;
     let seq = r.u64()?;
