@@ -337,6 +337,15 @@ pub async fn cmd_recv(
         timing(ctx, "recv (excluding key derivation)", t0);
         let mut rooms = room_map(&handle).await;
         if !follow {
+            // Room membership lines (someone added you, a warning about the relay) are not
+            // messages of the mailbox but are news too: print them first.
+            while let Ok(ev) = events.try_recv() {
+                if let SessionEvent::Message(m) = ev
+                    && m.kind == MessageKind::System
+                {
+                    print_message(&mut out, &m, json_mode, &rooms, &me)?;
+                }
+            }
             let mut shown = Vec::new();
             for i in &got {
                 match i {
