@@ -616,7 +616,7 @@ fn unknown_user(u: &str, e: SessionError) -> SessionError {
         SessionError::Relay {
             code: ErrorCode::UnknownUser,
             ..
-        } => SessionError::Usage(format!("no such user: {u}")),
+        } => SessionError::Refused(format!("no such user: {u}")),
         e => e,
     }
 }
