@@ -1,5 +1,5 @@
-//! The light load-generating client shared by `cinder bench dm` and `cinder bench idle`, and
-//! the relay process they measure.
+//! The light load-generating client shared by `cinder bench dm`, `cinder bench room` and
+//! `cinder bench idle`, and the relay process they measure.
 //!
 //! The client speaks the wire protocol directly over tokio-tungstenite and keeps keys and
 //! sessions in memory: these scenarios measure the relay, not the client's durable cache, so the
@@ -7,30 +7,45 @@
 //! device keys, certificates, prekeys, the PQXDH handshake, the Double Ratchet, the envelope),
 //! so the relay sees exactly the frames and sizes a real client sends.
 //!
+//! After set-up each user's connection is split into a writer task, which batches whatever is
+//! queued into one flush, and a reader task, which hands pushes and answers to the scenario
+//! (the [`Peer`] trait) and acknowledges mailbox items, batched while further frames are
+//! already waiting. Requests are pipelined ([`Conn::fire`]) or awaited ([`Conn::request`]).
+//!
 //! By default the relay runs as a separate process (`cinder serve` from the same binary, on a
 //! free loopback port, with a temporary data directory) so that its CPU time and memory can be
 //! read from `/proc/<pid>` without counting the load generator. Benchmarks only ever target
 //! loopback addresses.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use hdrhistogram::Histogram;
 use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use zeroize::Zeroizing;
+
 use crate::crypto::CryptoError;
+use crate::crypto::envelope::{self, KeyPackage, Payload};
+use crate::crypto::handshake::{self, PairwiseMessage, Session};
 use crate::crypto::identity::{
     DeviceCertificate, DeviceId, DeviceKeys, DeviceRole, RootPublicKey, UserRootKey,
 };
-use crate::crypto::prekeys::DevicePrekeys;
+use crate::crypto::prekeys::{self, DevicePrekeys, PrekeyBundle};
 use crate::protocol::{
     self, DEFAULT_MAX_FRAME, ErrorCode, Frame, ServerHello, decode_frame, encode_frame, frame::Body,
 };
@@ -45,6 +60,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a rate-limited set-up request is retried before giving up.
 const MAX_RATE_LIMIT_RETRIES: usize = 50;
+/// Most acknowledgements batched into one `Ack`.
+const MAX_ACK_BATCH: usize = 64;
+/// Registrations running at once during set-up.
+const REGISTER_CONCURRENCY: usize = 16;
 /// How long a spawned relay may take to say it is listening.
 const RELAY_START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a spawned relay may take to shut down after SIGTERM before it is killed.
@@ -113,6 +132,16 @@ pub enum RelayTarget {
         /// The relay's process id, for CPU and memory figures.
         pid: Option<u32>,
     },
+}
+
+impl RelayTarget {
+    /// How reports name the target: "spawned" (a child process) or "external".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Spawn { .. } => "spawned",
+            Self::External { .. } => "external",
+        }
+    }
 }
 
 /// Checks that `url` is `ws://` or `wss://` to a loopback host: load never leaves the machine.
@@ -230,6 +259,26 @@ impl Drop for Relay {
             let _ = c.child.wait();
         }
     }
+}
+
+/// Runs a scenario against its relay: raises this process's open-file limit (a spawned relay
+/// inherits it), reads the machine's load average, starts the relay (with `extra_args` as for
+/// [`Relay::start`]), runs `f` with it and the open-file limits now in force, and stops the
+/// relay whatever `f` returned. Returns `f`'s result and the load average before the run.
+///
+/// # Errors
+/// As [`Relay::start`], or `f`'s error.
+pub async fn with_relay<T>(
+    target: &RelayTarget,
+    extra_args: &[String],
+    f: impl AsyncFnOnce(&Relay, Option<(u64, u64)>) -> Result<T, LoadError>,
+) -> Result<(T, Option<f64>), LoadError> {
+    let open_files = raise_open_files_limit();
+    let load_average = load_average();
+    let relay = Relay::start(target, extra_args).await?;
+    let result = f(&relay, open_files).await;
+    relay.stop().await;
+    result.map(|r| (r, load_average))
 }
 
 fn spawn_relay(exe: PathBuf, extra: &[String]) -> Result<Relay, LoadError> {
@@ -671,6 +720,591 @@ pub async fn create_invites(
         }
     }
     Ok(out)
+}
+
+/// Registers the scenario's admin (`{prefix}-admin`) with the relay's admin invite and creates
+/// `n` invites with it; returns the admin's identity and the invites.
+///
+/// # Errors
+/// As [`register`] and [`create_invites`].
+pub async fn admin_invites(
+    relay: &Relay,
+    prefix: &str,
+    n: usize,
+) -> Result<(Identity, Vec<String>), LoadError> {
+    let admin = Identity::generate(&format!("{prefix}-admin"))?;
+    let (mut ws, _) =
+        register(&relay.url, &admin, &relay.admin_invite, 0, 0, busy_config()).await?;
+    let invites = create_invites(&mut ws, 2, n).await?;
+    let _ = ws.close(None).await;
+    Ok((admin, invites))
+}
+
+/// Every user's public root key, by name: what registration produced, pinned as a real client
+/// pins on first use.
+pub fn roots(ids: &[Identity]) -> HashMap<String, RootPublicKey> {
+    ids.iter()
+        .map(|i| (i.username.clone(), i.root_public()))
+        .collect()
+}
+
+/// A registered user: its keys, its authenticated connection and its private prekeys.
+pub type Registered = (Identity, Ws, DevicePrekeys);
+
+/// Registers every identity with its invite and a full batch of one-time prekeys, a bounded
+/// number at a time, each keeping its authenticated connection (so connections are spread over
+/// time); the result is in the identities' order.
+///
+/// # Errors
+/// As [`register`].
+pub async fn register_all(
+    url: &str,
+    ids: Vec<Identity>,
+    invites: Vec<String>,
+) -> Result<Vec<Registered>, LoadError> {
+    let sem = Arc::new(Semaphore::new(REGISTER_CONCURRENCY));
+    let mut set = JoinSet::new();
+    for (i, (id, invite)) in ids.into_iter().zip(invites).enumerate() {
+        let sem = sem.clone();
+        let url = url.to_owned();
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let (ws, pre) = register(
+                &url,
+                &id,
+                &invite,
+                prekeys::ONE_TIME_BATCH,
+                prekeys::PQ_BATCH,
+                busy_config(),
+            )
+            .await?;
+            Ok::<_, LoadError>((i, (id, ws, pre)))
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.map_err(|e| LoadError::Protocol(format!("registration task failed: {e}")))??);
+    }
+    out.sort_by_key(|r| r.0);
+    Ok(out.into_iter().map(|(_, r)| r).collect())
+}
+
+/// The first error a scenario saw (the report shows it; later ones are dropped).
+#[derive(Debug, Default)]
+pub struct FirstError(Mutex<Option<String>>);
+
+impl FirstError {
+    /// Keeps `e` if no error was kept yet.
+    pub fn note(&self, e: impl std::fmt::Display) {
+        let mut first = lock(&self.0);
+        if first.is_none() {
+            *first = Some(e.to_string());
+        }
+    }
+
+    /// The error kept, if any.
+    pub fn get(&self) -> Option<String> {
+        lock(&self.0).clone()
+    }
+}
+
+/// An empty histogram for latencies in microseconds (1 us to 1 h, 3 significant digits).
+///
+/// # Errors
+/// [`LoadError::Protocol`] if the histogram cannot be made.
+pub fn histogram() -> Result<Histogram<u64>, LoadError> {
+    Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .map_err(|e| LoadError::Protocol(format!("histogram: {e}")))
+}
+
+/// Quantile `p` of a histogram of microseconds, in milliseconds (0 when it is empty).
+pub fn quantile_ms(h: &Histogram<u64>, p: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(p) as f64 / 1000.0
+    }
+}
+
+/// The largest value of a histogram of microseconds, in milliseconds (0 when it is empty).
+pub fn max_ms(h: &Histogram<u64>) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.max() as f64 / 1000.0
+    }
+}
+
+/// How much a counter read twice grew (`None` unless both readings exist).
+pub fn delta(a: Option<u64>, b: Option<u64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64),
+        _ => None,
+    }
+}
+
+/// A duration in microseconds, for timetables (saturating far beyond any run).
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 4)
+}
+
+/// The encoded frame `id` carrying `body`.
+pub fn frame_bytes(id: u64, body: Body) -> Vec<u8> {
+    encode_frame(&Frame {
+        id,
+        body: Some(body),
+    })
+}
+
+fn closed() -> LoadError {
+    LoadError::Unreachable("connection closed".into())
+}
+
+/// A request sent without waiting, kept until its answer in case it must be sent again.
+struct InFlight<R> {
+    req: R,
+    msg: Message,
+}
+
+/// One user's connection after set-up: the writer task's queue and the bookkeeping of frame
+/// ids. Requests are either pipelined ([`Conn::fire`]; the reader hands the answer to
+/// [`Peer::on_answer`], tagged with the request's `R`) or awaited ([`Conn::request`]).
+pub struct Conn<R> {
+    out: mpsc::UnboundedSender<Message>,
+    /// Set by the reader when the connection ends; requests then fail at once.
+    closed: AtomicBool,
+    next_id: AtomicU64,
+    waiters: Mutex<HashMap<u64, oneshot::Sender<Body>>>,
+    inflight: Mutex<HashMap<u64, InFlight<R>>>,
+}
+
+impl<R> Conn<R> {
+    fn new(out: mpsc::UnboundedSender<Message>) -> Self {
+        Self {
+            out,
+            closed: AtomicBool::new(false),
+            // Frame id 1 was the registration.
+            next_id: AtomicU64::new(2),
+            waiters: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    /// A fresh frame id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Relaxed)
+    }
+
+    /// Sends request frame `bytes` (encoded with id `id`) without waiting; its answer goes to
+    /// [`Peer::on_answer`] with `req`.
+    ///
+    /// # Errors
+    /// [`LoadError::Unreachable`] once the connection is closed.
+    pub fn fire_encoded(&self, id: u64, bytes: Vec<u8>, req: R) -> Result<(), LoadError> {
+        let msg = Message::binary(bytes);
+        lock(&self.inflight).insert(
+            id,
+            InFlight {
+                req,
+                msg: msg.clone(),
+            },
+        );
+        self.out.send(msg).map_err(|_| closed())
+    }
+
+    /// Sends a request without waiting (pipelined), as [`Conn::fire_encoded`].
+    ///
+    /// # Errors
+    /// [`LoadError::Unreachable`] once the connection is closed.
+    pub fn fire(&self, body: Body, req: R) -> Result<(), LoadError> {
+        let id = self.next_id();
+        self.fire_encoded(id, frame_bytes(id, body), req)
+    }
+
+    /// Sends a request and waits for its answer (set-up and fetches only); retries while the
+    /// relay answers `RateLimited`.
+    ///
+    /// # Errors
+    /// [`LoadError::Refused`] for an error reply, [`LoadError::Unreachable`] for a closed or
+    /// silent connection.
+    pub async fn request(&self, what: &'static str, body: Body) -> Result<Body, LoadError> {
+        for _ in 0..MAX_RATE_LIMIT_RETRIES {
+            if self.is_closed() {
+                return Err(closed());
+            }
+            let id = self.next_id();
+            let (tx, rx) = oneshot::channel();
+            lock(&self.waiters).insert(id, tx);
+            if self
+                .out
+                .send(Message::binary(frame_bytes(id, body.clone())))
+                .is_err()
+            {
+                return Err(closed());
+            }
+            let reply = timeout(REQUEST_TIMEOUT, rx).await;
+            lock(&self.waiters).remove(&id);
+            match reply {
+                Ok(Ok(Body::Error(e))) if e.code == ErrorCode::RateLimited as u32 => {
+                    let wait = u64::from(e.retry_after_ms).clamp(1, 5_000);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                Ok(Ok(Body::Error(e))) => return Err(refused(what, &e)),
+                Ok(Ok(b)) => return Ok(b),
+                Ok(Err(_)) => return Err(closed()),
+                Err(_) => return Err(LoadError::Unreachable(format!("no answer to {what}"))),
+            }
+        }
+        Err(LoadError::Protocol(format!("{what} stayed rate limited")))
+    }
+
+    /// Fetches `peer`'s prekey bundle (its first device's), checking that the relay serves the
+    /// root key pinned for it (`root`, what registration produced, as a real client pins on
+    /// first use).
+    ///
+    /// # Errors
+    /// As [`Conn::request`]; [`LoadError::Protocol`] for another root key or no device.
+    pub async fn fetch_bundle(
+        &self,
+        peer: &str,
+        root: &RootPublicKey,
+    ) -> Result<PrekeyBundle, LoadError> {
+        let body = Body::FetchKeys(protocol::FetchKeys {
+            username: peer.to_owned(),
+        });
+        let Body::KeyBundle(kb) = self.request("fetch keys", body).await? else {
+            return Err(LoadError::Protocol("unexpected answer to FetchKeys".into()));
+        };
+        if kb.root_key.as_slice() != root.0.as_slice() {
+            return Err(LoadError::Protocol(format!(
+                "the relay served another root key for {peer}"
+            )));
+        }
+        let device = kb
+            .devices
+            .first()
+            .ok_or_else(|| LoadError::Protocol(format!("{peer} has no device")))?;
+        crate::session::bundle_from(device).map_err(|e| LoadError::Protocol(e.to_string()))
+    }
+}
+
+/// A user's device in memory: keys, private prekeys and pairwise sessions by peer user.
+pub struct Device {
+    /// The user's keys.
+    pub id: Identity,
+    /// The device's private prekeys (handshakes consume them).
+    pub prekeys: Mutex<DevicePrekeys>,
+    /// Pairwise sessions, by peer user (one device each).
+    pub sessions: Mutex<HashMap<String, Session>>,
+}
+
+impl Device {
+    /// A device without sessions.
+    pub fn new(id: Identity, prekeys: DevicePrekeys) -> Self {
+        Self {
+            id,
+            prekeys: Mutex::new(prekeys),
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The user's canonical name.
+    pub fn name(&self) -> &str {
+        &self.id.username
+    }
+
+    /// Starts a session with `peer` (PQXDH, as the initiator) from its prekey bundle.
+    ///
+    /// # Errors
+    /// [`LoadError::Crypto`] if the bundle does not verify under `root`.
+    pub fn initiate(
+        &self,
+        peer: &str,
+        root: &RootPublicKey,
+        bundle: &PrekeyBundle,
+    ) -> Result<(), LoadError> {
+        let session = handshake::initiate(
+            &self.id.keys,
+            &self.id.cert,
+            root,
+            peer,
+            bundle,
+            &[],
+            unix_ms() / 1000,
+        )?;
+        lock(&self.sessions).insert(peer.to_owned(), session);
+        Ok(())
+    }
+
+    /// Decrypts pairwise delivery `d` as a real client does (with the session with its sender,
+    /// or by answering the handshake it starts, whose certificate must match the sender and
+    /// whose root key is the one in `roots`) and opens its envelope. Returns the payload and
+    /// whether a new session was made; the caller checks the payload's id and conversation.
+    ///
+    /// # Errors
+    /// [`LoadError::Protocol`] or [`LoadError::Crypto`] for anything that does not verify.
+    pub fn open_pairwise(
+        &self,
+        roots: &HashMap<String, RootPublicKey>,
+        d: &protocol::Delivery,
+    ) -> Result<(Payload, bool), LoadError> {
+        let msg = PairwiseMessage::decode(&d.payload)?;
+        let now = unix_ms() / 1000;
+        let (plaintext, responded) = {
+            let mut sessions = lock(&self.sessions);
+            match sessions.get_mut(&d.sender_user) {
+                Some(s) if s.accepts(&msg) => (Zeroizing::new(s.decrypt(&msg, now)?), false),
+                _ => {
+                    let PairwiseMessage::Initial(init) = &msg else {
+                        return Err(LoadError::Protocol(
+                            "a message from a device without a session".into(),
+                        ));
+                    };
+                    if init.sender_cert.user_id != d.sender_user
+                        || init.sender_cert.device_id.0.as_slice() != d.sender_device.as_slice()
+                    {
+                        return Err(LoadError::Protocol(
+                            "the handshake certificate does not match the sender".into(),
+                        ));
+                    }
+                    let root = roots.get(&d.sender_user).ok_or_else(|| {
+                        LoadError::Protocol("a message from an unknown user".into())
+                    })?;
+                    let mut pre = lock(&self.prekeys);
+                    let (s, pt) = handshake::respond(
+                        &self.id.keys,
+                        &self.id.cert,
+                        &mut pre,
+                        root,
+                        &[],
+                        init,
+                        now,
+                    )?;
+                    sessions.insert(d.sender_user.clone(), s);
+                    (Zeroizing::new(pt), true)
+                }
+            }
+        };
+        let package = KeyPackage::decode(&plaintext)?;
+        Ok((envelope::open(&package, &d.body)?, responded))
+    }
+}
+
+/// Scenario-wide state the connection plumbing reports to.
+pub trait Tally: Send + Sync + 'static {
+    /// Records an error (the report keeps the first).
+    fn note(&self, e: impl std::fmt::Display);
+    /// Counts a pipelined request the relay answered `RateLimited` (it is sent again after the
+    /// relay's delay).
+    fn rate_limited(&self);
+}
+
+/// A scenario's user on its connection: what the reader does with pushes and answers.
+pub trait Peer: Send + Sync + 'static {
+    /// The scenario's shared state.
+    type Shared: Tally;
+    /// What a pipelined request was, for when its answer arrives.
+    type Req: Send + 'static;
+    /// The `Req` of an acknowledgement.
+    const ACK: Self::Req;
+
+    /// The user's connection.
+    fn conn(&self) -> &Conn<Self::Req>;
+
+    /// Handles one mailbox item, pushed or (`fetched`) fetched because its push was dropped;
+    /// returns the sequence number to acknowledge.
+    fn on_delivery(&self, sh: &Self::Shared, d: protocol::Delivery, fetched: bool) -> Option<u64>;
+
+    /// The answer to pipelined request `req`: anything but `RateLimited` (which is retried),
+    /// error replies included.
+    fn on_answer(&self, sh: &Self::Shared, req: Self::Req, body: Body);
+}
+
+/// Matches an answer to the request that caused it; a rate-limited pipelined request is sent
+/// again after the relay's delay.
+fn on_reply<P: Peer>(p: &P, sh: &P::Shared, id: u64, body: Body) {
+    let conn = p.conn();
+    if let Some(tx) = lock(&conn.waiters).remove(&id) {
+        let _ = tx.send(body);
+        return;
+    }
+    let Some(f) = lock(&conn.inflight).remove(&id) else {
+        return;
+    };
+    match body {
+        Body::Error(e) if e.code == ErrorCode::RateLimited as u32 => {
+            sh.rate_limited();
+            let wait = Duration::from_millis(u64::from(e.retry_after_ms).clamp(1, 5_000));
+            let msg = f.msg.clone();
+            lock(&conn.inflight).insert(id, f);
+            let out = conn.out.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = out.send(msg);
+            });
+        }
+        body => p.on_answer(sh, f.req, body),
+    }
+}
+
+/// Acknowledges `acks` (if any) in one `Ack`.
+fn flush_acks<P: Peer>(p: &P, sh: &P::Shared, acks: &mut Vec<u64>) {
+    if acks.is_empty() {
+        return;
+    }
+    let seqs = std::mem::take(acks);
+    if let Err(e) = p.conn().fire(Body::Ack(protocol::Ack { seqs }), P::ACK) {
+        sh.note(e);
+    }
+}
+
+/// Reads one connection: pushes are handled and acknowledged, answers matched to requests.
+/// Acks go out as soon as no further frame is already waiting, so they batch under load.
+async fn reader<P: Peer>(p: Arc<P>, sh: Arc<P::Shared>, mut stream: SplitStream<Ws>) {
+    let mut acks = Vec::new();
+    loop {
+        let next = if acks.is_empty() {
+            stream.next().await
+        } else {
+            match stream.next().now_or_never() {
+                Some(n) => n,
+                None => {
+                    flush_acks(&*p, &sh, &mut acks);
+                    continue;
+                }
+            }
+        };
+        let bytes = match next {
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+            Some(Ok(_)) => continue,
+        };
+        let frame = match decode_frame(&bytes, DEFAULT_MAX_FRAME) {
+            Ok(f) => f,
+            Err(e) => {
+                sh.note(format!("undecodable frame from the relay: {e}"));
+                continue;
+            }
+        };
+        match frame.body {
+            Some(Body::Delivery(d)) if frame.id == 0 => {
+                if let Some(seq) = p.on_delivery(&sh, d, false) {
+                    acks.push(seq);
+                }
+            }
+            Some(body) if frame.id != 0 => on_reply(&*p, &sh, frame.id, body),
+            _ => {}
+        }
+        if acks.len() >= MAX_ACK_BATCH {
+            flush_acks(&*p, &sh, &mut acks);
+        }
+    }
+    flush_acks(&*p, &sh, &mut acks);
+    let conn = p.conn();
+    conn.closed.store(true, Relaxed);
+    // Dropping the waiters' senders fails their requests now rather than at their timeout.
+    lock(&conn.waiters).clear();
+}
+
+/// Writes one connection's queue, batching whatever is already queued into one flush.
+async fn writer(mut sink: SplitSink<Ws, Message>, mut rx: mpsc::UnboundedReceiver<Message>) {
+    while let Some(m) = rx.recv().await {
+        let close = matches!(m, Message::Close(_));
+        if sink.feed(m).await.is_err() {
+            return;
+        }
+        while let Ok(m) = rx.try_recv() {
+            if sink.feed(m).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() || close {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// Fetches and handles every peer's mailbox (items whose push the relay dropped because a
+/// connection's push queue was full are only fetchable).
+pub async fn fetch_mailboxes<P: Peer>(peers: &[Arc<P>], sh: &P::Shared) {
+    for p in peers {
+        loop {
+            let page = match p
+                .conn()
+                .request("fetch", Body::Fetch(protocol::Fetch { limit: 500 }))
+                .await
+            {
+                Ok(Body::Deliveries(page)) => page,
+                Ok(_) => {
+                    sh.note("unexpected answer to Fetch");
+                    break;
+                }
+                Err(e) => {
+                    sh.note(e);
+                    break;
+                }
+            };
+            let mut acks: Vec<u64> = page
+                .items
+                .into_iter()
+                .filter_map(|d| p.on_delivery(sh, d, true))
+                .collect();
+            flush_acks(&**p, sh, &mut acks);
+            if !page.more {
+                break;
+            }
+        }
+    }
+}
+
+/// A scenario's users on their connections, each with a reader and a writer task.
+pub struct Peers<P> {
+    peers: Vec<Arc<P>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl<P: Peer> Peers<P> {
+    /// Starts a writer and a reader task for every registered connection; `make` builds each
+    /// user from its device and its connection.
+    pub fn start(
+        registered: Vec<Registered>,
+        sh: &Arc<P::Shared>,
+        mut make: impl FnMut(Device, Conn<P::Req>) -> P,
+    ) -> Self {
+        let mut peers = Vec::with_capacity(registered.len());
+        let mut tasks = Vec::with_capacity(2 * registered.len());
+        for (id, ws, pre) in registered {
+            let (sink, stream) = ws.split();
+            let (tx, rx) = mpsc::unbounded_channel();
+            let p = Arc::new(make(Device::new(id, pre), Conn::new(tx)));
+            tasks.push(tokio::spawn(writer(sink, rx)));
+            tasks.push(tokio::spawn(reader(p.clone(), sh.clone(), stream)));
+            peers.push(p);
+        }
+        Self { peers, tasks }
+    }
+
+    /// The users, in registration order.
+    pub fn all(&self) -> &[Arc<P>] {
+        &self.peers
+    }
+
+    /// Closes every connection (after what is already queued) and stops the tasks.
+    pub async fn shut_down(self) {
+        for p in &self.peers {
+            let _ = p.conn().out.send(Message::Close(None));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// A short random prefix so repeated runs against one external relay never collide on names.

@@ -25,31 +25,21 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
-use tokio_tungstenite::tungstenite::Message;
-use zeroize::Zeroizing;
 
 use super::client::{
-    self, Identity, LoadError, Relay, RelayTarget, Ws, lock, opt, unix_ms, verdict,
+    self, Conn, Device, FirstError, Identity, LoadError, Peer, Peers, Relay, RelayTarget, Tally,
+    lock, opt, unix_ms, verdict,
 };
-use crate::crypto::envelope::{self, KeyPackage, MessageId, Payload, PayloadKind, Timers};
-use crate::crypto::handshake::{self, PairwiseMessage, Session};
+use crate::crypto::envelope::{self, MessageId, Payload, PayloadKind, Timers};
 use crate::crypto::identity::RootPublicKey;
-use crate::crypto::prekeys::{self, DevicePrekeys};
-use crate::protocol::{
-    self, DEFAULT_MAX_FRAME, DeliveryKind, ErrorCode, Frame, decode_frame, encode_frame,
-    frame::Body, names,
-};
+use crate::protocol::{self, DeliveryKind, frame::Body, names};
 
 /// The p99 latency target, milliseconds (at [`P99_TARGET_RATE`]).
 pub const P99_TARGET_MS: f64 = 5.0;
@@ -58,10 +48,6 @@ pub const P99_TARGET_RATE: f64 = 1000.0;
 /// The saturation target: delivered messages per second.
 pub const SATURATION_TARGET: f64 = 10_000.0;
 
-/// Most acknowledgements batched into one `Ack`.
-const MAX_ACK_BATCH: usize = 64;
-/// Registrations running at once during setup.
-const REGISTER_CONCURRENCY: usize = 16;
 /// Longest wait for every pair's handshake and first reply.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// After this long without a new delivery during the drain, recipients fetch their mailboxes
@@ -200,82 +186,20 @@ pub struct Report {
     pub first_error: Option<String>,
 }
 
-/// A request sent without waiting, kept until its answer in case it must be retried.
-struct InFlight {
-    send: bool,
-    msg: Message,
-}
-
-/// One user's connection: the writer task's queue and the bookkeeping of frame ids.
-struct Conn {
-    out: mpsc::UnboundedSender<Message>,
-    /// Set by the reader when the connection ends; requests then fail at once.
-    closed: AtomicBool,
-    next_id: AtomicU64,
-    waiters: Mutex<HashMap<u64, oneshot::Sender<Body>>>,
-    inflight: Mutex<HashMap<u64, InFlight>>,
-}
-
-impl Conn {
-    /// Sends a request whose answer the reader accounts for (pipelined).
-    fn fire(&self, body: Body, send: bool) -> Result<(), LoadError> {
-        let id = self.next_id.fetch_add(1, Relaxed);
-        let msg = Message::binary(encode_frame(&Frame {
-            id,
-            body: Some(body),
-        }));
-        lock(&self.inflight).insert(
-            id,
-            InFlight {
-                send,
-                msg: msg.clone(),
-            },
-        );
-        self.out
-            .send(msg)
-            .map_err(|_| LoadError::Unreachable("connection closed".into()))
-    }
-
-    /// Sends a request and waits for its answer (set-up and fetches only).
-    async fn request(&self, what: &'static str, body: Body) -> Result<Body, LoadError> {
-        for _ in 0..50 {
-            if self.closed.load(Relaxed) {
-                return Err(LoadError::Unreachable("connection closed".into()));
-            }
-            let id = self.next_id.fetch_add(1, Relaxed);
-            let (tx, rx) = oneshot::channel();
-            lock(&self.waiters).insert(id, tx);
-            let msg = Message::binary(encode_frame(&Frame {
-                id,
-                body: Some(body.clone()),
-            }));
-            if self.out.send(msg).is_err() {
-                return Err(LoadError::Unreachable("connection closed".into()));
-            }
-            let reply = tokio::time::timeout(client::REQUEST_TIMEOUT, rx).await;
-            lock(&self.waiters).remove(&id);
-            match reply {
-                Ok(Ok(Body::Error(e))) if e.code == ErrorCode::RateLimited as u32 => {
-                    let wait = u64::from(e.retry_after_ms).clamp(1, 5_000);
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                }
-                Ok(Ok(Body::Error(e))) => return Err(client::refused(what, &e)),
-                Ok(Ok(b)) => return Ok(b),
-                Ok(Err(_)) => return Err(LoadError::Unreachable("connection closed".into())),
-                Err(_) => return Err(LoadError::Unreachable(format!("no answer to {what}"))),
-            }
-        }
-        Err(LoadError::Protocol(format!("{what} stayed rate limited")))
-    }
+/// What a request sent without waiting was.
+#[derive(Clone, Copy)]
+enum Req {
+    /// A message.
+    Send,
+    /// An acknowledgement.
+    Ack,
 }
 
 /// A bench user: keys, prekeys and sessions in memory, one connection.
 struct User {
-    id: Identity,
-    prekeys: Mutex<DevicePrekeys>,
-    sessions: Mutex<HashMap<String, Session>>,
+    dev: Device,
     seen: Mutex<HashSet<u64>>,
-    conn: Conn,
+    conn: Conn<Req>,
 }
 
 #[derive(Default)]
@@ -312,7 +236,7 @@ struct Shared {
     from_relay: Mutex<Histogram<u64>>,
     /// Wall clock at `t0`, microseconds since the Unix epoch (to compare with relay stamps).
     wall0_us: u64,
-    first_error: Mutex<Option<String>>,
+    first_error: FirstError,
     sender: OnceLock<Thread>,
     saturate: bool,
     window: u64,
@@ -327,12 +251,15 @@ impl Shared {
     fn in_window(&self, us: u64) -> bool {
         us >= self.window_start.load(Relaxed) && us < self.window_end.load(Relaxed)
     }
+}
 
+impl Tally for Shared {
     fn note(&self, e: impl std::fmt::Display) {
-        let mut first = lock(&self.first_error);
-        if first.is_none() {
-            *first = Some(e.to_string());
-        }
+        self.first_error.note(e);
+    }
+
+    fn rate_limited(&self) {
+        self.c.rate_limited.fetch_add(1, Relaxed);
     }
 }
 
@@ -351,14 +278,14 @@ fn send_message(
     let payload = Payload {
         message_id: MessageId::random()?,
         sent_at_ms: unix_ms(),
-        conversation: names::dm_conversation(&user.id.username, peer).into_bytes(),
+        conversation: names::dm_conversation(user.dev.name(), peer).into_bytes(),
         kind: PayloadKind::Text(text),
         timers: Timers::default(),
         reply_to: None,
     };
     let (package, body) = envelope::seal(&payload)?;
     let (entry, device) = {
-        let mut sessions = lock(&user.sessions);
+        let mut sessions = lock(&user.dev.sessions);
         let s = sessions
             .get_mut(peer)
             .ok_or_else(|| LoadError::Protocol(format!("no session with {peer}")))?;
@@ -377,53 +304,14 @@ fn send_message(
             delete_by_ms: 0,
             ttl_ms: 0,
         }),
-        true,
+        Req::Send,
     )
 }
 
 /// Decrypts one delivery as a real client does: ratchet (or handshake), key package, envelope.
 fn open_delivery(user: &User, sh: &Shared, d: &protocol::Delivery) -> Result<String, LoadError> {
-    let msg = PairwiseMessage::decode(&d.payload)?;
-    let now = unix_ms() / 1000;
-    let plaintext = Zeroizing::new({
-        let mut sessions = lock(&user.sessions);
-        match sessions.get_mut(&d.sender_user) {
-            Some(s) if s.accepts(&msg) => s.decrypt(&msg, now)?,
-            _ => {
-                let PairwiseMessage::Initial(init) = &msg else {
-                    return Err(LoadError::Protocol(
-                        "a message from a device without a session".into(),
-                    ));
-                };
-                if init.sender_cert.user_id != d.sender_user
-                    || init.sender_cert.device_id.0.as_slice() != d.sender_device.as_slice()
-                {
-                    return Err(LoadError::Protocol(
-                        "the handshake certificate does not match the sender".into(),
-                    ));
-                }
-                let root = sh
-                    .roots
-                    .get(&d.sender_user)
-                    .ok_or_else(|| LoadError::Protocol("a message from an unknown user".into()))?;
-                let mut pre = lock(&user.prekeys);
-                let (s, pt) = handshake::respond(
-                    &user.id.keys,
-                    &user.id.cert,
-                    &mut pre,
-                    root,
-                    &[],
-                    init,
-                    now,
-                )?;
-                sessions.insert(d.sender_user.clone(), s);
-                pt
-            }
-        }
-    });
-    let package = KeyPackage::decode(&plaintext)?;
-    let payload = envelope::open(&package, &d.body)?;
-    let conversation = names::dm_conversation(&user.id.username, &d.sender_user);
+    let (payload, _) = user.dev.open_pairwise(&sh.roots, d)?;
+    let conversation = names::dm_conversation(user.dev.name(), &d.sender_user);
     if payload.message_id.0.as_slice() != d.message_id.as_slice()
         || payload.conversation != conversation.as_bytes()
     {
@@ -507,111 +395,28 @@ fn on_delivery(user: &User, sh: &Shared, d: protocol::Delivery, late: bool) -> O
     Some(d.seq)
 }
 
-/// Matches an answer to the request that caused it.
-fn on_reply(user: &User, sh: &Shared, id: u64, body: Body) {
-    if let Some(tx) = lock(&user.conn.waiters).remove(&id) {
-        let _ = tx.send(body);
-        return;
+impl Peer for User {
+    type Shared = Shared;
+    type Req = Req;
+    const ACK: Req = Req::Ack;
+
+    fn conn(&self) -> &Conn<Req> {
+        &self.conn
     }
-    let Some(f) = lock(&user.conn.inflight).remove(&id) else {
-        return;
-    };
-    match body {
-        Body::Error(e) if e.code == ErrorCode::RateLimited as u32 => {
-            sh.c.rate_limited.fetch_add(1, Relaxed);
-            let wait = Duration::from_millis(u64::from(e.retry_after_ms).clamp(1, 5_000));
-            let msg = f.msg.clone();
-            lock(&user.conn.inflight).insert(id, f);
-            let out = user.conn.out.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                let _ = out.send(msg);
-            });
-        }
-        Body::Error(e) => {
-            if f.send {
+
+    fn on_delivery(&self, sh: &Shared, d: protocol::Delivery, fetched: bool) -> Option<u64> {
+        on_delivery(self, sh, d, fetched)
+    }
+
+    fn on_answer(&self, sh: &Shared, req: Req, body: Body) {
+        if let Body::Error(e) = body {
+            let send = matches!(req, Req::Send);
+            if send {
                 sh.c.send_errors.fetch_add(1, Relaxed);
             }
-            sh.note(client::refused(if f.send { "send" } else { "ack" }, &e));
-        }
-        _ => {}
-    }
-}
-
-fn flush_acks(user: &User, sh: &Shared, acks: &mut Vec<u64>) {
-    if acks.is_empty() {
-        return;
-    }
-    let seqs = std::mem::take(acks);
-    if let Err(e) = user.conn.fire(Body::Ack(protocol::Ack { seqs }), false) {
-        sh.note(e);
-    }
-}
-
-/// Reads one connection: pushes are decrypted and acknowledged, answers matched to requests.
-/// Acks go out as soon as no further frame is already waiting, so they batch under load.
-async fn reader(user: Arc<User>, sh: Arc<Shared>, mut stream: SplitStream<Ws>) {
-    let mut acks = Vec::new();
-    loop {
-        let next = if acks.is_empty() {
-            stream.next().await
-        } else {
-            match stream.next().now_or_never() {
-                Some(n) => n,
-                None => {
-                    flush_acks(&user, &sh, &mut acks);
-                    continue;
-                }
-            }
-        };
-        let bytes = match next {
-            Some(Ok(Message::Binary(b))) => b,
-            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-            Some(Ok(_)) => continue,
-        };
-        let frame = match decode_frame(&bytes, DEFAULT_MAX_FRAME) {
-            Ok(f) => f,
-            Err(e) => {
-                sh.note(format!("undecodable frame from the relay: {e}"));
-                continue;
-            }
-        };
-        match frame.body {
-            Some(Body::Delivery(d)) if frame.id == 0 => {
-                if let Some(seq) = on_delivery(&user, &sh, d, false) {
-                    acks.push(seq);
-                }
-            }
-            Some(body) if frame.id != 0 => on_reply(&user, &sh, frame.id, body),
-            _ => {}
-        }
-        if acks.len() >= MAX_ACK_BATCH {
-            flush_acks(&user, &sh, &mut acks);
+            sh.note(client::refused(if send { "send" } else { "ack" }, &e));
         }
     }
-    flush_acks(&user, &sh, &mut acks);
-    user.conn.closed.store(true, Relaxed);
-    // Dropping the waiters' senders fails their requests now rather than at their timeout.
-    lock(&user.conn.waiters).clear();
-}
-
-/// Writes one connection's queue, batching whatever is already queued into one flush.
-async fn writer(mut sink: SplitSink<Ws, Message>, mut rx: mpsc::UnboundedReceiver<Message>) {
-    while let Some(m) = rx.recv().await {
-        let close = matches!(m, Message::Close(_));
-        if sink.feed(m).await.is_err() {
-            return;
-        }
-        while let Ok(m) = rx.try_recv() {
-            if sink.feed(m).await.is_err() {
-                return;
-            }
-        }
-        if sink.flush().await.is_err() || close {
-            return;
-        }
-    }
-    let _ = sink.close().await;
 }
 
 /// One sender and its recipient.
@@ -694,38 +499,6 @@ fn drive(lanes: &[Lane], sh: &Shared, start_us: u64, rate: f64) {
     }
 }
 
-/// Fetches and processes every recipient's mailbox (items whose push the relay dropped).
-async fn fetch_mailboxes(users: &[Arc<User>], sh: &Shared) {
-    for user in users {
-        loop {
-            let page = match user
-                .conn
-                .request("fetch", Body::Fetch(protocol::Fetch { limit: 500 }))
-                .await
-            {
-                Ok(Body::Deliveries(p)) => p,
-                Ok(_) => {
-                    sh.note("unexpected answer to Fetch");
-                    break;
-                }
-                Err(e) => {
-                    sh.note(e);
-                    break;
-                }
-            };
-            let mut acks: Vec<u64> = page
-                .items
-                .into_iter()
-                .filter_map(|d| on_delivery(user, sh, d, true))
-                .collect();
-            flush_acks(user, sh, &mut acks);
-            if !page.more {
-                break;
-            }
-        }
-    }
-}
-
 /// Runs the scenario: starts (or checks) the relay, sets up the users, loads, reports.
 ///
 /// # Errors
@@ -745,79 +518,29 @@ pub async fn run(opts: &Options) -> Result<Report, LoadError> {
     if opts.saturate && opts.window == 0 {
         return Err(LoadError::Usage("--window must be at least 1".into()));
     }
-    client::raise_open_files_limit();
-    let load_average = client::load_average();
-    let relay = Relay::start(&opts.relay, &[]).await?;
-    let result = run_with(&relay, opts).await.map(|r| Report {
-        load_average_before: load_average,
+    client::with_relay(&opts.relay, &[], async |relay, _| {
+        run_with(relay, opts).await
+    })
+    .await
+    .map(|(r, load_average_before)| Report {
+        load_average_before,
         ..r
-    });
-    relay.stop().await;
-    result
-}
-
-type Registered = (usize, Identity, Ws, DevicePrekeys);
-
-async fn register_all(
-    url: &str,
-    ids: Vec<Identity>,
-    invites: Vec<String>,
-) -> Result<Vec<Registered>, LoadError> {
-    let sem = Arc::new(Semaphore::new(REGISTER_CONCURRENCY));
-    let mut set = JoinSet::new();
-    for (i, (id, invite)) in ids.into_iter().zip(invites).enumerate() {
-        let sem = sem.clone();
-        let url = url.to_owned();
-        set.spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let (ws, pre) = client::register(
-                &url,
-                &id,
-                &invite,
-                prekeys::ONE_TIME_BATCH,
-                prekeys::PQ_BATCH,
-                client::busy_config(),
-            )
-            .await?;
-            Ok::<_, LoadError>((i, id, ws, pre))
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(r) = set.join_next().await {
-        out.push(r.map_err(|e| LoadError::Protocol(format!("registration task failed: {e}")))??);
-    }
-    out.sort_by_key(|r| r.0);
-    Ok(out)
+    })
 }
 
 async fn run_with(relay: &Relay, opts: &Options) -> Result<Report, LoadError> {
     let prefix = client::run_prefix()?;
-    let admin = Identity::generate(&format!("{prefix}-admin"))?;
-    let (mut admin_ws, _) = client::register(
-        &relay.url,
-        &admin,
-        &relay.admin_invite,
-        0,
-        0,
-        client::busy_config(),
-    )
-    .await?;
-    let invites = client::create_invites(&mut admin_ws, 2, 2 * opts.pairs).await?;
-    let _ = admin_ws.close(None).await;
+    let (_, invites) = client::admin_invites(relay, &prefix, 2 * opts.pairs).await?;
 
     let mut ids = Vec::with_capacity(2 * opts.pairs);
     for i in 0..opts.pairs {
         ids.push(Identity::generate(&format!("{prefix}-s{i}"))?);
         ids.push(Identity::generate(&format!("{prefix}-r{i}"))?);
     }
-    let roots = ids
-        .iter()
-        .map(|i| (i.username.clone(), i.root_public()))
-        .collect();
-    let registered = register_all(&relay.url, ids, invites).await?;
+    let roots = client::roots(&ids);
+    let registered = client::register_all(&relay.url, ids, invites).await?;
 
-    let hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
-        .map_err(|e| LoadError::Protocol(format!("histogram: {e}")))?;
+    let hist = client::histogram()?;
     let sh = Arc::new(Shared {
         t0: Instant::now(),
         window_start: AtomicU64::new(u64::MAX),
@@ -832,95 +555,38 @@ async fn run_with(relay: &Relay, opts: &Options) -> Result<Report, LoadError> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(0)),
         hist: Mutex::new(hist),
-        first_error: Mutex::new(None),
+        first_error: FirstError::default(),
         sender: OnceLock::new(),
         saturate: opts.saturate,
         window: opts.window as u64,
         text_len: opts.text_len,
     });
 
-    let mut users = Vec::with_capacity(registered.len());
-    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    for (_, id, ws, pre) in registered {
-        let (sink, stream) = ws.split();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let user = Arc::new(User {
-            id,
-            prekeys: Mutex::new(pre),
-            sessions: Mutex::new(HashMap::new()),
-            seen: Mutex::new(HashSet::new()),
-            conn: Conn {
-                out: tx,
-                closed: AtomicBool::new(false),
-                next_id: AtomicU64::new(2),
-                waiters: Mutex::new(HashMap::new()),
-                inflight: Mutex::new(HashMap::new()),
-            },
-        });
-        tasks.push(tokio::spawn(writer(sink, rx)));
-        tasks.push(tokio::spawn(reader(user.clone(), sh.clone(), stream)));
-        users.push(user);
-    }
-
-    let result = load(&users, &sh, opts, relay.pid).await;
-    for u in &users {
-        let _ = u.conn.out.send(Message::Close(None));
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for t in &tasks {
-        t.abort();
-    }
+    let users = Peers::start(registered, &sh, |dev, conn| User {
+        dev,
+        seen: Mutex::new(HashSet::new()),
+        conn,
+    });
+    let result = load(users.all(), &sh, opts, relay.pid).await;
+    users.shut_down().await;
     result
 }
 
 async fn establish(lanes: &[Lane], sh: &Shared) -> Result<(), LoadError> {
     for lane in lanes {
-        let Body::KeyBundle(kb) = lane
-            .user
-            .conn
-            .request(
-                "fetch keys",
-                Body::FetchKeys(protocol::FetchKeys {
-                    username: lane.peer.clone(),
-                }),
-            )
-            .await?
-        else {
-            return Err(LoadError::Protocol("unexpected answer to FetchKeys".into()));
-        };
         // The pinned root key: what registration produced, as a real client pins on first use.
         let root = sh
             .roots
             .get(&lane.peer)
             .ok_or_else(|| LoadError::Protocol("unknown peer".into()))?;
-        if kb.root_key.as_slice() != root.0.as_slice() {
-            return Err(LoadError::Protocol(format!(
-                "the relay served another root key for {}",
-                lane.peer
-            )));
-        }
-        let device = kb
-            .devices
-            .first()
-            .ok_or_else(|| LoadError::Protocol(format!("{} has no device", lane.peer)))?;
-        let bundle =
-            crate::session::bundle_from(device).map_err(|e| LoadError::Protocol(e.to_string()))?;
-        let session = handshake::initiate(
-            &lane.user.id.keys,
-            &lane.user.id.cert,
-            root,
-            &lane.peer,
-            &bundle,
-            &[],
-            unix_ms() / 1000,
-        )?;
-        lock(&lane.user.sessions).insert(lane.peer.clone(), session);
+        let bundle = lane.user.conn.fetch_bundle(&lane.peer, root).await?;
+        lane.user.dev.initiate(&lane.peer, root, &bundle)?;
         send_message(&lane.user, sh, &lane.peer, "w", lane.pair, 0)?;
     }
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     while sh.c.warm.load(Relaxed) < lanes.len() as u64 {
         if Instant::now() >= deadline {
-            let why = lock(&sh.first_error).clone().unwrap_or_default();
+            let why = sh.first_error.get().unwrap_or_default();
             return Err(LoadError::Protocol(format!(
                 "only {} of {} pairs completed their handshake in time {why}",
                 sh.c.warm.load(Relaxed),
@@ -944,7 +610,7 @@ async fn load(
         .filter_map(|(pair, c)| match c {
             [s, r] => Some(Lane {
                 user: s.clone(),
-                peer: r.id.username.clone(),
+                peer: r.dev.name().to_owned(),
                 pair,
             }),
             _ => None,
@@ -955,9 +621,8 @@ async fn load(
 
     // The timetable: a short lead so the thread is up, the warm-up, then the window.
     let start = sh.us(Instant::now()) + 20_000;
-    let window_start = start + u64::try_from(opts.warmup.as_micros()).unwrap_or(u64::MAX / 4);
-    let window_end =
-        window_start + u64::try_from(opts.duration.as_micros()).unwrap_or(u64::MAX / 4);
+    let window_start = start + client::micros(opts.warmup);
+    let window_end = window_start + client::micros(opts.duration);
     sh.window_start.store(window_start, Relaxed);
     sh.window_end.store(window_end, Relaxed);
     let rate = opts.rate;
@@ -980,7 +645,7 @@ async fn load(
     let deadline = Instant::now() + opts.drain;
     let mut last = (sh.c.delivered.load(Relaxed), Instant::now());
     while sh.c.delivered.load(Relaxed) < sh.c.sent.load(Relaxed) && Instant::now() < deadline {
-        if recipients.iter().all(|u| u.conn.closed.load(Relaxed)) {
+        if recipients.iter().all(|u| u.conn.is_closed()) {
             sh.note("the relay closed every connection");
             break;
         }
@@ -990,7 +655,7 @@ async fn load(
             last = (d, now);
         } else if now.duration_since(last.1) >= STALL_BEFORE_FETCH {
             let left = deadline.saturating_duration_since(now);
-            let _ = tokio::time::timeout(left, fetch_mailboxes(&recipients, sh)).await;
+            let _ = tokio::time::timeout(left, client::fetch_mailboxes(&recipients, sh)).await;
             last.1 = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1014,20 +679,9 @@ async fn load(
             (h.value_at_quantile(p) / 1000) as f64
         }
     };
-    let ms = |us: u64| us as f64 / 1000.0;
-    let q = |p: f64| {
-        if hist.is_empty() {
-            0.0
-        } else {
-            ms(hist.value_at_quantile(p))
-        }
-    };
-    let cpu_delta = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64),
-        _ => None,
-    };
-    let relay_cpu_us = cpu_delta(relay_cpu0, relay_cpu1);
-    let self_cpu_us = cpu_delta(self_cpu0, self_cpu1);
+    let q = |p: f64| client::quantile_ms(&hist, p);
+    let relay_cpu_us = client::delta(relay_cpu0, relay_cpu1);
+    let self_cpu_us = client::delta(self_cpu0, self_cpu1);
     let achieved = in_window as f64 / window_s;
     let offered = if opts.saturate {
         sent as f64 / window_s
@@ -1043,10 +697,7 @@ async fn load(
         } else {
             "open-loop"
         },
-        relay: match opts.relay {
-            RelayTarget::Spawn { .. } => "spawned",
-            RelayTarget::External { .. } => "external",
-        },
+        relay: opts.relay.kind(),
         pairs: opts.pairs,
         duration_s: window_s,
         warmup_s: opts.warmup.as_secs_f64(),
@@ -1064,18 +715,14 @@ async fn load(
         latency_p90_ms: q(0.9),
         latency_p99_ms: p99,
         latency_p999_ms: q(0.999),
-        latency_max_ms: if hist.is_empty() { 0.0 } else { ms(hist.max()) },
+        latency_max_ms: client::max_ms(&hist),
         latency_mean_ms: if hist.is_empty() {
             0.0
         } else {
             hist.mean() / 1000.0
         },
-        send_lag_p99_ms: if lag.is_empty() {
-            0.0
-        } else {
-            ms(lag.value_at_quantile(0.99))
-        },
-        send_lag_max_ms: if lag.is_empty() { 0.0 } else { ms(lag.max()) },
+        send_lag_p99_ms: client::quantile_ms(&lag, 0.99),
+        send_lag_max_ms: client::max_ms(&lag),
         to_relay_p50_ms: ms_q(&to_relay, 0.5),
         to_relay_p99_ms: ms_q(&to_relay, 0.99),
         from_relay_p50_ms: ms_q(&from_relay, 0.5),
@@ -1087,14 +734,14 @@ async fn load(
         relay_rss_mib: relay_mem.map(|(rss, _)| rss as f64 / 1024.0),
         relay_peak_rss_mib: relay_mem.map(|(_, hwm)| hwm as f64 / 1024.0),
         client_cpu_percent: self_cpu_us.map(|us| us / (window_s * 1e6) * 100.0),
-        relay_runqueue_wait_percent: cpu_delta(relay_wait0, relay_wait1)
+        relay_runqueue_wait_percent: client::delta(relay_wait0, relay_wait1)
             .map(|us| us / (window_s * 1e6) * 100.0),
         p99_target_ms: P99_TARGET_MS,
         p99_target_met: delivered > 0 && lost == 0 && not_sent == 0 && p99 <= P99_TARGET_MS,
         saturation_target_msgs_per_sec: SATURATION_TARGET,
         saturation_target_met: opts.saturate.then_some(achieved >= SATURATION_TARGET),
         load_average_before: None,
-        first_error: lock(&sh.first_error).clone(),
+        first_error: sh.first_error.get(),
     })
 }
 

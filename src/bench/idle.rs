@@ -165,8 +165,6 @@ pub async fn run(opts: &Options) -> Result<Report, LoadError> {
             "--connections and the number of users must be at least 1".into(),
         ));
     }
-    let client_limit = client::raise_open_files_limit();
-    let load_average = client::load_average();
     let extra = match opts.relay {
         RelayTarget::Spawn { .. } => vec![
             "--max-connections".to_owned(),
@@ -174,13 +172,14 @@ pub async fn run(opts: &Options) -> Result<Report, LoadError> {
         ],
         RelayTarget::External { .. } => Vec::new(),
     };
-    let relay = Relay::start(&opts.relay, &extra).await?;
-    let result = measure(&relay, opts, client_limit).await.map(|r| Report {
-        load_average_before: load_average,
+    client::with_relay(&opts.relay, &extra, async |relay, open_files| {
+        measure(relay, opts, open_files).await
+    })
+    .await
+    .map(|(r, load_average_before)| Report {
+        load_average_before,
         ..r
-    });
-    relay.stop().await;
-    result
+    })
 }
 
 async fn measure(
@@ -210,18 +209,7 @@ async fn measure(
     }
 
     let prefix = client::run_prefix()?;
-    let admin = Identity::generate(&format!("{prefix}-admin"))?;
-    let (mut admin_ws, _) = client::register(
-        &relay.url,
-        &admin,
-        &relay.admin_invite,
-        0,
-        0,
-        client::busy_config(),
-    )
-    .await?;
-    let invites = client::create_invites(&mut admin_ws, 2, opts.users - 1).await?;
-    let _ = admin_ws.close(None).await;
+    let (admin, invites) = client::admin_invites(relay, &prefix, opts.users - 1).await?;
     let mut ids = vec![admin];
     for (i, invite) in invites.iter().enumerate() {
         let id = Identity::generate(&format!("{prefix}-u{i}"))?;
@@ -259,10 +247,7 @@ async fn measure(
     drop(warm);
     Ok(Report {
         scenario: "idle",
-        relay: match opts.relay {
-            RelayTarget::Spawn { .. } => "spawned",
-            RelayTarget::External { .. } => "external",
-        },
+        relay: opts.relay.kind(),
         connections_requested: opts.connections,
         connections_open: n,
         failures,

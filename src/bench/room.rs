@@ -44,54 +44,40 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
-use tokio_tungstenite::tungstenite::Message;
 use zeroize::Zeroizing;
 
-use super::client::{self, Identity, LoadError, Relay, RelayTarget, Ws, lock, opt, unix_ms};
+use super::client::{
+    self, Conn, Device, FirstError, Identity, LoadError, Peer, Peers, Relay, RelayTarget, Tally,
+    frame_bytes, lock, opt, unix_ms, verdict,
+};
 use super::{measure, peak_rss_kib};
-use crate::crypto::envelope::{self, KeyPackage, MessageId, Payload, PayloadKind, Timers};
-use crate::crypto::handshake::{self, PairwiseMessage, Session};
+use crate::crypto::envelope::{self, MessageId, Payload, PayloadKind, Timers};
 use crate::crypto::identity::{DeviceId, RootPublicKey};
 use crate::crypto::membership::{self, OpKind, RoomKind, RoomState, SignedOp};
-use crate::crypto::prekeys::{self, DevicePrekeys};
 use crate::crypto::primitives;
 use crate::crypto::sender_keys::{
     ReceivedSenderKey, SenderKeyDistribution, SenderKeyMessage, SenderKeyState,
 };
-use crate::crypto::wire::{Reader, Writer};
-use crate::protocol::{
-    self, DEFAULT_MAX_FRAME, DeliveryKind, ErrorCode, Frame, decode_frame, encode_frame,
-    frame::Body,
-};
+use crate::protocol::{self, DeliveryKind, frame::Body};
+use crate::session::{CONTROL_SKDM, DISTRIBUTION_CHUNK, decode_meta, encode_meta};
 
 /// The target for `room_send_large_us / room_send_small_us`.
 pub const SEND_RATIO_TARGET: f64 = 1.2;
 /// Most members: the creator plus the most users one `Create` op may name.
 pub const MAX_MEMBERS: usize = membership::MAX_OP_USERS + 1;
 
-/// Control-message type of a sender key distribution (`session::rooms::CONTROL_SKDM`).
-const CONTROL_SKDM: u8 = 1;
-/// Most key entries in one distribution `Send` (`session::rooms::DISTRIBUTION_CHUNK`).
-const DISTRIBUTION_CHUNK: usize = 200;
 /// Request rate limit of a spawned relay, per device per second (far above any figure here).
 const SPAWNED_RELAY_RATE: u32 = 1_000_000;
 /// Slots for messages in flight (indexed by message number modulo this).
 const RING: usize = 1 << 16;
-/// Most acknowledgements batched into one `Ack`.
-const MAX_ACK_BATCH: usize = 64;
-/// Registrations running at once during set-up.
-const REGISTER_CONCURRENCY: usize = 16;
 /// `FetchKeys` requests in flight at once during set-up.
 const FETCH_CONCURRENCY: usize = 16;
 /// Longest wait for one set-up step (a round of handshakes and distributions, say).
@@ -409,100 +395,12 @@ enum Req {
     Ack,
 }
 
-struct InFlight {
-    req: Req,
-    msg: Message,
-}
-
-/// One member's connection: the writer task's queue and the bookkeeping of frame ids.
-struct Conn {
-    out: mpsc::UnboundedSender<Message>,
-    closed: AtomicBool,
-    next_id: AtomicU64,
-    waiters: Mutex<HashMap<u64, oneshot::Sender<Body>>>,
-    inflight: Mutex<HashMap<u64, InFlight>>,
-    /// Distribution sends not yet answered.
-    pending_sends: AtomicU64,
-}
-
-fn closed() -> LoadError {
-    LoadError::Unreachable("connection closed".into())
-}
-
-fn frame_bytes(id: u64, body: Body) -> Vec<u8> {
-    encode_frame(&Frame {
-        id,
-        body: Some(body),
-    })
-}
-
-impl Conn {
-    fn id(&self) -> u64 {
-        self.next_id.fetch_add(1, Relaxed)
-    }
-
-    /// Sends an encoded request whose answer the reader accounts for.
-    fn fire_encoded(&self, id: u64, bytes: Vec<u8>, req: Req) -> Result<(), LoadError> {
-        let msg = Message::binary(bytes);
-        if matches!(req, Req::Distribution) {
-            self.pending_sends.fetch_add(1, Relaxed);
-        }
-        lock(&self.inflight).insert(
-            id,
-            InFlight {
-                req,
-                msg: msg.clone(),
-            },
-        );
-        self.out.send(msg).map_err(|_| closed())
-    }
-
-    fn fire(&self, body: Body, req: Req) -> Result<(), LoadError> {
-        let id = self.id();
-        self.fire_encoded(id, frame_bytes(id, body), req)
-    }
-
-    /// Sends a request and waits for its answer (set-up only); retries while rate limited.
-    async fn request(&self, what: &'static str, body: Body) -> Result<Body, LoadError> {
-        for _ in 0..50 {
-            if self.closed.load(Relaxed) {
-                return Err(closed());
-            }
-            let id = self.id();
-            let (tx, rx) = oneshot::channel();
-            lock(&self.waiters).insert(id, tx);
-            if self
-                .out
-                .send(Message::binary(frame_bytes(id, body.clone())))
-                .is_err()
-            {
-                return Err(closed());
-            }
-            let reply = tokio::time::timeout(client::REQUEST_TIMEOUT, rx).await;
-            lock(&self.waiters).remove(&id);
-            match reply {
-                Ok(Ok(Body::Error(e))) if e.code == ErrorCode::RateLimited as u32 => {
-                    let wait = u64::from(e.retry_after_ms).clamp(1, 5_000);
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                }
-                Ok(Ok(Body::Error(e))) => return Err(client::refused(what, &e)),
-                Ok(Ok(b)) => return Ok(b),
-                Ok(Err(_)) => return Err(closed()),
-                Err(_) => return Err(LoadError::Unreachable(format!("no answer to {what}"))),
-            }
-        }
-        Err(LoadError::Protocol(format!("{what} stayed rate limited")))
-    }
-}
-
 /// Sender keys a member holds, by (sending device, distribution id), with their owner.
 type ReceivedKeys = HashMap<([u8; 16], [u8; 16]), (String, ReceivedSenderKey)>;
 
 /// A room member: keys, prekeys, pairwise sessions and sender keys in memory, one connection.
 struct Member {
-    id: Identity,
-    prekeys: Mutex<DevicePrekeys>,
-    sessions: Mutex<HashMap<String, Session>>,
+    dev: Device,
     /// This member's own sender key for the room.
     own_key: Mutex<Option<SenderKeyState>>,
     /// Sender keys received, by (sending device, distribution id), with the user whose pairwise
@@ -513,16 +411,24 @@ struct Member {
     seen_room: Mutex<Vec<u64>>,
     /// Other mailbox items handled, by sequence number.
     seen_seqs: Mutex<HashSet<u64>>,
-    conn: Conn,
+    /// Distribution sends not yet answered.
+    pending_sends: AtomicU64,
+    conn: Conn<Req>,
 }
 
 impl Member {
     fn name(&self) -> &str {
-        &self.id.username
+        self.dev.name()
     }
 
     fn device(&self) -> DeviceId {
-        self.id.cert.device_id
+        self.dev.id.cert.device_id
+    }
+
+    /// Sends distribution frame `bytes` (encoded with id `id`) without waiting.
+    fn fire_distribution(&self, id: u64, bytes: Vec<u8>) -> Result<(), LoadError> {
+        self.pending_sends.fetch_add(1, Relaxed);
+        self.conn.fire_encoded(id, bytes, Req::Distribution)
     }
 }
 
@@ -574,7 +480,7 @@ struct Shared {
     first: Mutex<Histogram<u64>>,
     lag: Mutex<Histogram<u64>>,
     driver: Mutex<Option<Thread>>,
-    first_error: Mutex<Option<String>>,
+    first_error: FirstError,
     text_len: usize,
 }
 
@@ -585,13 +491,6 @@ impl Shared {
 
     fn now_us(&self) -> u64 {
         self.us(Instant::now())
-    }
-
-    fn note(&self, e: impl std::fmt::Display) {
-        let mut first = lock(&self.first_error);
-        if first.is_none() {
-            *first = Some(e.to_string());
-        }
     }
 
     fn state(&self) -> Option<Arc<RoomState>> {
@@ -679,6 +578,16 @@ impl Shared {
     }
 }
 
+impl Tally for Shared {
+    fn note(&self, e: impl std::fmt::Display) {
+        self.first_error.note(e);
+    }
+
+    fn rate_limited(&self) {
+        self.c.rate_limited.fetch_add(1, Relaxed);
+    }
+}
+
 /// Inserts `k` into a bit set; `false` if it was there already.
 fn bit_insert(bits: &mut Vec<u64>, k: u64) -> bool {
     let (word, bit) = ((k / 64) as usize, k % 64);
@@ -701,24 +610,6 @@ fn message_id(k: u64) -> Result<[u8; 16], LoadError> {
     id[..8].copy_from_slice(&k.to_be_bytes());
     id[8..].copy_from_slice(&primitives::random_array::<8>()?);
     Ok(id)
-}
-
-/// The sender-key plaintext of a room message: the key package and the sender's log head
-/// (the format of `session::rooms::encode_meta`).
-fn encode_meta(package: &KeyPackage, state: &RoomState) -> Zeroizing<Vec<u8>> {
-    let p = package.encode();
-    let mut w = Writer::with_capacity(p.len() + 48);
-    w.bytes(&p).u64(state.head_seq).fixed(&state.head_hash);
-    Zeroizing::new(w.into_vec())
-}
-
-fn decode_meta(b: &[u8]) -> Result<(KeyPackage, u64, [u8; 32]), LoadError> {
-    let mut r = Reader::new(b, "room key metadata");
-    let package = KeyPackage::decode(r.bytes(1024)?)?;
-    let seq = r.u64()?;
-    let hash = r.array::<32>()?;
-    r.finish()?;
-    Ok((package, seq, hash))
 }
 
 /// One room message as the real client builds it (`session::rooms::encrypt_room_item`): the
@@ -765,7 +656,7 @@ fn distribution_frames(
     control.extend_from_slice(&skdm);
     let control = Zeroizing::new(control);
     let mut frames = Vec::with_capacity(targets.len().div_ceil(DISTRIBUTION_CHUNK));
-    let mut sessions = lock(&m.sessions);
+    let mut sessions = lock(&m.dev.sessions);
     for chunk in targets.chunks(DISTRIBUTION_CHUNK) {
         let id = MessageId::random()?;
         let (package, body) = envelope::seal(&Payload {
@@ -789,7 +680,7 @@ fn distribution_frames(
                 payload: msg.encode(),
             });
         }
-        let fid = m.conn.id();
+        let fid = m.conn.next_id();
         frames.push((
             fid,
             frame_bytes(
@@ -829,7 +720,7 @@ fn distribute(m: &Member, sh: &Shared, targets: &[String]) -> Result<usize, Load
     let frames = distribution_frames(m, &state.room_id, &dist, targets)?;
     let n = frames.len();
     for (id, bytes) in frames {
-        m.conn.fire_encoded(id, bytes, Req::Distribution)?;
+        m.fire_distribution(id, bytes)?;
     }
     Ok(n)
 }
@@ -839,39 +730,7 @@ fn distribute(m: &Member, sh: &Shared, targets: &[String]) -> Result<usize, Load
 /// a handshake replies with its own distribution, so the initiator's session is established
 /// too (as happens in a room once everyone has spoken).
 fn on_pairwise(m: &Member, sh: &Shared, d: &protocol::Delivery) -> Result<(), LoadError> {
-    let msg = PairwiseMessage::decode(&d.payload)?;
-    let now = unix_ms() / 1000;
-    let (plaintext, responded) = {
-        let mut sessions = lock(&m.sessions);
-        match sessions.get_mut(&d.sender_user) {
-            Some(s) if s.accepts(&msg) => (Zeroizing::new(s.decrypt(&msg, now)?), false),
-            _ => {
-                let PairwiseMessage::Initial(init) = &msg else {
-                    return Err(LoadError::Protocol(
-                        "a message from a device without a session".into(),
-                    ));
-                };
-                if init.sender_cert.user_id != d.sender_user
-                    || init.sender_cert.device_id.0.as_slice() != d.sender_device.as_slice()
-                {
-                    return Err(LoadError::Protocol(
-                        "the handshake certificate does not match the sender".into(),
-                    ));
-                }
-                let root = sh
-                    .roots
-                    .get(&d.sender_user)
-                    .ok_or_else(|| LoadError::Protocol("a message from an unknown user".into()))?;
-                let mut pre = lock(&m.prekeys);
-                let (s, pt) =
-                    handshake::respond(&m.id.keys, &m.id.cert, &mut pre, root, &[], init, now)?;
-                sessions.insert(d.sender_user.clone(), s);
-                (Zeroizing::new(pt), true)
-            }
-        }
-    };
-    let package = KeyPackage::decode(&plaintext)?;
-    let payload = envelope::open(&package, &d.body)?;
+    let (payload, responded) = m.dev.open_pairwise(&sh.roots, d)?;
     if payload.message_id.0.as_slice() != d.message_id.as_slice() {
         return Err(LoadError::Protocol(
             "a body spliced under another id".into(),
@@ -1008,151 +867,39 @@ fn on_delivery(m: &Member, sh: &Shared, d: protocol::Delivery, late: bool) -> Op
     Some(d.seq)
 }
 
-/// Matches an answer to the request that caused it.
-fn on_reply(m: &Member, sh: &Shared, id: u64, body: Body) {
-    if let Some(tx) = lock(&m.conn.waiters).remove(&id) {
-        let _ = tx.send(body);
-        return;
-    }
-    let Some(f) = lock(&m.conn.inflight).remove(&id) else {
-        return;
-    };
-    match body {
-        Body::Error(e) if e.code == ErrorCode::RateLimited as u32 => {
-            sh.c.rate_limited.fetch_add(1, Relaxed);
-            let wait = Duration::from_millis(u64::from(e.retry_after_ms).clamp(1, 5_000));
-            let msg = f.msg.clone();
-            lock(&m.conn.inflight).insert(id, f);
-            let out = m.conn.out.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                let _ = out.send(msg);
-            });
-        }
-        Body::Error(e) => {
-            match f.req {
-                Req::Room(k) => {
-                    sh.c.send_errors.fetch_add(1, Relaxed);
-                    sh.abandon(k);
-                }
-                Req::Distribution => {
-                    sh.c.send_errors.fetch_add(1, Relaxed);
-                    m.conn.pending_sends.fetch_sub(1, Relaxed);
-                }
-                Req::Ack => {}
-            }
-            sh.note(client::refused("request", &e));
-        }
-        _ => {
-            if matches!(f.req, Req::Distribution) {
-                m.conn.pending_sends.fetch_sub(1, Relaxed);
-            }
-        }
-    }
-}
+impl Peer for Member {
+    type Shared = Shared;
+    type Req = Req;
+    const ACK: Req = Req::Ack;
 
-fn flush_acks(m: &Member, sh: &Shared, acks: &mut Vec<u64>) {
-    if acks.is_empty() {
-        return;
+    fn conn(&self) -> &Conn<Req> {
+        &self.conn
     }
-    let seqs = std::mem::take(acks);
-    if let Err(e) = m.conn.fire(Body::Ack(protocol::Ack { seqs }), Req::Ack) {
-        sh.note(e);
-    }
-}
 
-/// Reads one connection: pushes are handled and acknowledged (batched while more frames are
-/// already waiting), answers matched to requests.
-async fn reader(m: Arc<Member>, sh: Arc<Shared>, mut stream: SplitStream<Ws>) {
-    let mut acks = Vec::new();
-    loop {
-        let next = if acks.is_empty() {
-            stream.next().await
-        } else {
-            match stream.next().now_or_never() {
-                Some(n) => n,
-                None => {
-                    flush_acks(&m, &sh, &mut acks);
-                    continue;
-                }
-            }
-        };
-        let bytes = match next {
-            Some(Ok(Message::Binary(b))) => b,
-            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-            Some(Ok(_)) => continue,
-        };
-        let frame = match decode_frame(&bytes, DEFAULT_MAX_FRAME) {
-            Ok(f) => f,
-            Err(e) => {
-                sh.note(format!("undecodable frame from the relay: {e}"));
-                continue;
-            }
-        };
-        match frame.body {
-            Some(Body::Delivery(d)) if frame.id == 0 => {
-                if let Some(seq) = on_delivery(&m, &sh, d, false) {
-                    acks.push(seq);
-                }
-            }
-            Some(body) if frame.id != 0 => on_reply(&m, &sh, frame.id, body),
-            _ => {}
-        }
-        if acks.len() >= MAX_ACK_BATCH {
-            flush_acks(&m, &sh, &mut acks);
-        }
+    fn on_delivery(&self, sh: &Shared, d: protocol::Delivery, fetched: bool) -> Option<u64> {
+        on_delivery(self, sh, d, fetched)
     }
-    flush_acks(&m, &sh, &mut acks);
-    m.conn.closed.store(true, Relaxed);
-    lock(&m.conn.waiters).clear();
-}
 
-/// Writes one connection's queue, batching whatever is already queued into one flush.
-async fn writer(mut sink: SplitSink<Ws, Message>, mut rx: mpsc::UnboundedReceiver<Message>) {
-    while let Some(m) = rx.recv().await {
-        let close = matches!(m, Message::Close(_));
-        if sink.feed(m).await.is_err() {
-            return;
-        }
-        while let Ok(m) = rx.try_recv() {
-            if sink.feed(m).await.is_err() {
-                return;
+    fn on_answer(&self, sh: &Shared, req: Req, body: Body) {
+        match body {
+            Body::Error(e) => {
+                match req {
+                    Req::Room(k) => {
+                        sh.c.send_errors.fetch_add(1, Relaxed);
+                        sh.abandon(k);
+                    }
+                    Req::Distribution => {
+                        sh.c.send_errors.fetch_add(1, Relaxed);
+                        self.pending_sends.fetch_sub(1, Relaxed);
+                    }
+                    Req::Ack => {}
+                }
+                sh.note(client::refused("request", &e));
             }
-        }
-        if sink.flush().await.is_err() || close {
-            return;
-        }
-    }
-    let _ = sink.close().await;
-}
-
-/// Fetches and handles every member's mailbox (items whose push the relay dropped).
-async fn fetch_mailboxes(members: &[Arc<Member>], sh: &Shared) {
-    for m in members {
-        loop {
-            let page = match m
-                .conn
-                .request("fetch", Body::Fetch(protocol::Fetch { limit: 500 }))
-                .await
-            {
-                Ok(Body::Deliveries(p)) => p,
-                Ok(_) => {
-                    sh.note("unexpected answer to Fetch");
-                    break;
+            _ => {
+                if matches!(req, Req::Distribution) {
+                    self.pending_sends.fetch_sub(1, Relaxed);
                 }
-                Err(e) => {
-                    sh.note(e);
-                    break;
-                }
-            };
-            let mut acks: Vec<u64> = page
-                .items
-                .into_iter()
-                .filter_map(|d| on_delivery(m, sh, d, true))
-                .collect();
-            flush_acks(m, sh, &mut acks);
-            if !page.more {
-                break;
             }
         }
     }
@@ -1171,12 +918,12 @@ async fn settle(
     while !done() {
         let now = Instant::now();
         if now >= deadline {
-            let why = lock(&sh.first_error).clone().unwrap_or_default();
+            let why = sh.first_error.get().unwrap_or_default();
             return Err(LoadError::Protocol(format!(
                 "{what} did not finish in time {why}"
             )));
         }
-        if members.iter().all(|m| m.conn.closed.load(Relaxed)) {
+        if members.iter().all(|m| m.conn.is_closed()) {
             return Err(LoadError::Unreachable(
                 "the relay closed every connection".into(),
             ));
@@ -1185,7 +932,7 @@ async fn settle(
         if a != last.0 {
             last = (a, now);
         } else if now.duration_since(last.1) >= STALL_BEFORE_FETCH {
-            fetch_mailboxes(members, sh).await;
+            client::fetch_mailboxes(members, sh).await;
             last.1 = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1340,13 +1087,6 @@ fn marks(sh: &Shared, relay_pid: Option<u32>) -> Marks {
     }
 }
 
-fn delta(a: Option<u64>, b: Option<u64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64),
-        _ => None,
-    }
-}
-
 /// Runs one load phase: warm-up, the measured window, then a drain until every message
 /// reached every member (or `drain` ran out).
 async fn phase(
@@ -1362,8 +1102,8 @@ async fn phase(
         .cloned()
         .ok_or_else(|| LoadError::Usage("no members".into()))?;
     let start = sh.now_us() + 20_000;
-    let window_start = start + u64::try_from(opts.warmup.as_micros()).unwrap_or(u64::MAX / 4);
-    let window_end = window_start + u64::try_from(measured.as_micros()).unwrap_or(u64::MAX / 4);
+    let window_start = start + client::micros(opts.warmup);
+    let window_end = window_start + client::micros(measured);
     if matches!(load, Load::Rate(_)) {
         sh.lat_start.store(window_start, Relaxed);
         sh.lat_end.store(window_end, Relaxed);
@@ -1405,9 +1145,9 @@ async fn phase(
         send_errors: end.send_errors - start_marks.send_errors,
         rate_limited: end.rate_limited - start_marks.rate_limited,
         decrypt_errors: end.decrypt_errors - start_marks.decrypt_errors,
-        relay_cpu_us: delta(a.relay_cpu, b.relay_cpu),
-        relay_wait_us: delta(a.relay_wait, b.relay_wait),
-        self_cpu_us: delta(a.self_cpu, b.self_cpu),
+        relay_cpu_us: client::delta(a.relay_cpu, b.relay_cpu),
+        relay_wait_us: client::delta(a.relay_wait, b.relay_wait),
+        self_cpu_us: client::delta(a.self_cpu, b.self_cpu),
     })
 }
 
@@ -1503,7 +1243,7 @@ fn send_cpu(
 
 /// Submits a signed op as `m` and returns the op.
 async fn submit(m: &Member, op: membership::MembershipOp) -> Result<SignedOp, LoadError> {
-    let signed = SignedOp::sign(op, &m.id.keys.signing);
+    let signed = SignedOp::sign(op, &m.dev.id.keys.signing);
     match m
         .conn
         .request(
@@ -1534,7 +1274,7 @@ async fn create_room(
         seq: 0,
         prev: [0; 32],
         actor: creator.name().to_owned(),
-        actor_cert: creator.id.cert.clone(),
+        actor_cert: creator.dev.id.cert.clone(),
         at_ms: unix_ms(),
         kind: OpKind::Create {
             kind: RoomKind::Room,
@@ -1568,42 +1308,17 @@ async fn introduce(
             let s = s.clone();
             let peer = t.name().to_owned();
             async move {
-                let Body::KeyBundle(kb) = s
-                    .conn
-                    .request(
-                        "fetch keys",
-                        Body::FetchKeys(protocol::FetchKeys {
-                            username: peer.clone(),
-                        }),
-                    )
-                    .await?
-                else {
-                    return Err(LoadError::Protocol("unexpected answer to FetchKeys".into()));
-                };
-                let device = kb
-                    .devices
-                    .first()
-                    .ok_or_else(|| LoadError::Protocol(format!("{peer} has no device")))?;
-                let bundle = crate::session::bundle_from(device)
-                    .map_err(|e| LoadError::Protocol(e.to_string()))?;
-                if kb.root_key.as_slice() != sh_root_bytes(sh, &peer)? {
-                    return Err(LoadError::Protocol(format!(
-                        "the relay served another root key for {peer}"
-                    )));
-                }
+                let bundle = s.conn.fetch_bundle(&peer, root_of(sh, &peer)?).await?;
                 Ok((peer, bundle))
             }
         }))
         .buffer_unordered(FETCH_CONCURRENCY)
         .collect()
         .await;
-    let now = unix_ms() / 1000;
     let mut names = Vec::with_capacity(fetched.len());
     for r in fetched {
         let (peer, bundle) = r?;
-        let root = root_of(sh, &peer)?;
-        let session = handshake::initiate(&s.id.keys, &s.id.cert, root, &peer, &bundle, &[], now)?;
-        lock(&s.sessions).insert(peer.clone(), session);
+        s.dev.initiate(&peer, root_of(sh, &peer)?, &bundle)?;
         names.push(peer);
     }
     let before = sh.c.installed.load(Relaxed);
@@ -1614,10 +1329,6 @@ async fn introduce(
         sh.c.installed.load(Relaxed) >= want
     })
     .await
-}
-
-fn sh_root_bytes<'a>(sh: &'a Shared, user: &str) -> Result<&'a [u8], LoadError> {
-    Ok(root_of(sh, user)?.0.as_slice())
 }
 
 /// The creator switches to a fresh sender key and sends it to every other member.
@@ -1662,7 +1373,7 @@ async fn rotation(
         .ok_or_else(|| LoadError::Protocol("no room".into()))?;
     let op = state.next_op(
         creator.name(),
-        &creator.id.cert,
+        &creator.dev.id.cert,
         unix_ms(),
         OpKind::Remove {
             users: vec![victim.name().to_owned()],
@@ -1722,10 +1433,10 @@ async fn rotation(
         frames_per = frames.len();
         bytes.push(frames.iter().map(|(_, b)| b.len()).sum::<usize>() as f64);
         for (id, b) in frames {
-            r.conn.fire_encoded(id, b, Req::Distribution)?;
+            r.fire_distribution(id, b)?;
         }
         settle(members, sh, "a rotation's sends", SETUP_TIMEOUT, || {
-            r.conn.pending_sends.load(Relaxed) == 0
+            r.pending_sends.load(Relaxed) == 0
         })
         .await?;
         to_stored.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -1804,8 +1515,6 @@ pub async fn run(opts: &Options) -> Result<Report, LoadError> {
         rotating_senders: opts.rotating_senders.min(opts.members - 2),
         ..opts.clone()
     };
-    client::raise_open_files_limit();
-    let load_average = client::load_average();
     let max_members = opts
         .members
         .max(crate::relay::DEFAULT_MAX_ROOM_MEMBERS as usize);
@@ -1815,75 +1524,27 @@ pub async fn run(opts: &Options) -> Result<Report, LoadError> {
         "--max-room-members".to_owned(),
         max_members.to_string(),
     ];
-    let relay = Relay::start(&opts.relay, &extra).await?;
-    let result = run_with(&relay, &opts).await.map(|r| Report {
-        load_average_before: load_average,
+    client::with_relay(&opts.relay, &extra, async |relay, _| {
+        run_with(relay, &opts).await
+    })
+    .await
+    .map(|(r, load_average_before)| Report {
+        load_average_before,
         ..r
-    });
-    relay.stop().await;
-    result
-}
-
-type Registered = (usize, Identity, Ws, DevicePrekeys);
-
-async fn register_all(
-    url: &str,
-    ids: Vec<Identity>,
-    invites: Vec<String>,
-) -> Result<Vec<Registered>, LoadError> {
-    let sem = Arc::new(Semaphore::new(REGISTER_CONCURRENCY));
-    let mut set = JoinSet::new();
-    for (i, (id, invite)) in ids.into_iter().zip(invites).enumerate() {
-        let sem = sem.clone();
-        let url = url.to_owned();
-        set.spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let (ws, pre) = client::register(
-                &url,
-                &id,
-                &invite,
-                prekeys::ONE_TIME_BATCH,
-                prekeys::PQ_BATCH,
-                client::busy_config(),
-            )
-            .await?;
-            Ok::<_, LoadError>((i, id, ws, pre))
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(r) = set.join_next().await {
-        out.push(r.map_err(|e| LoadError::Protocol(format!("registration task failed: {e}")))??);
-    }
-    out.sort_by_key(|r| r.0);
-    Ok(out)
+    })
 }
 
 async fn run_with(relay: &Relay, opts: &Options) -> Result<Report, LoadError> {
     let setup_start = Instant::now();
     let prefix = client::run_prefix()?;
-    let admin = Identity::generate(&format!("{prefix}-admin"))?;
-    let (mut admin_ws, _) = client::register(
-        &relay.url,
-        &admin,
-        &relay.admin_invite,
-        0,
-        0,
-        client::busy_config(),
-    )
-    .await?;
-    let invites = client::create_invites(&mut admin_ws, 2, opts.members).await?;
-    let _ = admin_ws.close(None).await;
+    let (_, invites) = client::admin_invites(relay, &prefix, opts.members).await?;
     let ids = (0..opts.members)
         .map(|i| Identity::generate(&format!("{prefix}-m{i}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let roots = ids
-        .iter()
-        .map(|i| (i.username.clone(), i.root_public()))
-        .collect();
-    let registered = register_all(&relay.url, ids, invites).await?;
+    let roots = client::roots(&ids);
+    let registered = client::register_all(&relay.url, ids, invites).await?;
 
-    let hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
-        .map_err(|e| LoadError::Protocol(format!("histogram: {e}")))?;
+    let hist = client::histogram()?;
     let sh = Arc::new(Shared {
         t0: Instant::now(),
         roots,
@@ -1905,51 +1566,27 @@ async fn run_with(relay: &Relay, opts: &Options) -> Result<Report, LoadError> {
         first: Mutex::new(hist.clone()),
         hist: Mutex::new(hist),
         driver: Mutex::new(None),
-        first_error: Mutex::new(None),
+        first_error: FirstError::default(),
         text_len: opts.text_len,
     });
 
-    let mut members = Vec::with_capacity(registered.len());
-    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    for (_, id, ws, pre) in registered {
-        let (sink, stream) = ws.split();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let m = Arc::new(Member {
-            id,
-            prekeys: Mutex::new(pre),
-            sessions: Mutex::new(HashMap::new()),
-            own_key: Mutex::new(None),
-            keys: Mutex::new(HashMap::new()),
-            seen_room: Mutex::new(Vec::new()),
-            seen_seqs: Mutex::new(HashSet::new()),
-            conn: Conn {
-                out: tx,
-                closed: AtomicBool::new(false),
-                next_id: AtomicU64::new(2),
-                waiters: Mutex::new(HashMap::new()),
-                inflight: Mutex::new(HashMap::new()),
-                pending_sends: AtomicU64::new(0),
-            },
-        });
-        tasks.push(tokio::spawn(writer(sink, rx)));
-        tasks.push(tokio::spawn(reader(m.clone(), sh.clone(), stream)));
-        members.push(m);
-    }
-
-    let result = measure_all(&members, &sh, opts, relay.pid, setup_start)
+    let members = Peers::start(registered, &sh, |dev, conn| Member {
+        dev,
+        own_key: Mutex::new(None),
+        keys: Mutex::new(HashMap::new()),
+        seen_room: Mutex::new(Vec::new()),
+        seen_seqs: Mutex::new(HashSet::new()),
+        pending_sends: AtomicU64::new(0),
+        conn,
+    });
+    let result = measure_all(members.all(), &sh, opts, relay.pid, setup_start)
         .await
         .map(|r| Report {
             // Before the connections close (which fails what is still queued).
-            first_error: lock(&sh.first_error).clone(),
+            first_error: sh.first_error.get(),
             ..r
         });
-    for m in &members {
-        let _ = m.conn.out.send(Message::Close(None));
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for t in &tasks {
-        t.abort();
-    }
+    members.shut_down().await;
     result
 }
 
@@ -1981,7 +1618,7 @@ async fn measure_all(
         introduce(&members[i], &members[i + 1..], members, sh).await?;
         // Members before i already met it (it answered their handshakes).
         for m in &members[..i] {
-            if !lock(&members[i].sessions).contains_key(m.name()) {
+            if !lock(&members[i].dev.sessions).contains_key(m.name()) {
                 return Err(LoadError::Protocol("a session is missing".into()));
             }
         }
@@ -2034,13 +1671,7 @@ async fn measure_all(
     let hist = lock(&sh.hist).clone();
     let first = lock(&sh.first).clone();
     let lag = lock(&sh.lag).clone();
-    let q = |h: &Histogram<u64>, p: f64| {
-        if h.is_empty() {
-            0.0
-        } else {
-            h.value_at_quantile(p) as f64 / 1000.0
-        }
-    };
+    let q = client::quantile_ms;
     let lat_sent = sh.c.lat_sent.load(Relaxed);
     let lat_done = sh.c.lat_done.load(Relaxed);
     let latency = Latency {
@@ -2052,11 +1683,7 @@ async fn measure_all(
         last_member_p50_ms: q(&hist, 0.5),
         last_member_p90_ms: q(&hist, 0.9),
         last_member_p99_ms: q(&hist, 0.99),
-        last_member_max_ms: if hist.is_empty() {
-            0.0
-        } else {
-            hist.max() as f64 / 1000.0
-        },
+        last_member_max_ms: client::max_ms(&hist),
         first_member_p50_ms: q(&first, 0.5),
         first_member_p99_ms: q(&first, 0.99),
         deliveries_per_sec: w.per_sec(w.deliveries),
@@ -2070,10 +1697,7 @@ async fn measure_all(
     let relay_mem = relay_pid.and_then(client::process_memory_kib);
     Ok(Report {
         scenario: "room",
-        relay: match opts.relay {
-            RelayTarget::Spawn { .. } => "spawned",
-            RelayTarget::External { .. } => "external",
-        },
+        relay: opts.relay.kind(),
         members: opts.members,
         setup_s,
         send_cpu,
@@ -2134,7 +1758,6 @@ fn print_fanout(out: &mut dyn Write, label: &str, f: &FanoutRun) -> io::Result<(
 /// # Errors
 /// I/O errors of `out`.
 pub fn print(r: &Report, out: &mut dyn Write) -> io::Result<()> {
-    let verdict = |ok| if ok { "meets target" } else { "MISSES target" };
     writeln!(
         out,
         "cinder bench room ({} members, {} relay; set-up {:.1} s, not measured)",
