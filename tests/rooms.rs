@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 
 /// An engine and everything it reported.
 struct Member {
+    dir: std::path::PathBuf,
     handle: SessionHandle,
     events: broadcast::Receiver<SessionEvent>,
     /// (conversation, sender, text) of text messages.
@@ -39,6 +40,7 @@ impl Member {
         let handle = engine(dir);
         let events = handle.subscribe();
         Self {
+            dir: dir.to_path_buf(),
             handle,
             events,
             texts: Vec::new(),
@@ -90,6 +92,10 @@ struct Evil {
     seen_ops: Mutex<Vec<(String, Delivery)>>,
     /// Extra deliveries to hand to a user with the next delivery they get.
     inject: Mutex<HashMap<String, Vec<Delivery>>>,
+    /// For this user, swallow the first copy (the live push) of every membership change and
+    /// pairwise message, so a later room message overtakes them; the mailbox keeps them.
+    delay_for: Mutex<Option<String>>,
+    delayed: Mutex<std::collections::HashSet<u64>>,
 }
 
 fn is_removal(op_bytes: &[u8]) -> bool {
@@ -101,6 +107,12 @@ impl Tamper for Evil {
         let mut out = Vec::new();
         if let Some(extra) = self.inject.lock().unwrap().remove(to_user) {
             out.extend(extra);
+        }
+        if self.delay_for.lock().unwrap().as_deref() == Some(to_user)
+            && (d.kind == DeliveryKind::RoomOp as i32 || d.kind == DeliveryKind::Message as i32)
+            && self.delayed.lock().unwrap().insert(d.seq)
+        {
+            return out;
         }
         if d.kind == DeliveryKind::RoomOp as i32 {
             self.seen_ops
@@ -217,8 +229,10 @@ async fn three_members_talk_and_a_removed_member_reads_nothing_after() {
         );
     }
 
-    // The moderator removes carol; from now on the relay (maliciously) forwards carol a copy
-    // of everything it delivers to bob.
+    // Carol goes offline. The moderator removes her; from now on the relay (maliciously)
+    // forwards carol a copy of everything it delivers to bob, in her next mailbox fetch.
+    let carol_dir = m["carol"].dir.clone();
+    m["carol"].handle.shutdown().await;
     *evil.forward.lock().unwrap() = Some(("bob".into(), "carol".into()));
     let after = m["alice"]
         .handle
@@ -238,6 +252,7 @@ async fn three_members_talk_and_a_removed_member_reads_nothing_after() {
     assert!(m["bob"].said("secret after removal from alice"));
     assert!(m["alice"].said("secret after removal from bob"));
 
+    m.insert("carol".into(), Member::open(&carol_dir));
     let carol = m.get_mut("carol").unwrap();
     carol.pump().await;
     assert!(carol.said("a direct message to carol"), "{:?}", carol.texts);
@@ -554,4 +569,39 @@ async fn a_500_member_room_delivers_one_message_to_everyone() {
         }
     }
     assert_eq!(got, N - 1, "members who decrypted the message");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_message_that_overtakes_its_room_and_key_is_not_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let evil = Arc::new(Evil::default());
+    let (_relay, mut m) = setup(tmp.path(), &["alice", "bob"], Some(evil.clone())).await;
+    // Bob is online; the relay's live pushes of the room's creation and of alice's sender key
+    // are lost (as when a push queue overflows), so the room message arrives first.
+    m.get_mut("bob").unwrap().pump().await;
+    *evil.delay_for.lock().unwrap() = Some("bob".into());
+    let room = m["alice"]
+        .handle
+        .create_room(RoomKind::Room, "Ops", "", &["bob".into()])
+        .await
+        .unwrap();
+    m["alice"]
+        .send(&room.room_id, "first words in the room")
+        .await;
+    let bob = m.get_mut("bob").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !bob.said("first words in the room") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        bob.drain();
+    }
+    assert!(
+        bob.said("first words in the room"),
+        "the overtaking message was lost: {:?}",
+        bob.undecryptable
+    );
+    assert!(bob.undecryptable.is_empty(), "{:?}", bob.undecryptable);
+    assert!(
+        evil.delayed.lock().unwrap().len() >= 2,
+        "the pushes were not held back"
+    );
 }

@@ -337,16 +337,37 @@ pub async fn cmd_recv(
         timing(ctx, "recv (excluding key derivation)", t0);
         let mut rooms = room_map(&handle).await;
         if !follow {
-            // Room membership lines (someone added you, a warning about the relay) are not
-            // messages of the mailbox but are news too: print them first.
+            // What arrived as live pushes while connecting (not in `got`), and room membership
+            // lines (someone added you, a warning about the relay), come from the events.
+            let in_got: std::collections::HashSet<[u8; 16]> = got
+                .iter()
+                .filter_map(|i| match i {
+                    Inbound::Message(m) => Some(m.message_id),
+                    Inbound::Undecryptable { .. } => None,
+                })
+                .collect();
+            let mut shown = Vec::new();
+            let mut printed = 0usize;
             while let Ok(ev) = events.try_recv() {
-                if let SessionEvent::Message(m) = ev
-                    && m.kind == MessageKind::System
-                {
-                    print_message(&mut out, &m, json_mode, &rooms, &me)?;
+                match ev {
+                    SessionEvent::Message(m) if !in_got.contains(&m.message_id) && !m.outgoing => {
+                        print_message(&mut out, &m, json_mode, &rooms, &me)?;
+                        if m.kind != MessageKind::System {
+                            shown.push(m.message_id);
+                        }
+                        printed += 1;
+                    }
+                    SessionEvent::Undecryptable {
+                        from,
+                        message_id,
+                        error,
+                    } if !got.iter().any(|i| matches!(i, Inbound::Undecryptable { message_id: x, .. } if *x == message_id)) => {
+                        print_undecryptable(&mut out, &from, &message_id, &error, json_mode)?;
+                        printed += 1;
+                    }
+                    _ => {}
                 }
             }
-            let mut shown = Vec::new();
             for i in &got {
                 match i {
                     Inbound::Message(m) => {
@@ -363,7 +384,7 @@ pub async fn cmd_recv(
             out.flush()?;
             // Printing is displaying: burn timers start, read receipts go out.
             handle.displayed(&shown).await?;
-            if !got.is_empty() || timeout.is_none() {
+            if !got.is_empty() || printed > 0 || timeout.is_none() {
                 return Ok(());
             }
         }

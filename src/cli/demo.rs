@@ -5,10 +5,15 @@
 //! invite (so you are the network admin), then alice, bob and carol register with invites you
 //! create. Before the UI opens, a conversation is exchanged for real through the relay (every
 //! message encrypted, pushed and stored like any other), so the UI starts with history and
-//! unread counts. While the UI runs, each demo user is a session engine plus a small task that
-//! answers what you send (alice with tips, bob with a twist, carol with the time) and posts
-//! something every 30 to 60 seconds. When the UI closes, the bots, the relay and the directory
-//! go away, also after a failed start or Ctrl-C during set-up.
+//! unread counts; alice also creates the room "ops" with all four of you, makes you a moderator
+//! and the three of them talk there, including a message that burns 30 seconds after you read
+//! it and one that expires after ten minutes. While the UI runs, each demo user is a session
+//! engine plus a small task that answers what you send (alice with tips, bob with a twist,
+//! carol with the time; in "ops" when you mention them), posts something to you every 30 to 60
+//! seconds and chatters in "ops" every few seconds; now and then carol's post burns 30 seconds
+//! after reading and bob's expires after two minutes, so the countdown badges and the vanishing
+//! are always there to watch. When the UI closes, the bots, the relay and the directory go
+//! away, also after a failed start or Ctrl-C during set-up.
 //!
 //! The responders are pure functions of the text (tested below); the runtime part only wires
 //! them to session events.
@@ -32,7 +37,11 @@ use crate::crypto::primitives;
 use crate::protocol::names;
 use crate::relay::{self, RelayConfig, RelayHandle};
 use crate::session::register::{RegisterOptions, register};
-use crate::session::{self, EngineOptions, SessionEvent, SessionHandle};
+use crate::session::{
+    self, EngineOptions, MessageKind, RoomKind, RoomRequest, SendOptions, SessionEvent,
+    SessionHandle,
+};
+use crate::tui::app::mentions;
 use crate::tui::run::{TuiOptions, run};
 
 /// What `cinder demo` passes in.
@@ -62,6 +71,21 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Longest piece of your text bob echoes back.
 const ECHO_MAX_CHARS: usize = 200;
+
+/// The demo room's title.
+pub const ROOM_TITLE: &str = "ops";
+
+/// Burn-on-read timer of the demo's burning messages.
+const DEMO_BURN_SECS: u32 = 30;
+
+/// Expiry of the expiring message in the room's history.
+const FILL_EXPIRE_SECS: u32 = 600;
+
+/// Expiry of the expiring messages bob posts while the UI runs.
+const LIVE_EXPIRE_SECS: u32 = 120;
+
+/// How often (per bot) the demo users post in the room, in milliseconds.
+const ROOM_POST_MS: (u64, u64) = (7_000, 15_000);
 
 /// The demo users.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +187,8 @@ pub fn help_text() -> String {
         "• /dm bob or /dm carol opens a conversation",
         "• /search WORDS finds messages in your encrypted local cache",
         "• Ctrl-K jumps to any conversation by name",
+        "• ops is a busy room: /members (F2) lists who is in it; mention one of us there",
+        "• /burn 30s or /expire 5m before a message makes it disappear",
         "• F1 lists every key and command (Esc closes it)",
         "• /theme light for a bright terminal, /keys vim for vim keys",
         "• Ctrl-C or /quit leaves the demo",
@@ -342,6 +368,113 @@ pub fn periodic_post(bot: Bot, n: usize, now: NaiveTime) -> String {
             }
         }
     }
+}
+
+/// What a bot posts in the demo room the `n`th time, and its timers: now and then carol's
+/// message burns 30 seconds after it is read and bob's expires after two minutes.
+pub fn room_post(bot: Bot, n: usize) -> (String, SendOptions) {
+    const ALICE: [&str; 6] = [
+        "CI is green on main again",
+        "tip: /members (or F2) shows who is in here and who moderates",
+        "reminder: on-call handover at 17:00",
+        "tip: /burn 30s before a message makes it burn 30 s after it is read",
+        "tip: /timer expire 1d makes everything here disappear after a day",
+        "the incident review notes are in the wiki",
+    ];
+    const BOB: [&str; 6] = [
+        "deploying billing 4.2 to staging",
+        "staging looks fine, promoting to prod",
+        "p99 latency back under 120 ms",
+        "who touched the cron of the reports job?",
+        "rolling back the feature flag, one sec",
+        "prod deploy done, watching the error rate",
+    ];
+    const CAROL: [&str; 6] = [
+        "queue depth is 12, all good",
+        "the nightly backup finished in 4 minutes",
+        "disk on db-2 at 71%, keeping an eye on it",
+        "certificate renewal done for the demo domain",
+        "status page updated",
+        "no alerts in the last hour",
+    ];
+    let plain = SendOptions::default();
+    match bot {
+        Bot::Alice => (ALICE[n % ALICE.len()].to_owned(), plain),
+        Bot::Bob if n % 6 == 1 => (
+            format!(
+                "this one expires {} after I sent it: watch the countdown",
+                session::format_duration(LIVE_EXPIRE_SECS.into())
+            ),
+            SendOptions {
+                expire_after: Some(LIVE_EXPIRE_SECS),
+                burn_after: None,
+            },
+        ),
+        Bot::Bob => (BOB[n % BOB.len()].to_owned(), plain),
+        Bot::Carol if n.is_multiple_of(6) => (
+            format!(
+                "burn after reading: the test account's one-time code is {}{}{}{} ({}s once you've seen it)",
+                n % 10,
+                (n + 3) % 10,
+                (n + 7) % 10,
+                (n + 1) % 10,
+                DEMO_BURN_SECS
+            ),
+            SendOptions {
+                expire_after: None,
+                burn_after: Some(DEMO_BURN_SECS),
+            },
+        ),
+        Bot::Carol => (CAROL[n % CAROL.len()].to_owned(), plain),
+    }
+}
+
+/// The room's history, sent before the UI opens (after alice created it and made you a
+/// moderator): who says what, with which timers.
+fn room_fill(me: &str) -> Vec<(Bot, String, SendOptions)> {
+    let plain = SendOptions::default();
+    vec![
+        (
+            Bot::Bob,
+            "morning all. billing deploy at 10:00, I'll post progress here".to_owned(),
+            plain,
+        ),
+        (
+            Bot::Carol,
+            "I'll watch the queue depth while it rolls out".to_owned(),
+            plain,
+        ),
+        (
+            Bot::Alice,
+            format!(
+                "welcome to #{ROOM_TITLE}, {me}! you're a moderator: /members (F2) lists us, \
+                 /invite, /kick and /topic work here. mention one of us to get an answer"
+            ),
+            plain,
+        ),
+        (
+            Bot::Bob,
+            format!(
+                "this message expires {} after I sent it",
+                session::format_duration(FILL_EXPIRE_SECS.into())
+            ),
+            SendOptions {
+                expire_after: Some(FILL_EXPIRE_SECS),
+                burn_after: None,
+            },
+        ),
+        (
+            Bot::Carol,
+            format!(
+                "burn after reading: the staging door code is 4711 (gone {DEMO_BURN_SECS}s after \
+                 you open the room)"
+            ),
+            SendOptions {
+                expire_after: None,
+                burn_after: Some(DEMO_BURN_SECS),
+            },
+        ),
+    ]
 }
 
 /// Who says what in the conversation filled in before the UI opens.
@@ -645,6 +778,16 @@ async fn set_up(demo: &mut Demo) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         from.flush().await?;
         wait_delivered(to, id, to_name).await?;
     }
+    // The demo users have read what you wrote: your messages carry the read mark.
+    for (bot, party) in &parties {
+        party
+            .handle
+            .mark_read(&names::dm_conversation(bot.name(), &me))
+            .await?;
+        party.handle.flush().await?;
+    }
+    eprintln!("cinder demo: opening the room \"{ROOM_TITLE}\"");
+    let room = fill_room(&me, &mut you, &parties).await?;
     // Everything is in your cache; close it so the UI can take the profile lock.
     you.handle.flush().await?;
     you.handle.sync().await?;
@@ -657,26 +800,84 @@ async fn set_up(demo: &mut Demo) -> anyhow::Result<Zeroizing<Vec<u8>>> {
             runner.bot,
             runner.handle.clone(),
             events,
-            me.clone(),
+            Chat {
+                me: me.clone(),
+                room: room.clone(),
+            },
             demo.cancel.clone(),
         )));
     }
     Ok(my_pass)
 }
 
-/// Answers messages from people and posts now and then, until cancelled.
+/// alice creates the room with all of you, makes you a moderator, and the room's history is
+/// sent through the relay; returns the room id.
+async fn fill_room(me: &str, you: &mut Party, parties: &[(Bot, Party)]) -> anyhow::Result<String> {
+    let party = |bot: Bot| {
+        parties
+            .iter()
+            .find(|(b, _)| *b == bot)
+            .map(|(_, p)| &p.handle)
+            .ok_or_else(|| anyhow!("the demo lost {}", bot.name()))
+    };
+    let alice = party(Bot::Alice)?;
+    let members = [
+        me.to_owned(),
+        Bot::Bob.name().to_owned(),
+        Bot::Carol.name().to_owned(),
+    ];
+    let info = alice
+        .create_room(
+            RoomKind::Room,
+            ROOM_TITLE,
+            "the demo's on-call room: deploys, alerts and chatter",
+            &members,
+        )
+        .await
+        .context("the demo could not create its room")?;
+    let room = info.room_id;
+    alice
+        .change_room(&room, RoomRequest::Promote(me.to_owned()))
+        .await
+        .context("the demo could not make you a moderator of its room")?;
+    // Everyone learns the membership before the first message.
+    you.handle.sync().await?;
+    for (_, p) in parties {
+        p.handle.sync().await?;
+    }
+    for (bot, text, opts) in room_fill(me) {
+        let from = party(bot)?;
+        let q = from.send_message(&room, &text, opts).await?;
+        from.flush().await?;
+        wait_delivered(&mut you.events, q.message_id, me).await?;
+    }
+    Ok(room)
+}
+
+/// Who a bot talks to: you directly, and the demo room.
+#[derive(Clone, Debug)]
+struct Chat {
+    me: String,
+    room: String,
+}
+
+/// Answers messages from people (in the room only when they mention the bot), posts to you
+/// now and then and chatters in the room every few seconds, until cancelled.
 async fn bot_loop(
     bot: Bot,
     handle: SessionHandle,
     mut events: broadcast::Receiver<SessionEvent>,
-    me: String,
+    chat: Chat,
     cancel: CancellationToken,
 ) {
+    let Chat { me, room } = chat;
     let mut twist = Twist::Shout;
     // Carol greeted you during the fill.
     let mut greeted: HashSet<String> = HashSet::from([me.clone()]);
     let mut posts = 0usize;
     let mut next_post = tokio::time::Instant::now() + jitter_ms(30_000, 60_000);
+    let mut room_posts = 0usize;
+    let mut next_room_post = tokio::time::Instant::now() + jitter_ms(2_000, ROOM_POST_MS.1);
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -688,8 +889,24 @@ async fn bot_loop(
                 }
                 next_post = tokio::time::Instant::now() + jitter_ms(30_000, 60_000);
             }
+            () = tokio::time::sleep_until(next_room_post) => {
+                let (text, opts) = room_post(bot, room_posts);
+                room_posts += 1;
+                if let Err(e) = handle.send_message(&room, &text, opts).await {
+                    tracing::debug!("{} could not post in the room: {e}", bot.name());
+                }
+                next_room_post =
+                    tokio::time::Instant::now() + jitter_ms(ROOM_POST_MS.0, ROOM_POST_MS.1);
+            }
             ev = events.recv() => match ev {
-                Ok(SessionEvent::Message(m)) if should_answer(&m.sender, m.outgoing) => {
+                Ok(SessionEvent::Message(m))
+                    if m.kind == MessageKind::Text && should_answer(&m.sender, m.outgoing) =>
+                {
+                    let in_room = session::is_room(&m.conversation);
+                    // A room is busy enough: answer there only when spoken to.
+                    if in_room && !mentions(&m.text, bot.name()) {
+                        continue;
+                    }
                     let reply = match bot {
                         Bot::Alice => alice_reply(&m.text, &m.sender),
                         Bot::Bob => {
@@ -706,8 +923,16 @@ async fn bot_loop(
                         () = cancel.cancelled() => break,
                         () = tokio::time::sleep(jitter_ms(150, 450)) => {}
                     }
+                    if !in_room {
+                        // Read what you wrote (you get the read mark, where the network
+                        // allows read receipts).
+                        if let Err(e) = handle.mark_read(&m.conversation).await {
+                            tracing::debug!("{} could not mark read: {e}", bot.name());
+                        }
+                    }
+                    let to = if in_room { &m.conversation } else { &m.sender };
                     // Queued durably and sent at once when connected, or on reconnect.
-                    if let Err(e) = handle.send_text(&m.sender, &reply).await {
+                    if let Err(e) = handle.send_text(to, &reply).await {
                         tracing::debug!("{} could not answer: {e}", bot.name());
                     }
                 }
@@ -945,6 +1170,30 @@ mod tests {
     }
 
     #[test]
+    fn the_room_burns_and_expires_now_and_then() {
+        let timed = |bot: Bot| {
+            (0..12)
+                .map(|n| room_post(bot, n).1)
+                .filter(|o| *o != SendOptions::default())
+                .collect::<Vec<_>>()
+        };
+        assert!(timed(Bot::Alice).is_empty());
+        let carol = timed(Bot::Carol);
+        assert_eq!(carol.len(), 2);
+        assert!(carol.iter().all(|o| o.burn_after == Some(DEMO_BURN_SECS)));
+        let bob = timed(Bot::Bob);
+        assert_eq!(bob.len(), 2);
+        assert!(bob.iter().all(|o| o.expire_after == Some(LIVE_EXPIRE_SECS)));
+        // Carol's first post burns, bob's second expires: both show up soon after the start.
+        assert!(room_post(Bot::Carol, 0).0.starts_with("burn after reading"));
+        assert!(room_post(Bot::Bob, 1).0.contains("expires"));
+        let fill = room_fill("dana");
+        assert!(fill.iter().any(|(_, _, o)| o.burn_after.is_some()));
+        assert!(fill.iter().any(|(_, _, o)| o.expire_after.is_some()));
+        assert!(fill.iter().any(|(_, t, _)| t.contains("dana")));
+    }
+
+    #[test]
     fn passphrases_are_random_ascii() {
         let a = random_passphrase().unwrap();
         let b = random_passphrase().unwrap();
@@ -955,17 +1204,28 @@ mod tests {
         assert!((30_000..=60_000).contains(&(j.as_millis() as u64)));
     }
 
-    /// Waits for the next message from `from` (ignoring others' posts).
+    /// Waits for the next direct message from `from` (ignoring others' posts and the room).
     async fn next_from(
         events: &mut broadcast::Receiver<SessionEvent>,
         from: &str,
     ) -> crate::store::MessageRecord {
+        next_where(events, |m| {
+            m.sender == from && !session::is_room(&m.conversation)
+        })
+        .await
+    }
+
+    /// Waits for the next message that `pred` accepts.
+    async fn next_where(
+        events: &mut broadcast::Receiver<SessionEvent>,
+        pred: impl Fn(&crate::store::MessageRecord) -> bool,
+    ) -> crate::store::MessageRecord {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Ok(SessionEvent::Message(m))) if m.sender == from => return m,
+                Ok(Ok(SessionEvent::Message(m))) if pred(&m) => return m,
                 Ok(Ok(_)) => {}
-                other => panic!("no message from {from}: {other:?}"),
+                other => panic!("no such message: {other:?}"),
             }
         }
     }
@@ -997,6 +1257,28 @@ mod tests {
         assert!(h.history("dm:carol:dana", 10).await.unwrap().len() >= 2);
         // You registered first with the admin invite, so you can invite people.
         h.create_invite("erin@demo.invalid", false).await.unwrap();
+        // The room: all four of you, you moderate it, its history has both kinds of timer.
+        let rooms = h.rooms().await.unwrap();
+        let ops = rooms.iter().find(|r| r.title == ROOM_TITLE).unwrap();
+        assert_eq!(ops.members.len(), 4);
+        assert_eq!(ops.my_role, Some(session::Role::Moderator));
+        let history = h.history(&ops.room_id, 100).await.unwrap();
+        assert!(
+            history
+                .iter()
+                .any(|m| m.kind == MessageKind::System && m.text.contains("created"))
+        );
+        assert!(
+            history
+                .iter()
+                .any(|m| m.timers.burn_after_s == Some(DEMO_BURN_SECS))
+        );
+        assert!(
+            history
+                .iter()
+                .any(|m| m.timers.expire_after_s == Some(FILL_EXPIRE_SECS)
+                    && m.timers.expire_at_ms.is_some())
+        );
 
         h.send_text("alice", "help").await.unwrap();
         assert_eq!(next_from(&mut events, "alice").await.text, help_text());
@@ -1006,15 +1288,28 @@ mod tests {
         h.send_text("carol", "what time is it?").await.unwrap();
         let carol = next_from(&mut events, "carol").await.text;
         assert!(carol.contains("on my clock"), "{carol}");
-        // One answer per message: nothing else arrives (periodic posts start after 30 s).
+        // One answer per message: nothing else arrives directly (periodic posts start after
+        // 30 s; the room chatters all the time).
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let mut extra = Vec::new();
         while let Ok(ev) = events.try_recv() {
-            if let SessionEvent::Message(m) = ev {
+            if let SessionEvent::Message(m) = ev
+                && !session::is_room(&m.conversation)
+            {
                 extra.push(m.text);
             }
         }
         assert!(extra.is_empty(), "unexpected messages: {extra:?}");
+        // In the room, the bots post on their own and answer when mentioned.
+        let room = ops.room_id.clone();
+        let chatter = next_where(&mut events, |m| m.conversation == room && !m.outgoing).await;
+        assert!(Bot::ALL.iter().any(|b| b.name() == chatter.sender));
+        h.send_text(&room, "alice: help please").await.unwrap();
+        let answer = next_where(&mut events, |m| {
+            m.conversation == room && m.sender == "alice" && m.text == help_text()
+        })
+        .await;
+        assert_eq!(answer.kind, MessageKind::Text);
 
         h.shutdown().await;
         demo.stop().await;

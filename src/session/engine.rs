@@ -414,12 +414,19 @@ impl Engine {
         match push {
             Push::Delivery(d) => {
                 let seq = d.seq;
-                match self.process_delivery(d).await {
-                    Ok(_) => {
+                match self.process_push(d).await {
+                    Ok(true) => {
                         if let Some(conn) = &self.conn {
                             let _ = conn
                                 .send_only(Body::Ack(protocol::Ack { seqs: vec![seq] }))
                                 .await;
+                        }
+                    }
+                    // It overtook older mailbox items (a dropped push, or items stored before
+                    // we connected): catch up in mailbox order, which includes it.
+                    Ok(false) => {
+                        if let Err(e) = self.fetch_all().await {
+                            tracing::warn!("could not catch up with the mailbox: {e}");
                         }
                     }
                     // Not acknowledged: the relay delivers it again later.

@@ -239,6 +239,8 @@ struct Effects {
     receipts: Vec<ReceiptEffect>,
     /// A room member claimed a membership head beyond ours: (room, head).
     room_ahead: Option<(String, u64)>,
+    /// A live push needs older mailbox items first; it was left unprocessed and unacknowledged.
+    deferred: bool,
 }
 
 fn process_blocking(
@@ -246,6 +248,7 @@ fn process_blocking(
     keys: &Keys,
     d: &protocol::Delivery,
     show_read: bool,
+    from_push: bool,
     effects: &mut Effects,
 ) -> Result<Option<Inbound>, SessionError> {
     let now = now_ms();
@@ -264,7 +267,13 @@ fn process_blocking(
                     Some(Inbound::Message(r))
                 }
                 rooms::RoomInbound::Duplicate => None,
-                rooms::RoomInbound::Undecryptable(error) => {
+                rooms::RoomInbound::Missing(_) if from_push => {
+                    // Fetch the mailbox first (it holds what this needs, in order); this item
+                    // stays there unacknowledged and is processed again in its turn.
+                    effects.deferred = true;
+                    return Ok(None);
+                }
+                rooms::RoomInbound::Missing(error) | rooms::RoomInbound::Undecryptable(error) => {
                     tracing::warn!(seq = d.seq, "undecryptable room delivery: {error}");
                     Some(Inbound::Undecryptable {
                         from: d.sender_user.clone(),
@@ -313,6 +322,23 @@ impl Engine {
         &mut self,
         d: protocol::Delivery,
     ) -> Result<Option<Inbound>, SessionError> {
+        Ok(self.process_one(d, false).await?.0)
+    }
+
+    /// Processes a live push; `Ok(false)` means it overtook older mailbox items it depends on
+    /// and was left for [`Self::fetch_all`] (not acknowledged).
+    pub(crate) async fn process_push(
+        &mut self,
+        d: protocol::Delivery,
+    ) -> Result<bool, SessionError> {
+        Ok(!self.process_one(d, true).await?.1)
+    }
+
+    async fn process_one(
+        &mut self,
+        d: protocol::Delivery,
+        from_push: bool,
+    ) -> Result<(Option<Inbound>, bool), SessionError> {
         // An initial message from someone new needs their root key pinned first (a network
         // round trip, so outside the transaction).
         if d.kind == DeliveryKind::Message as i32
@@ -342,10 +368,13 @@ impl Engine {
         let (out, effects) = self
             .blocking(move |s, keys| {
                 let mut effects = Effects::default();
-                let out = process_blocking(s, keys, &d, show_read, &mut effects)?;
+                let out = process_blocking(s, keys, &d, show_read, from_push, &mut effects)?;
                 Ok((out, effects))
             })
             .await?;
+        if effects.deferred {
+            return Ok((None, true));
+        }
         let mut timers_changed = false;
         for e in effects.receipts {
             if e.read {
@@ -399,7 +428,7 @@ impl Engine {
             }),
             None => {}
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     async fn pin_user(&mut self, user: &str) -> Result<(), SessionError> {

@@ -482,6 +482,9 @@ pub(crate) enum RoomInbound {
     Stored(MessageRecord, Option<u64>),
     Duplicate,
     Undecryptable(String),
+    /// The room or the sender's key is not known yet: a live push that overtook older
+    /// mailbox items (the room's creation, the key distribution). Nothing was changed.
+    Missing(String),
 }
 
 /// Decrypts and stores one room message (inside the caller's transaction). The sender is the
@@ -495,7 +498,9 @@ pub(crate) fn decrypt_room_message(
     let bad = |s: &str| Ok(RoomInbound::Undecryptable(s.to_owned()));
     let room = d.room_id.as_str();
     let Some(state) = load_state(db, room)? else {
-        return bad("a message for a room this device does not know");
+        return Ok(RoomInbound::Missing(
+            "a message for a room this device does not know".into(),
+        ));
     };
     let msg = match SenderKeyMessage::decode(&d.payload) {
         Ok(m) => m,
@@ -506,10 +511,11 @@ pub(crate) fn decrypt_room_message(
     }
     let key = rsk_key(room, &msg.sender_device.0, &msg.distribution_id);
     let Some(stored) = db.blob(&key)? else {
-        return bad(
+        return Ok(RoomInbound::Missing(
             "no sender key for this message (it was sent before this device joined or after \
-             it left)",
-        );
+             it left)"
+                .into(),
+        ));
     };
     let (user, mut rsk) = decode_rsk(&stored)?;
     if !state.is_member(&user) {

@@ -32,8 +32,10 @@ impl Completion {
 ///
 /// - The first word, starting with `prefix` (`/` or vim's `:`): command names (`/se` ->
 ///   `search`); the range excludes the prefix.
-/// - The word after a command whose argument is `USER` (`/dm al`, also `/dm @al`): user names;
-///   after a command whose argument is a choice such as `[default|vim|emacs]`: those choices.
+/// - An argument of a command, by the word of its synopsis at that position: `USER` (or
+///   `USER...`, which repeats) completes user names (`/dm al`, also `/dm @al`, `/invite bob ca`);
+///   a choice such as `[default|vim|emacs]` those choices; a lowercase keyword such as `create`
+///   of `/room create NAME` or `expire`/`burn` of `/timer` the command's keywords.
 /// - Anywhere else, `@al` or a bare word that starts a known user name: user names.
 ///
 /// Matching is a case-insensitive prefix match; candidates are deduplicated and sorted without
@@ -69,16 +71,35 @@ pub fn complete(
         );
     }
 
-    if let Some(line) = input.strip_prefix(prefix)
-        && input[..start].split_whitespace().count() == 1
-    {
+    if let Some(line) = input.strip_prefix(prefix) {
+        let position = input[..start].split_whitespace().count();
         let name = line.split_whitespace().next().unwrap_or("");
-        if let Some(cmd) = commands.iter().find(|c| c.name.eq_ignore_ascii_case(name)) {
-            if cmd.args.contains("USER") {
+        if position >= 1
+            && let Some(cmd) = commands.iter().find(|c| c.name.eq_ignore_ascii_case(name))
+        {
+            let slots: Vec<&str> = cmd.args.split_whitespace().collect();
+            let slot = slots
+                .get(position - 1)
+                .or_else(|| {
+                    slots
+                        .last()
+                        .filter(|s| s.trim_end_matches(']').ends_with("..."))
+                })
+                .copied()
+                .unwrap_or("");
+            let bare = slot.trim_start_matches('[').trim_end_matches(']');
+            if bare.contains("USER") {
                 return complete_user(start, end, typed, users, true);
             }
-            if let Some(choices) = choices(cmd.args) {
+            if let Some(choices) = choices(slot) {
                 return finish(start, end, choices, typed);
+            }
+            if is_keyword(bare) {
+                let keywords = slots
+                    .iter()
+                    .map(|s| s.trim_start_matches('[').trim_end_matches(']'))
+                    .filter(|s| is_keyword(s));
+                return finish(start, end, keywords, typed);
             }
         }
     }
@@ -100,6 +121,11 @@ fn complete_user(
         None if typed.is_empty() && !empty_ok => None,
         None => finish(start, end, users.iter().map(String::as_str), typed),
     }
+}
+
+/// A literal word of a synopsis (`create`, `expire`), as opposed to a placeholder (`NAME`).
+fn is_keyword(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase())
 }
 
 /// The alternatives of an argument synopsis like `[default|vim|emacs]`, if it is one.
@@ -222,6 +248,26 @@ mod tests {
         assert_eq!(cands(&at_end("/keys v", '/')), ["vim"]);
         assert_eq!(cands(&at_end("/keys ", '/')), ["default", "emacs", "vim"]);
         assert_eq!(at_end("/dm xy", '/'), None);
+    }
+
+    #[test]
+    fn room_and_timer_arguments() {
+        assert_eq!(cands(&at_end("/room c", '/')), ["create"]);
+        assert_eq!(cands(&at_end("/room ", '/')), ["create"]);
+        // NAME is free text; the members after it are users, as many as you like.
+        assert_eq!(at_end("/room create xy", '/'), None);
+        assert_eq!(cands(&at_end("/room create ops b", '/')), ["bob"]);
+        assert_eq!(
+            cands(&at_end("/room create ops bob a", '/')),
+            ["Alan", "alice"]
+        );
+        assert_eq!(cands(&at_end("/invite bob zo", '/')), ["Zoë"]);
+        assert_eq!(cands(&at_end("/kick ", '/')).len(), 4);
+        assert_eq!(cands(&at_end("/group alice @b", '/')), ["bob"]);
+        assert_eq!(cands(&at_end("/timer ", '/')), ["burn", "expire"]);
+        assert_eq!(cands(&at_end("/timer expire 1d b", '/')), ["burn"]);
+        assert_eq!(at_end("/timer expire 1", '/'), None);
+        assert_eq!(at_end("/leave x", '/'), None);
     }
 
     #[test]

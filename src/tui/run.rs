@@ -22,12 +22,12 @@ use zeroize::Zeroizing;
 
 use super::TuiError;
 use super::action::Action;
-use super::app::{App, Effect, PAGE, Settings, UiEvent};
+use super::app::{App, Effect, PAGE, RoomChange, Settings, UiEvent};
 use super::keymap::{Keymap, Resolved};
 use super::theme::{self, Theme};
 use super::view;
-use crate::session::{self, EngineOptions, SessionHandle};
-use crate::session::{MessageKind, MessageRecord, MessageState, MessageTimers};
+use crate::session::{self, EngineOptions, RoomRequest, SessionHandle};
+use crate::session::{MessageKind, MessageRecord, MessageState};
 
 /// What `cinder chat` passes in.
 pub struct TuiOptions {
@@ -322,7 +322,7 @@ pub async fn run(opts: TuiOptions) -> Result<(), TuiError> {
                     }
                 }
             },
-            _ = tick.tick() => pending.extend(app.on_event(UiEvent::Tick)),
+            _ = tick.tick() => pending.extend(app.on_event(UiEvent::Tick { now_ms: session_now_ms() })),
             () = async {
                 match redraw_at {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -414,66 +414,145 @@ fn spawn_effect(
                 return;
             };
             tokio::spawn(async move {
-                let r: Result<Option<UiEvent>, String> = match other {
-                    Effect::Send { to, text } => match h.send_text(&to, &text).await {
-                        Ok(id) => {
-                            let me = h.account().username.clone();
-                            let now = session_now_ms();
-                            Ok(Some(UiEvent::Queued(MessageRecord {
-                                message_id: id,
-                                conversation: crate::protocol::names::dm_conversation(&me, &to),
-                                outgoing: true,
-                                sender: me,
-                                sender_device: [0; 16],
-                                sent_at_ms: now,
-                                received_at_ms: now,
-                                text,
-                                state: MessageState::Sending,
-                                kind: MessageKind::Text,
-                                timers: MessageTimers::default(),
-                            })))
-                        }
-                        Err(e) => Err(e.to_string()),
-                    },
-                    Effect::LoadConversations => h
-                        .conversations()
-                        .await
-                        .map(|c| Some(UiEvent::Conversations(c)))
-                        .map_err(|e| e.to_string()),
-                    Effect::LoadHistory {
-                        conversation,
-                        before,
-                    } => h
-                        .history_before(&conversation, before, PAGE)
-                        .await
-                        .map(|messages| {
-                            Some(UiEvent::History {
-                                conversation,
-                                older: before.is_some(),
-                                messages,
-                            })
-                        })
-                        .map_err(|e| e.to_string()),
-                    Effect::MarkRead(c) => h
-                        .mark_read(&c)
-                        .await
-                        .map(|_| None)
-                        .map_err(|e| e.to_string()),
-                    Effect::Search(q) => h
-                        .search(&q, 100)
-                        .await
-                        .map(|results| Some(UiEvent::SearchResults { query: q, results }))
-                        .map_err(|e| e.to_string()),
-                    _ => Ok(None),
-                };
-                match r {
-                    Ok(Some(e)) => ui(e),
-                    Ok(None) => {}
+                match run_session_effect(&h, other).await {
+                    Ok(events) => events.into_iter().for_each(&ui),
                     Err(e) => ui(UiEvent::Error(e)),
                 }
             });
         }
     }
+}
+
+/// What a finished room change says on the status line.
+fn room_done(change: &RoomChange, title: &str) -> String {
+    match change {
+        RoomChange::Invite(users) => format!("added {} to {title}", users.join(", ")),
+        RoomChange::Remove(users) => format!("removed {} from {title}", users.join(", ")),
+        RoomChange::Promote(u) => format!("{u} is now a moderator of {title}"),
+        RoomChange::Demote(u) => format!("{u} is now a member of {title} (no longer a moderator)"),
+        RoomChange::Leave => format!("you left {title}; its history stays here"),
+        RoomChange::Topic(t) => format!("topic of {title}: {t}"),
+    }
+}
+
+/// Runs one effect that needs the session, off the UI task; the events it yields go back to
+/// the app in order.
+async fn run_session_effect(h: &SessionHandle, fx: Effect) -> Result<Vec<UiEvent>, String> {
+    let err = |e: session::SessionError| e.to_string();
+    Ok(match fx {
+        Effect::Send { to, text, opts } => {
+            let q = h.send_message(&to, &text, opts).await.map_err(err)?;
+            let me = h.account().username.clone();
+            let now = session_now_ms();
+            let mut out = vec![UiEvent::Queued(MessageRecord {
+                message_id: q.message_id,
+                conversation: q.conversation,
+                outgoing: true,
+                sender: me,
+                sender_device: [0; 16],
+                sent_at_ms: now,
+                received_at_ms: now,
+                text,
+                state: MessageState::Sending,
+                kind: MessageKind::Text,
+                timers: q.timers,
+            })];
+            if !q.notes.is_empty() {
+                out.push(UiEvent::Notice(q.notes.join("; ")));
+            }
+            out
+        }
+        Effect::LoadConversations => vec![UiEvent::Conversations(
+            h.conversations().await.map_err(err)?,
+        )],
+        Effect::LoadRooms => vec![UiEvent::Rooms(h.rooms().await.map_err(err)?)],
+        Effect::CreateRoom {
+            kind,
+            title,
+            members,
+        } => {
+            let info = h
+                .create_room(kind, &title, "", &members)
+                .await
+                .map_err(err)?;
+            vec![UiEvent::RoomCreated(info)]
+        }
+        Effect::ChangeRoom { room, change } => {
+            let request = match change.clone() {
+                RoomChange::Invite(u) => RoomRequest::Invite(u),
+                RoomChange::Remove(u) => RoomRequest::Remove(u),
+                RoomChange::Promote(u) => RoomRequest::Promote(u),
+                RoomChange::Demote(u) => RoomRequest::Demote(u),
+                RoomChange::Leave => RoomRequest::Leave,
+                RoomChange::Topic(t) => RoomRequest::Edit {
+                    title: None,
+                    description: Some(t),
+                },
+            };
+            let info = h.change_room(&room, request).await.map_err(err)?;
+            let me = h.account().username.clone();
+            let done = room_done(&change, &info.display_name(&me));
+            vec![UiEvent::RoomUpdated { info, done }]
+        }
+        Effect::SetTimers {
+            conversation,
+            expire,
+            burn,
+        } => {
+            // A part left out stays as it is.
+            let (old_expire, old_burn) = h.timers(&conversation).await.map_err(err)?;
+            let expire = expire.unwrap_or(old_expire);
+            let burn = burn.unwrap_or(old_burn);
+            h.set_timers(&conversation, expire, burn)
+                .await
+                .map_err(err)?;
+            vec![UiEvent::TimerDefaults {
+                conversation,
+                expire,
+                burn,
+                announce: true,
+            }]
+        }
+        Effect::LoadTimers {
+            conversation,
+            announce,
+        } => {
+            let (expire, burn) = h.timers(&conversation).await.map_err(err)?;
+            vec![UiEvent::TimerDefaults {
+                conversation,
+                expire,
+                burn,
+                announce,
+            }]
+        }
+        Effect::LoadHistory {
+            conversation,
+            before,
+        } => {
+            let messages = h
+                .history_before(&conversation, before, PAGE)
+                .await
+                .map_err(err)?;
+            vec![UiEvent::History {
+                conversation,
+                older: before.is_some(),
+                messages,
+            }]
+        }
+        Effect::MarkRead(c) => {
+            h.mark_read(&c).await.map_err(err)?;
+            Vec::new()
+        }
+        Effect::Search(q) => {
+            let results = h.search(&q, 100).await.map_err(err)?;
+            vec![UiEvent::SearchResults { query: q, results }]
+        }
+        Effect::Unlock(_)
+        | Effect::Bell
+        | Effect::Notify { .. }
+        | Effect::Editor(_)
+        | Effect::Quit => Vec::new(),
+    })
 }
 
 fn session_now_ms() -> u64 {

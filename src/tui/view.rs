@@ -1,6 +1,7 @@
-//! Drawing. Views read the [`App`] and never change it (except reporting what they drew, via
-//! [`Drawn`]). Only the visible window of a conversation is materialised, so a conversation of
-//! 100,000 messages draws as fast as one of ten.
+//! Drawing. Views read the [`App`] and never change it (except reporting what they drew: via
+//! [`Drawn`], the wrapped-height cache and the countdown badges on screen, which let a tick
+//! redraw only when a badge would change). Only the visible window of a conversation is
+//! materialised, so a conversation of 100,000 messages draws as fast as one of ten.
 
 use std::time::Instant;
 
@@ -11,10 +12,10 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph};
 
 use super::action::{ACTIONS, COMMANDS};
-use super::app::{App, Connection, ConvView, Overlay};
+use super::app::{self, App, Connection, ConvKind, ConvView, Overlay};
 use super::keymap::Mode;
 use super::wrap::{truncate, width, wrap};
-use crate::session::{MessageRecord, MessageState};
+use crate::session::{self, MessageKind, MessageRecord, MessageState, Role, RoomInfo, RoomKind};
 
 /// Smallest usable terminal.
 pub const MIN_WIDTH: u16 = 80;
@@ -22,6 +23,16 @@ pub const MIN_WIDTH: u16 = 80;
 pub const MIN_HEIGHT: u16 = 24;
 const SIDEBAR: u16 = 24;
 const SENDER_COLS: usize = 10;
+/// Width of the member list.
+const MEMBERS_COLS: u16 = 28;
+/// Width of the member list when it is a box over the conversation.
+const MEMBERS_BOX_COLS: u16 = 34;
+/// From this terminal width on the member list is a pane beside the conversation; below it,
+/// a box over the conversation's right side.
+pub const MEMBERS_PANE_MIN_WIDTH: u16 = 110;
+/// Columns a timed message keeps free on its first line for the countdown badge (the widest
+/// badge, `🔥 23h59m`, and a space), so the text wraps the same however the badge changes.
+const BADGE_COLS: usize = 10;
 
 /// What a draw learned that the app may act on.
 #[derive(Clone, Copy, Debug, Default)]
@@ -41,6 +52,7 @@ fn local(app: &App, ms: u64) -> DateTime<FixedOffset> {
 
 /// Draws the whole screen.
 pub fn draw(frame: &mut Frame<'_>, app: &App, now: Instant) -> Drawn {
+    app.shown_badges.borrow_mut().clear();
     let area = frame.area();
     frame.render_widget(
         Block::default().style(app.theme.style("ui.background")),
@@ -58,10 +70,26 @@ pub fn draw(frame: &mut Frame<'_>, app: &App, now: Instant) -> Drawn {
     let composer_lines = app.composer.text.split('\n').count().clamp(1, 6) as u16;
     let [body, composer] =
         Layout::vertical([Constraint::Min(3), Constraint::Length(composer_lines + 2)]).areas(main);
-    let [sidebar, conversation] =
+    let [sidebar, rest] =
         Layout::horizontal([Constraint::Length(SIDEBAR), Constraint::Min(20)]).areas(body);
     draw_sidebar(frame, app, sidebar);
+    let members = app.members_shown();
+    let (conversation, members_pane) = match members {
+        Some(_) if area.width >= MEMBERS_PANE_MIN_WIDTH => {
+            let [c, m] =
+                Layout::horizontal([Constraint::Min(20), Constraint::Length(MEMBERS_COLS)])
+                    .areas(rest);
+            (c, Some(m))
+        }
+        _ => (rest, None),
+    };
     let drawn = draw_conversation(frame, app, conversation);
+    if let Some(room) = members {
+        match members_pane {
+            Some(pane) => draw_members_pane(frame, app, room, pane),
+            None => draw_members_box(frame, app, room, rest),
+        }
+    }
     draw_composer(frame, app, composer);
     draw_status(frame, app, status, now);
     match &app.overlay {
@@ -160,14 +188,41 @@ fn draw_sidebar(frame: &mut Frame<'_>, app: &App, area: Rect) {
         .style(app.theme.style("ui.sidebar"));
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let mut lines = vec![Line::styled(
-        " Direct messages",
-        app.theme.style("ui.sidebar.header"),
-    )];
-    let rows = inner.height.saturating_sub(1) as usize;
+    if app.conversations.is_empty() {
+        let lines = vec![
+            Line::styled(" Direct", app.theme.style("ui.sidebar.header")),
+            Line::styled("  (none yet)", app.theme.style("ui.dim")),
+            Line::styled("  /dm USER starts one", app.theme.style("ui.dim")),
+            Line::styled("  /room create NAME", app.theme.style("ui.dim")),
+        ];
+        frame.render_widget(Paragraph::new(lines), inner);
+        return;
+    }
+    // One row per section header and per conversation; the list is kept grouped by section.
+    let mut rows: Vec<(ConvKind, Option<usize>)> = Vec::with_capacity(app.conversations.len() + 3);
+    for (i, c) in app.conversations.iter().enumerate() {
+        if rows.last().is_none_or(|(k, _)| *k != c.kind) {
+            rows.push((c.kind, None));
+        }
+        rows.push((c.kind, Some(i)));
+    }
+    let height = inner.height as usize;
+    let selected_row = rows
+        .iter()
+        .position(|r| r.1 == Some(app.selected))
+        .unwrap_or(0);
     // Keep the selection visible.
-    let first = app.selected.saturating_sub(rows.saturating_sub(1));
-    for (i, c) in app.conversations.iter().enumerate().skip(first).take(rows) {
+    let first = selected_row.saturating_sub(height.saturating_sub(1));
+    let mut lines = Vec::with_capacity(height);
+    for &(kind, entry) in rows.iter().skip(first).take(height) {
+        let Some(i) = entry else {
+            lines.push(Line::styled(
+                format!(" {}", kind.label()),
+                app.theme.style("ui.sidebar.header"),
+            ));
+            continue;
+        };
+        let c = &app.conversations[i];
         let selected = i == app.selected;
         let marker = if selected { "▸ " } else { "  " };
         let unread = if c.unread > 0 {
@@ -180,6 +235,8 @@ fn draw_sidebar(frame: &mut Frame<'_>, app: &App, area: Rect) {
         let pad = name_cols.saturating_sub(width(&name));
         let base = if selected {
             app.theme.style("ui.sidebar.selected")
+        } else if c.left {
+            app.theme.style("ui.sidebar.left")
         } else {
             app.theme.style("ui.sidebar")
         };
@@ -196,14 +253,141 @@ fn draw_sidebar(frame: &mut Frame<'_>, app: &App, area: Rect) {
             Span::styled(" ", base),
         ]));
     }
-    if app.conversations.is_empty() {
-        lines.push(Line::styled("  (none yet)", app.theme.style("ui.dim")));
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+/// At most `max` wrapped lines of `text`, the last one ending in `…` if more were cut.
+fn wrap_at_most(text: &str, cols: usize, max: usize) -> Vec<String> {
+    let mut lines = wrap(text, cols);
+    if lines.len() > max {
+        lines.truncate(max);
+        if let Some(last) = lines.last_mut() {
+            let mut l = truncate(last, cols.saturating_sub(1));
+            l.push('…');
+            *last = l;
+        }
+    }
+    lines
+}
+
+/// The member list's lines for `cols` columns: kind and size, topic, warning, timers, then
+/// moderators (marked `@`) and members. `compact` (the box over the conversation) keeps the
+/// topic and the warning to two lines each so the names stay in view.
+pub fn member_lines(app: &App, room: &RoomInfo, cols: usize, compact: bool) -> Vec<Line<'static>> {
+    let max = if compact { 2 } else { usize::MAX };
+    let mut lines = Vec::new();
+    let text_cols = cols.saturating_sub(2).max(4);
+    let what = match room.kind {
+        RoomKind::Room => "room",
+        RoomKind::Group => "group",
+    };
+    let n = room.members.len();
+    lines.push(Line::styled(
+        format!(" {what} · {n} member{}", if n == 1 { "" } else { "s" }),
+        app.theme.style("ui.dim"),
+    ));
+    if room.description.is_empty() {
+        lines.push(Line::styled(" no topic", app.theme.style("ui.dim")));
+    } else {
+        for l in wrap_at_most(&format!("topic: {}", room.description), text_cols, max) {
+            lines.push(Line::styled(format!(" {l}"), app.theme.style("ui.text")));
+        }
+    }
+    if let Some(w) = &room.warning {
+        for l in wrap_at_most(&format!("\u{26a0} {w}"), text_cols, max) {
+            lines.push(Line::styled(format!(" {l}"), app.theme.style("ui.warning")));
+        }
+    }
+    let t = room.timers;
+    if t.expire_after.is_some() || t.burn_after.is_some() {
+        for l in wrap(
+            &format!("timers: {}", timer_words(t.expire_after, t.burn_after)),
+            text_cols,
+        ) {
+            lines.push(Line::styled(format!(" {l}"), app.theme.style("ui.dim")));
+        }
+    }
+    if room.my_role.is_none() {
         lines.push(Line::styled(
-            "  /dm USER starts one",
+            " you are no longer a member",
             app.theme.style("ui.dim"),
         ));
     }
+    let mut section: Option<Role> = None;
+    for m in &room.members {
+        let role = if room.kind == RoomKind::Room {
+            m.role
+        } else {
+            Role::Member
+        };
+        if section != Some(role) {
+            section = Some(role);
+            lines.push(Line::raw(""));
+            lines.push(Line::styled(
+                match role {
+                    Role::Moderator => " Moderators",
+                    Role::Member => " Members",
+                },
+                app.theme.style("ui.sidebar.header"),
+            ));
+        }
+        let you = if m.username == app.me { " (you)" } else { "" };
+        let (mark, style) = match role {
+            Role::Moderator => ("@", app.theme.style("ui.members.moderator")),
+            Role::Member => (" ", app.theme.style("ui.text")),
+        };
+        lines.push(Line::styled(
+            truncate(&format!(" {mark}{}{you}", m.username), cols),
+            style,
+        ));
+    }
+    lines
+}
+
+fn draw_members_pane(frame: &mut Frame<'_>, app: &App, room: &RoomInfo, area: Rect) {
+    let block = Block::default()
+        .borders(Borders::LEFT)
+        .border_style(app.theme.style("ui.border"))
+        .title(Span::styled(" Members ", app.theme.style("ui.title")))
+        .style(app.theme.style("ui.sidebar"));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let lines = member_lines(app, room, inner.width as usize, false);
     frame.render_widget(Paragraph::new(lines), inner);
+}
+
+/// The member list over the conversation's right side, for terminals too narrow for a pane.
+fn draw_members_box(frame: &mut Frame<'_>, app: &App, room: &RoomInfo, area: Rect) {
+    let w = MEMBERS_BOX_COLS.min(area.width);
+    let lines = member_lines(app, room, w.saturating_sub(2) as usize, true);
+    let h = (lines.len() as u16 + 2)
+        .min(area.height.saturating_sub(1))
+        .max(3);
+    let rect = Rect::new(area.x + area.width - w, area.y + 1, w, h);
+    frame.render_widget(Clear, rect);
+    let block = Block::bordered()
+        .title(Span::styled(
+            " Members · Esc closes ",
+            app.theme.style("ui.title"),
+        ))
+        .border_style(app.theme.style("ui.border.focused"))
+        .style(app.theme.style("ui.overlay"));
+    let inner = block.inner(rect);
+    frame.render_widget(block, rect);
+    frame.render_widget(Paragraph::new(lines), inner);
+}
+
+/// Timers in words: `expires 1d, burns 30s`.
+fn timer_words(expire: Option<u32>, burn: Option<u32>) -> String {
+    let d = |s: u32| session::format_duration(s.into());
+    let mut parts = Vec::new();
+    if let Some(e) = expire {
+        parts.push(format!("expires {}", d(e)));
+    }
+    if let Some(b) = burn {
+        parts.push(format!("burns {} after reading", d(b)));
+    }
+    parts.join(", ")
 }
 
 fn state_mark(m: &MessageRecord) -> &'static str {
@@ -220,8 +404,44 @@ fn state_mark(m: &MessageRecord) -> &'static str {
     }
 }
 
+/// The lines of a system line (a membership change or a warning): the time, then `*` and
+/// the text in the system style, or `⚠` and the text in the warning style.
+fn system_lines<'a>(app: &App, m: &'a MessageRecord, cols: usize) -> Vec<Line<'a>> {
+    let t = local(app, m.sent_at_ms);
+    let time = format!("{:02}:{:02} ", t.hour(), t.minute());
+    let (lead, text, style) = match m.text.strip_prefix('\u{26a0}') {
+        Some(rest) => (
+            "\u{26a0} ",
+            rest.trim_start(),
+            app.theme.style("message.system.warning"),
+        ),
+        None => ("* ", m.text.as_str(), app.theme.style("message.system")),
+    };
+    let indent = width(&time) + width(lead);
+    wrap(text, cols.saturating_sub(indent).max(8))
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let head = if i == 0 {
+                vec![
+                    Span::styled(time.clone(), app.theme.style("message.time")),
+                    Span::styled(lead, style),
+                ]
+            } else {
+                vec![Span::raw(" ".repeat(indent))]
+            };
+            let mut spans = head;
+            spans.push(Span::styled(l, style));
+            Line::from(spans)
+        })
+        .collect()
+}
+
 /// The lines of one message (header line first), without a day separator.
 fn message_lines<'a>(app: &App, m: &'a MessageRecord, cols: usize) -> Vec<Line<'a>> {
+    if m.kind == MessageKind::System {
+        return system_lines(app, m, cols);
+    }
     let t = local(app, m.sent_at_ms);
     let time = format!("{:02}:{:02} ", t.hour(), t.minute());
     let sender_style = if m.outgoing {
@@ -232,7 +452,10 @@ fn message_lines<'a>(app: &App, m: &'a MessageRecord, cols: usize) -> Vec<Line<'
     let sender = truncate(&m.sender, SENDER_COLS - 1);
     let pad = SENDER_COLS - width(&sender);
     let indent = width(&time) + SENDER_COLS;
-    let text_cols = cols.saturating_sub(indent).max(8);
+    // Whether a message has a badge never changes, so its wrapped height stays cacheable.
+    let badge = app::badge(&m.timers, app.now_ms);
+    let reserve = if badge.is_some() { BADGE_COLS } else { 0 };
+    let text_cols = cols.saturating_sub(indent + reserve).max(8);
     let (text, text_style) = if m.state == MessageState::Undecryptable {
         (
             "⚠ this message could not be decrypted".to_owned(),
@@ -253,6 +476,7 @@ fn message_lines<'a>(app: &App, m: &'a MessageRecord, cols: usize) -> Vec<Line<'
         .into_iter()
         .enumerate()
         .map(|(i, l)| {
+            let mut used = indent + width(&l);
             let mut spans = if i == 0 {
                 vec![
                     Span::styled(time.clone(), app.theme.style("message.time")),
@@ -264,6 +488,22 @@ fn message_lines<'a>(app: &App, m: &'a MessageRecord, cols: usize) -> Vec<Line<'
             spans.push(Span::styled(l, text_style));
             if i == last && !mark.is_empty() {
                 spans.push(Span::styled(mark, mark_style));
+                used += width(mark);
+            }
+            if i == 0
+                && let Some(b) = &badge
+            {
+                let bw = width(&b.text);
+                let gap = cols.saturating_sub(used + bw).max(1);
+                spans.push(Span::raw(" ".repeat(gap)));
+                spans.push(Span::styled(
+                    b.text.clone(),
+                    app.theme.style(if b.burning {
+                        "message.timer.burning"
+                    } else {
+                        "message.timer"
+                    }),
+                ));
             }
             Line::from(spans)
         })
@@ -328,6 +568,10 @@ fn block_lines<'a>(app: &App, v: &'a ConvView, i: usize, cols: usize) -> Vec<Lin
         lines.push(new_marker_line(app, cols));
     }
     lines.extend(message_lines(app, m, cols));
+    // Only what is drawn is watched: a tick redraws when one of these badges would change.
+    if let Some(b) = app::badge(&m.timers, app.now_ms) {
+        app.shown_badges.borrow_mut().push((m.timers, b.text));
+    }
     lines
 }
 
@@ -407,11 +651,21 @@ pub fn visible_lines<'a>(
 
 fn draw_conversation(frame: &mut Frame<'_>, app: &App, area: Rect) -> Drawn {
     let title = match app.current() {
-        Some(id) => app
-            .conversations
-            .iter()
-            .find(|c| c.id == id)
-            .map_or(id.to_owned(), |c| format!(" {} ", c.title)),
+        Some(id) => {
+            let name = app
+                .conversations
+                .iter()
+                .find(|c| c.id == id)
+                .map_or(id, |c| c.title.as_str());
+            // A room's topic follows its name, as far as it fits.
+            match app.rooms.get(id).filter(|r| !r.description.is_empty()) {
+                Some(r) => truncate(
+                    &format!(" {name} — {} ", r.description),
+                    (area.width as usize).saturating_sub(2),
+                ),
+                None => format!(" {name} "),
+            }
+        }
         None => " Cinder ".to_owned(),
     };
     let block = Block::default()
@@ -489,16 +743,7 @@ fn draw_composer(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let (title, prompt) = match app.mode {
         Mode::Command => (" command ".to_owned(), ":".to_owned()),
         _ => match app.current() {
-            Some(id) => (
-                format!(
-                    " message {} ",
-                    app.conversations
-                        .iter()
-                        .find(|c| c.id == id)
-                        .map_or("", |c| c.title.as_str())
-                ),
-                "› ".to_owned(),
-            ),
+            Some(id) => (composer_title(app, id), "› ".to_owned()),
             None => (" /dm USER to start ".to_owned(), "› ".to_owned()),
         },
     };
@@ -554,6 +799,31 @@ fn draw_composer(frame: &mut Frame<'_>, app: &App, area: Rect) {
         let x = inner.x + (col as u16).min(inner.width.saturating_sub(1));
         frame.set_cursor_position(Position::new(x, inner.y + row as u16));
     }
+}
+
+/// The composer's title: where the message goes, and the timers it will carry (the next
+/// message's own from `/expire` and `/burn`, else the conversation's defaults).
+fn composer_title(app: &App, id: &str) -> String {
+    let item = app.conversations.iter().find(|c| c.id == id);
+    let name = item.map_or("", |c| c.title.as_str());
+    if item.is_some_and(|c| c.left) {
+        return format!(" you left {name}; its history stays readable ");
+    }
+    let next = app.next_timers;
+    let timers = if next.expire_after.is_some() || next.burn_after.is_some() {
+        format!(
+            "· next message {} ",
+            timer_words(next.expire_after, next.burn_after)
+        )
+    } else {
+        match app.timer_defaults.get(id) {
+            Some(&(e, b)) if e.is_some() || b.is_some() => {
+                format!("· timers: {} ", timer_words(e, b))
+            }
+            _ => String::new(),
+        }
+    };
+    format!(" message {name} {timers}")
 }
 
 fn draw_status(frame: &mut Frame<'_>, app: &App, area: Rect, now: Instant) {
@@ -674,23 +944,27 @@ fn draw_help(frame: &mut Frame<'_>, app: &App, area: Rect, scroll: usize) {
         .max()
         .unwrap_or(10)
         .min(24);
-    let lines: Vec<Line<'_>> = entries
+    let doc_w = (inner.width as usize).saturating_sub(key_w + 4);
+    // A key or command wider than the column gets its own line, its description below.
+    let mut all: Vec<Line<'_>> = Vec::with_capacity(entries.len() + 8);
+    for (k, d) in entries {
+        let key_style = app.theme.style("ui.help.key");
+        let doc = Span::styled(truncate(&d, doc_w), app.theme.style("ui.help.doc"));
+        if width(&k) > key_w && !d.is_empty() {
+            all.push(Line::styled(format!(" {k}"), key_style));
+            all.push(Line::from(vec![Span::raw(" ".repeat(key_w + 3)), doc]));
+        } else {
+            let pad = key_w.saturating_sub(width(&k));
+            all.push(Line::from(vec![
+                Span::styled(format!(" {k}{}  ", " ".repeat(pad)), key_style),
+                doc,
+            ]));
+        }
+    }
+    let lines: Vec<Line<'_>> = all
         .into_iter()
         .skip(scroll)
         .take(inner.height as usize)
-        .map(|(k, d)| {
-            let pad = key_w.saturating_sub(width(&k));
-            Line::from(vec![
-                Span::styled(
-                    format!(" {k}{}  ", " ".repeat(pad)),
-                    app.theme.style("ui.help.key"),
-                ),
-                Span::styled(
-                    truncate(&d, (inner.width as usize).saturating_sub(key_w + 4)),
-                    app.theme.style("ui.help.doc"),
-                ),
-            ])
-        })
         .collect();
     frame.render_widget(Paragraph::new(lines), inner);
 }
