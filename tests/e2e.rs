@@ -268,3 +268,58 @@ async fn no_plaintext_at_rest_or_on_the_wire() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_started_by_both_sides_at_once_converge_without_losing_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
+    let mut alice = Client::open(&dirs[1]);
+    let mut bob = Client::open(&dirs[2]);
+    // Neither has heard from the other: both start a session (crossing handshakes).
+    alice.handle.send_text("bob", "a1").await.unwrap();
+    alice.handle.flush().await.unwrap();
+    bob.handle.send_text("alice", "b1").await.unwrap();
+    bob.handle.flush().await.unwrap();
+    let mut got_a = alice.received().await;
+    let mut got_b = bob.received().await;
+    // Then a conversation, alternating and in bursts.
+    for i in 0..3 {
+        alice
+            .handle
+            .send_text("bob", &format!("a{}", i + 2))
+            .await
+            .unwrap();
+        alice.handle.flush().await.unwrap();
+        got_b.extend(bob.received().await);
+        bob.handle
+            .send_text("alice", &format!("b{}", i + 2))
+            .await
+            .unwrap();
+        bob.handle
+            .send_text("alice", &format!("b{}x", i + 2))
+            .await
+            .unwrap();
+        bob.handle.flush().await.unwrap();
+        got_a.extend(alice.received().await);
+    }
+    let errors: Vec<&String> = got_a
+        .iter()
+        .chain(&got_b)
+        .filter_map(|r| r.as_ref().err())
+        .collect();
+    assert!(errors.is_empty(), "undecryptable: {errors:?}");
+    let texts = |v: &[Result<String, String>]| -> Vec<String> {
+        v.iter().filter_map(|r| r.as_ref().ok().cloned()).collect()
+    };
+    assert_same(
+        &texts(&got_b),
+        &["a1", "a2", "a3", "a4"].map(String::from),
+        "bob got",
+    );
+    assert_same(
+        &texts(&got_a),
+        &["b1", "b2", "b2x", "b3", "b3x", "b4", "b4x"].map(String::from),
+        "alice got",
+    );
+}

@@ -255,7 +255,13 @@ async fn three_members_talk_and_a_removed_member_reads_nothing_after() {
     m.insert("carol".into(), Member::open(&carol_dir));
     let carol = m.get_mut("carol").unwrap();
     carol.pump().await;
-    assert!(carol.said("a direct message to carol"), "{:?}", carol.texts);
+    assert!(
+        carol.said("a direct message to carol"),
+        "texts {:?} system {:?} undecryptable {:?}",
+        carol.texts,
+        carol.system,
+        carol.undecryptable
+    );
     assert!(
         carol
             .system

@@ -95,6 +95,12 @@ fn apply_receipt(
     Ok(out)
 }
 
+/// Where the session a peer device replaced is kept (see [`decrypt_into`]).
+pub(crate) fn previous_session_key(user: &str, device: &[u8; 16]) -> String {
+    let hex: String = device.iter().map(|b| format!("{b:02x}")).collect();
+    format!("prevsession/{user}/{hex}")
+}
+
 fn decrypt_into(
     db: &Db<'_>,
     keys: &Keys,
@@ -111,44 +117,70 @@ fn decrypt_into(
         Ok(m) => m,
         Err(e) => return crypto(e),
     };
+    // Two sessions per peer device: when both sides start a session at the same moment (two
+    // room members distributing their sender keys to each other, say), each answers the
+    // other's handshake and the two end up writing with different sessions. Keeping the one
+    // we replaced, and switching to whichever the peer is actually using, lets them converge
+    // without losing a message.
     let existing = db.session(user, &sender_device)?;
-    let mut session = match existing.as_ref().map(|b| Session::from_secret_bytes(b)) {
-        Some(Ok(s)) => Some(s),
-        Some(Err(e)) => return Err(e.into()),
-        None => None,
-    };
-    let plaintext = match (&mut session, &msg) {
-        (Some(s), m) if s.accepts(m) => match s.decrypt(m, now / 1000) {
-            Ok(pt) => pt,
-            Err(e) => return crypto(e),
-        },
-        (_, PairwiseMessage::Initial(init)) => {
-            if init.sender_cert.user_id != user || init.sender_cert.device_id.0 != sender_device {
-                return crypto(CryptoError::BadChain);
-            }
-            let Some(root) = db.root_key(user)? else {
-                return crypto(CryptoError::UnknownKey);
-            };
-            let mut prekeys = load_prekeys(db)?;
-            match handshake::respond(
-                &keys.device,
-                &keys.cert,
-                &mut prekeys,
-                &RootPublicKey(root),
-                &[],
-                init,
-                now / 1000,
-            ) {
-                Ok((s, pt)) => {
-                    save_prekeys(db, &prekeys)?;
-                    session = Some(s);
-                    pt
-                }
-                Err(e) => return crypto(e),
-            }
+    let previous = db.blob(&previous_session_key(user, &sender_device))?;
+    let attempt = |bytes: Option<&zeroize::Zeroizing<Vec<u8>>>| -> Result<
+        Option<Result<(Session, Vec<u8>), CryptoError>>,
+        SessionError,
+    > {
+        let Some(b) = bytes else { return Ok(None) };
+        let mut s = Session::from_secret_bytes(b)?;
+        if !s.accepts(&msg) {
+            return Ok(None);
         }
-        _ => return crypto(CryptoError::UnknownKey),
+        Ok(Some(s.decrypt(&msg, now / 1000).map(|pt| (s, pt))))
     };
+    let mut demoted: Option<zeroize::Zeroizing<Vec<u8>>> = None;
+    let (session, plaintext) = match attempt(existing.as_ref())? {
+        Some(Ok(r)) => r,
+        current => match attempt(previous.as_ref())? {
+            Some(Ok(r)) => {
+                // The peer writes with the session we had replaced: it becomes current again.
+                demoted = existing.clone();
+                r
+            }
+            _ => match (&msg, current) {
+                (PairwiseMessage::Initial(init), _) => {
+                    if init.sender_cert.user_id != user
+                        || init.sender_cert.device_id.0 != sender_device
+                    {
+                        return crypto(CryptoError::BadChain);
+                    }
+                    let Some(root) = db.root_key(user)? else {
+                        return crypto(CryptoError::UnknownKey);
+                    };
+                    let mut prekeys = load_prekeys(db)?;
+                    match handshake::respond(
+                        &keys.device,
+                        &keys.cert,
+                        &mut prekeys,
+                        &RootPublicKey(root),
+                        &[],
+                        init,
+                        now / 1000,
+                    ) {
+                        Ok((s, pt)) => {
+                            save_prekeys(db, &prekeys)?;
+                            demoted = existing.clone();
+                            (s, pt)
+                        }
+                        Err(e) => return crypto(e),
+                    }
+                }
+                (_, Some(Err(e))) => return crypto(e),
+                _ => return crypto(CryptoError::UnknownKey),
+            },
+        },
+    };
+    let session = Some(session);
+    if let Some(old) = demoted {
+        db.put_blob(&previous_session_key(user, &sender_device), &old)?;
+    }
     // The ratchet step authenticated: keep it even if the body turns out to be bad, since
     // that message key is spent either way.
     if let Some(s) = &session {

@@ -293,6 +293,12 @@ impl Engine {
                                 for (old, _) in db.sessions_for(&u.username)? {
                                     if !devices.contains(&old) {
                                         db.delete_session(&u.username, &old)?;
+                                        db.delete_blobs_with_prefix(
+                                            &super::inbound::previous_session_key(
+                                                &u.username,
+                                                &old,
+                                            ),
+                                        )?;
                                     }
                                 }
                                 db.set_devices(&u.username, &devices)?;

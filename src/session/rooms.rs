@@ -1331,6 +1331,9 @@ impl Engine {
                             for (old, _) in db.sessions_for(&user)? {
                                 if !ds.contains(&old) {
                                     db.delete_session(&user, &old)?;
+                                    db.delete_blobs_with_prefix(
+                                        &super::inbound::previous_session_key(&user, &old),
+                                    )?;
                                 }
                             }
                             db.set_devices(&user, &ds)?;
