@@ -95,6 +95,9 @@ fn apply_receipt(
     Ok(out)
 }
 
+/// Trying one stored session on a message: `None` if it is not that session's message.
+type Attempt = Option<Result<(Session, Vec<u8>), CryptoError>>;
+
 /// Where the session a peer device replaced is kept (see [`decrypt_into`]).
 pub(crate) fn previous_session_key(user: &str, device: &[u8; 16]) -> String {
     let hex: String = device.iter().map(|b| format!("{b:02x}")).collect();
@@ -124,10 +127,7 @@ fn decrypt_into(
     // without losing a message.
     let existing = db.session(user, &sender_device)?;
     let previous = db.blob(&previous_session_key(user, &sender_device))?;
-    let attempt = |bytes: Option<&zeroize::Zeroizing<Vec<u8>>>| -> Result<
-        Option<Result<(Session, Vec<u8>), CryptoError>>,
-        SessionError,
-    > {
+    let attempt = |bytes: Option<&zeroize::Zeroizing<Vec<u8>>>| -> Result<Attempt, SessionError> {
         let Some(b) = bytes else { return Ok(None) };
         let mut s = Session::from_secret_bytes(b)?;
         if !s.accepts(&msg) {
