@@ -144,7 +144,10 @@ fn decrypt_into(
                 demoted = existing.clone();
                 r
             }
-            _ => match (&msg, current) {
+            previous_result => match (&msg, current.or(previous_result)) {
+                // A stored session took the message but it did not decrypt (tampered, or a
+                // replay): that is the answer; a handshake repeat must not start another.
+                (_, Some(Err(e))) => return crypto(e),
                 (PairwiseMessage::Initial(init), _) => {
                     if init.sender_cert.user_id != user
                         || init.sender_cert.device_id.0 != sender_device
@@ -172,7 +175,6 @@ fn decrypt_into(
                         Err(e) => return crypto(e),
                     }
                 }
-                (_, Some(Err(e))) => return crypto(e),
                 _ => return crypto(CryptoError::UnknownKey),
             },
         },
