@@ -100,8 +100,7 @@ type Attempt = Option<Result<(Session, Vec<u8>), CryptoError>>;
 
 /// Where the session a peer device replaced is kept (see [`decrypt_into`]).
 pub(crate) fn previous_session_key(user: &str, device: &[u8; 16]) -> String {
-    let hex: String = device.iter().map(|b| format!("{b:02x}")).collect();
-    format!("prevsession/{user}/{hex}")
+    format!("prevsession/{user}/{}", rooms::hex(device))
 }
 
 fn decrypt_into(
@@ -432,14 +431,7 @@ impl Engine {
         if let Some((room, head)) = effects.room_ahead
             && self.conn.is_some()
         {
-            self.sync_room(&room).await?;
-            let r = room.clone();
-            let reached = self
-                .blocking(move |s, _| Ok(rooms::load_state(&s.db(), &r)?.map(|s| s.head_seq)))
-                .await?;
-            if reached.is_none_or(|h| h < head) {
-                self.note_behind(&room, head).await?;
-            }
+            self.catch_up_room(&room, head).await?;
         }
         if kind == DeliveryKind::Delivered as i32
             && let Ok(id) = <[u8; 16]>::try_from(message_id.as_slice())

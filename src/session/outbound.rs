@@ -280,35 +280,8 @@ impl Engine {
                     stale,
                     ..
                 }) => {
-                    // Learn the current device lists, forget sessions with removed devices and
-                    // re-encrypt the same content key for the devices now present.
-                    self.blocking(move |s, _| {
-                        s.transaction(|db| -> Result<_, SessionError> {
-                            for u in &stale {
-                                let devices: Vec<[u8; 16]> = u
-                                    .devices
-                                    .iter()
-                                    .filter_map(|d| d.as_slice().try_into().ok())
-                                    .collect();
-                                for (old, _) in db.sessions_for(&u.username)? {
-                                    if !devices.contains(&old) {
-                                        db.delete_session(&u.username, &old)?;
-                                        db.delete_blobs_with_prefix(
-                                            &super::inbound::previous_session_key(
-                                                &u.username,
-                                                &old,
-                                            ),
-                                        )?;
-                                    }
-                                }
-                                db.set_devices(&u.username, &devices)?;
-                            }
-                            Ok(())
-                        })?;
-                        Ok(())
-                    })
-                    .await?;
-                    self.devices_epoch += 1;
+                    // Re-encrypt the same content key for the devices now present.
+                    self.learn_stale_devices(&stale).await?;
                 }
                 Err(SessionError::Relay {
                     code: ErrorCode::RateLimited,
@@ -376,6 +349,46 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Learns the device lists a `DevicesChanged` refusal carries: forgets the sessions (current
+    /// and replaced) with devices that are gone and records the current lists. Returns each
+    /// user's current devices.
+    pub(crate) async fn learn_stale_devices(
+        &mut self,
+        stale: &[protocol::UserDevices],
+    ) -> Result<Vec<(String, Vec<[u8; 16]>)>, SessionError> {
+        let lists: Vec<(String, Vec<[u8; 16]>)> = stale
+            .iter()
+            .map(|u| {
+                let devices = u
+                    .devices
+                    .iter()
+                    .filter_map(|d| d.as_slice().try_into().ok())
+                    .collect();
+                (u.username.clone(), devices)
+            })
+            .collect();
+        let l = lists.clone();
+        self.blocking(move |s, _| {
+            s.transaction(|db| -> Result<_, SessionError> {
+                for (user, devices) in &l {
+                    for (old, _) in db.sessions_for(user)? {
+                        if !devices.contains(&old) {
+                            db.delete_session(user, &old)?;
+                            db.delete_blobs_with_prefix(&super::inbound::previous_session_key(
+                                user, &old,
+                            ))?;
+                        }
+                    }
+                    db.set_devices(user, devices)?;
+                }
+                Ok(())
+            })
+        })
+        .await?;
+        self.devices_epoch += 1;
+        Ok(lists)
     }
 
     /// Asks the relay for a user's root key and active devices (consumes no prekeys).

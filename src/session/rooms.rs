@@ -135,7 +135,8 @@ pub fn is_room(conversation: &str) -> bool {
     membership::room_kind_of(conversation).is_some()
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lower-case hex, for cache keys.
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 fn state_key(room: &str) -> String {
@@ -1051,16 +1052,7 @@ impl Engine {
         if op.op.seq > next && self.conn.is_some() {
             // A gap (we were offline for part of the log, or we were just invited): the
             // relay's log fills it, and must contain this change.
-            self.sync_room(&room).await?;
-            let r = room.clone();
-            let seq = op.op.seq;
-            let reached = self
-                .blocking(move |s, _| Ok(load_state(&s.db(), &r)?.map(|s| s.head_seq)))
-                .await?;
-            if reached.is_none_or(|h| h < seq) {
-                self.note_behind(&room, seq).await?;
-            }
-            return Ok(());
+            return self.catch_up_room(&room, op.op.seq).await;
         }
         let root = match self.root_of(&op.op.actor).await {
             Ok(r) => r,
@@ -1080,6 +1072,19 @@ impl Engine {
         let mut roots = BTreeMap::new();
         roots.insert(op.op.actor.clone(), root);
         self.apply_ops(&room, vec![op], roots).await?;
+        Ok(())
+    }
+
+    /// Brings the room's log up to `seq` from the relay, and flags the relay if it cannot.
+    pub(crate) async fn catch_up_room(&mut self, room: &str, seq: u64) -> Result<(), SessionError> {
+        self.sync_room(room).await?;
+        let r = room.to_owned();
+        let reached = self
+            .blocking(move |s, _| Ok(load_state(&s.db(), &r)?.map(|s| s.head_seq)))
+            .await?;
+        if reached.is_none_or(|h| h < seq) {
+            self.note_behind(room, seq).await?;
+        }
         Ok(())
     }
 
@@ -1318,39 +1323,14 @@ impl Engine {
                 }) => {
                     // Learn the devices the relay says exist; only devices under a verified
                     // certificate ever get a session (ensure_sessions checks the chain).
-                    for u in &stale {
-                        let devices: Vec<[u8; 16]> = u
-                            .devices
-                            .iter()
-                            .filter_map(|d| d.as_slice().try_into().ok())
-                            .collect();
-                        let user = u.username.clone();
-                        let ds = devices.clone();
-                        self.blocking(move |s, _| {
-                            let db = s.db();
-                            for (old, _) in db.sessions_for(&user)? {
-                                if !ds.contains(&old) {
-                                    db.delete_session(&user, &old)?;
-                                    db.delete_blobs_with_prefix(
-                                        &super::inbound::previous_session_key(&user, &old),
-                                    )?;
-                                }
-                            }
-                            db.set_devices(&user, &ds)?;
-                            Ok(())
-                        })
-                        .await?;
-                        self.devices_epoch += 1;
-                        let me = self.keys.username.clone();
-                        let my_device = self.keys.device_id;
+                    for (user, devices) in self.learn_stale_devices(&stale).await? {
                         let mine: Vec<[u8; 16]> = devices
-                            .iter()
-                            .copied()
-                            .filter(|d| !(u.username == me && *d == my_device))
+                            .into_iter()
+                            .filter(|d| !(user == self.keys.username && *d == self.keys.device_id))
                             .collect();
-                        self.ensure_sessions_pub(&u.username, &mine).await?;
-                        targets.retain(|(x, _)| *x != u.username);
-                        targets.extend(mine.into_iter().map(|d| (u.username.clone(), d)));
+                        self.ensure_sessions_pub(&user, &mine).await?;
+                        targets.retain(|(x, _)| *x != user);
+                        targets.extend(mine.into_iter().map(|d| (user.clone(), d)));
                     }
                 }
                 Err(SessionError::Relay {

@@ -123,21 +123,29 @@ impl OutboxKind {
     }
 }
 
-impl ToSql for OutboxKind {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.code()))
-    }
+/// Stores an enum as its integer `code()` and reads it back through `ALL` (an unknown code is
+/// an error, never a default).
+macro_rules! sql_as_code {
+    ($t:ty) => {
+        impl ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.code()))
+            }
+        }
+
+        impl FromSql for $t {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                let code = value.as_i64()?;
+                Self::ALL
+                    .into_iter()
+                    .find(|k| k.code() == code)
+                    .ok_or(FromSqlError::OutOfRange(code))
+            }
+        }
+    };
 }
 
-impl FromSql for OutboxKind {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let code = value.as_i64()?;
-        Self::ALL
-            .into_iter()
-            .find(|k| k.code() == code)
-            .ok_or(FromSqlError::OutOfRange(code))
-    }
-}
+sql_as_code!(OutboxKind);
 
 /// What a message of the history is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -161,21 +169,7 @@ impl MessageKind {
     }
 }
 
-impl ToSql for MessageKind {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.code()))
-    }
-}
-
-impl FromSql for MessageKind {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let code = value.as_i64()?;
-        Self::ALL
-            .into_iter()
-            .find(|k| k.code() == code)
-            .ok_or(FromSqlError::OutOfRange(code))
-    }
-}
+sql_as_code!(MessageKind);
 
 /// The disappearing-message timers of one message.
 ///
