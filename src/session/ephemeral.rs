@@ -103,17 +103,7 @@ impl Engine {
                 let db = s.db();
                 let left = db.mark_read(&c, now_ms())?;
                 // What the conversation view shows: its newest messages.
-                let shown: Vec<[u8; 16]> = db
-                    .history(&c, 500)?
-                    .into_iter()
-                    .filter(|m| {
-                        !m.outgoing
-                            && m.kind == MessageKind::Text
-                            && m.timers.displayed_at_ms.is_none()
-                    })
-                    .map(|m| m.message_id)
-                    .collect();
-                Ok((left, shown))
+                Ok((left, db.undisplayed(&c, 500)?))
             })
             .await?;
         if !ids.is_empty() {

@@ -1329,6 +1329,27 @@ impl<'a> Db<'a> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The incoming text messages among the `newest` messages of a conversation that were never
+    /// displayed, oldest first: what showing the conversation displays now. Reads ids only (no
+    /// decryption) and never more than `newest` rows.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn undisplayed(&self, conversation: &str, newest: usize) -> Result<Vec<[u8; 16]>> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT message_id FROM (
+                 SELECT seq, message_id, outgoing, kind, displayed_at_ms FROM messages
+                 WHERE conversation = ?1 ORDER BY seq DESC LIMIT ?2)
+             WHERE outgoing = 0 AND kind = 0 AND displayed_at_ms IS NULL
+             ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(
+            params![conversation, i64::try_from(newest).unwrap_or(i64::MAX)],
+            |r| r.get(0),
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Records that the read receipts of these messages were sent (unknown ids are skipped).
     ///
     /// # Errors
@@ -2757,6 +2778,30 @@ mod tests {
         d.insert_message(&text_msg(40, "room", 1, "again")).unwrap();
         assert_eq!(counts(&d)[1], ("room".into(), 1, 1, 6));
         assert_eq!(d.delete_conversation("nowhere").unwrap(), 0);
+    }
+
+    #[test]
+    fn undisplayed_lists_only_never_shown_incoming_text_among_the_newest() {
+        let c = db();
+        let d = Db::new(&c);
+        d.insert_message(&text_msg(1, "a", 100, "old, unseen"))
+            .unwrap();
+        d.insert_message(&text_msg(2, "a", 200, "seen")).unwrap();
+        let mut mine = text_msg(3, "a", 300, "mine");
+        mine.outgoing = true;
+        d.insert_message(&mine).unwrap();
+        let mut system = text_msg(4, "a", 400, "bob joined");
+        system.kind = MessageKind::System;
+        d.insert_message(&system).unwrap();
+        d.insert_message(&text_msg(5, "a", 500, "new, unseen"))
+            .unwrap();
+        d.insert_message(&text_msg(6, "b", 100, "elsewhere"))
+            .unwrap();
+        d.mark_displayed(&id(2), 1_000).unwrap();
+        assert_eq!(d.undisplayed("a", 10).unwrap(), [id(1), id(5)]);
+        // Only the newest rows are looked at (what a view shows).
+        assert_eq!(d.undisplayed("a", 3).unwrap(), [id(5)]);
+        assert_eq!(d.undisplayed("b", 10).unwrap(), [id(6)]);
     }
 
     #[test]
