@@ -7,335 +7,29 @@
 //! where a test needs to see exactly what was stored (the schema is in `docs/relay.md`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cinder::crypto::identity::{DeviceId, DeviceKeys, DeviceRole, UserRootKey};
-use cinder::crypto::prekeys::DevicePrekeys;
+use cinder::crypto::identity::UserRootKey;
 use cinder::crypto::primitives::SigningKeyPair;
 use cinder::protocol::frame::Body;
 use cinder::protocol::{
-    Ack, CreateInvite, Delivery, DeliveryKind, ErrorCode, ErrorReply, Fetch, FetchKeys, Frame,
-    GetUser, KeyEntry, Login, OneTimePrekeyMsg, Ping, PqPrekeyMsg, PrekeyUpload, Register, Send,
-    ServerHello, SignedPrekeyMsg, decode_frame, encode_frame, login_message,
+    Ack, CreateInvite, Delivery, DeliveryKind, ErrorCode, Fetch, FetchKeys, Frame, GetUser,
+    KeyEntry, Ping, Send, ServerHello, decode_frame, encode_frame, login_message,
 };
-use cinder::relay::{self, RelayConfig, RelayHandle};
+use cinder::relay::{RelayConfig, RelayHandle};
+use common::raw::{
+    Client, Dev, WAIT, authenticated, count_with, db, error_of, invite, login, register, send_ok,
+    start_relay,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Generous: the machine is small and shared, and no test asserts on speed.
-const WAIT: Duration = Duration::from_secs(30);
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-async fn start_relay(dir: &Path, tweak: impl FnOnce(&mut RelayConfig)) -> RelayHandle {
-    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_path_buf());
-    tweak(&mut config);
-    relay::start(config).await.unwrap()
-}
-
-// ---------------------------------------------------------------------------------------------
-// A raw protocol client.
-
-struct Client {
-    ws: Ws,
-    hello: ServerHello,
-    next_id: u64,
-    pushes: VecDeque<Frame>,
-}
-
-impl Client {
-    async fn connect(url: &str) -> Self {
-        let (ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect timed out")
-            .expect("connect failed");
-        Self::greeted(ws).await
-    }
-
-    async fn greeted(ws: Ws) -> Self {
-        let mut c = Self {
-            ws,
-            hello: ServerHello::default(),
-            next_id: 1,
-            pushes: VecDeque::new(),
-        };
-        match c.next_frame().await.expect("closed before hello") {
-            Frame {
-                id: 0,
-                body: Some(Body::ServerHello(h)),
-            } => c.hello = h,
-            other => panic!("expected ServerHello first, got {other:?}"),
-        }
-        c
-    }
-
-    /// The next frame, or `None` once the relay closed the connection.
-    async fn next_frame(&mut self) -> Option<Frame> {
-        loop {
-            match timeout(WAIT, self.ws.next())
-                .await
-                .expect("no frame in time")
-            {
-                Some(Ok(Message::Binary(b))) => return Some(decode_frame(&b, usize::MAX).unwrap()),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => {}
-            }
-        }
-    }
-
-    async fn send_raw(&mut self, msg: Message) {
-        self.ws.send(msg).await.unwrap();
-    }
-
-    async fn send_body(&mut self, body: Body) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = Frame {
-            id,
-            body: Some(body),
-        };
-        self.send_raw(Message::binary(encode_frame(&frame))).await;
-        id
-    }
-
-    /// Sends a request and returns the reply with the same id, keeping pushes for later.
-    async fn request(&mut self, body: Body) -> Body {
-        let id = self.send_body(body).await;
-        loop {
-            let f = self.next_frame().await.expect("connection closed");
-            if f.id == id {
-                return f.body.unwrap();
-            }
-            assert_eq!(f.id, 0, "reply to another request");
-            self.pushes.push_back(f);
-        }
-    }
-
-    async fn expect_error(&mut self, body: Body, code: ErrorCode) -> ErrorReply {
-        let e = error_of(self.request(body).await);
-        assert_eq!(ErrorCode::from_u32(e.code), Some(code), "{e:?}");
-        e
-    }
-
-    /// The next pushed `Delivery`.
-    async fn push(&mut self) -> Delivery {
-        let f = match self.pushes.pop_front() {
-            Some(f) => f,
-            None => self
-                .next_frame()
-                .await
-                .expect("closed while waiting for a push"),
-        };
-        assert_eq!(f.id, 0);
-        match f.body {
-            Some(Body::Delivery(d)) => d,
-            other => panic!("expected a Delivery push, got {other:?}"),
-        }
-    }
-
-    async fn ping(&mut self) {
-        assert!(matches!(
-            self.request(Body::Ping(Ping {})).await,
-            Body::Pong(_)
-        ));
-    }
-
-    /// Asserts that the relay closes the connection next (after any frames already sent).
-    async fn expect_closed(&mut self) {
-        assert!(self.next_frame().await.is_none(), "connection still open");
-    }
-
-    async fn fetch_all(&mut self) -> Vec<Delivery> {
-        let mut out = Vec::new();
-        loop {
-            match self.request(Body::Fetch(Fetch { limit: 0 })).await {
-                Body::Deliveries(d) => {
-                    let more = d.more;
-                    out.extend(d.items);
-                    if !more {
-                        return out;
-                    }
-                    // Items stay until acknowledged, so page by acknowledging what was read.
-                    let seqs = out.iter().map(|d| d.seq).collect();
-                    assert!(matches!(
-                        self.request(Body::Ack(Ack { seqs })).await,
-                        Body::Ok(_)
-                    ));
-                }
-                other => panic!("expected Deliveries, got {other:?}"),
-            }
-        }
-    }
-}
-
-fn error_of(body: Body) -> ErrorReply {
-    match body {
-        Body::Error(e) => e,
-        other => panic!("expected an ErrorReply, got {other:?}"),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Real identities.
-
-struct Dev {
-    user: String,
-    root: UserRootKey,
-    keys: DeviceKeys,
-    id: DeviceId,
-    cert: Vec<u8>,
-    prekeys: DevicePrekeys,
-}
-
-impl Dev {
-    fn new(user: &str) -> Self {
-        Self::with_root(user, UserRootKey::generate().unwrap())
-    }
-
-    fn with_root(user: &str, root: UserRootKey) -> Self {
-        let keys = DeviceKeys::generate().unwrap();
-        let id = DeviceId::random().unwrap();
-        let cert = root
-            .certify(user, id, &keys, now(), DeviceRole::User)
-            .unwrap()
-            .encode();
-        let prekeys = DevicePrekeys::new(&keys.signing, now()).unwrap();
-        Self {
-            user: user.to_owned(),
-            root,
-            keys,
-            id,
-            cert,
-            prekeys,
-        }
-    }
-
-    fn sign(&self, hello: &ServerHello) -> Vec<u8> {
-        self.keys
-            .signing
-            .sign(&login_message(&hello.challenge, &hello.relay_id))
-            .to_vec()
-    }
-
-    fn upload(&mut self, one_time: usize, pq: usize) -> PrekeyUpload {
-        let s = &self.keys.signing;
-        let spk = self.prekeys.current_signed_prekey(s).unwrap();
-        let lr = self.prekeys.current_last_resort(s).unwrap();
-        let pq_msg = |k: cinder::crypto::prekeys::PqPrekey| PqPrekeyMsg {
-            id: k.id,
-            last_resort: k.last_resort,
-            created_at: k.created_at,
-            public: k.public,
-            signature: k.signature.to_vec(),
-        };
-        PrekeyUpload {
-            signed_prekey: Some(SignedPrekeyMsg {
-                id: spk.id,
-                public: spk.public.to_vec(),
-                created_at: spk.created_at,
-                signature: spk.signature.to_vec(),
-            }),
-            one_time: self
-                .prekeys
-                .generate_one_time(one_time)
-                .unwrap()
-                .into_iter()
-                .map(|k| OneTimePrekeyMsg {
-                    id: k.id,
-                    public: k.public.to_vec(),
-                })
-                .collect(),
-            pq_one_time: self
-                .prekeys
-                .generate_pq_one_time(s, pq, now())
-                .unwrap()
-                .into_iter()
-                .map(pq_msg)
-                .collect(),
-            pq_last_resort: Some(pq_msg(lr)),
-        }
-    }
-
-    fn register(&mut self, invite: &str, hello: &ServerHello) -> Body {
-        Body::Register(Register {
-            invite_code: invite.to_owned(),
-            username: self.user.clone(),
-            display_name: format!("{} display", self.user),
-            root_key: self.root.public().0.to_vec(),
-            device_certificate: self.cert.clone(),
-            signature: self.sign(hello),
-            prekeys: Some(self.upload(3, 2)),
-        })
-    }
-
-    fn login(&self, hello: &ServerHello) -> Body {
-        Body::Login(Login {
-            username: self.user.clone(),
-            device_id: self.id.0.to_vec(),
-            signature: self.sign(hello),
-        })
-    }
-
-    fn entry(&self, payload: &[u8]) -> KeyEntry {
-        KeyEntry {
-            recipient_user: self.user.clone(),
-            recipient_device: self.id.0.to_vec(),
-            payload: payload.to_vec(),
-        }
-    }
-}
-
-fn authenticated(body: Body) -> cinder::protocol::Authenticated {
-    match body {
-        Body::Authenticated(a) => a,
-        other => panic!("expected Authenticated, got {other:?}"),
-    }
-}
-
-async fn register(
-    url: &str,
-    dev: &mut Dev,
-    invite: &str,
-) -> (Client, cinder::protocol::Authenticated) {
-    let mut c = Client::connect(url).await;
-    let body = dev.register(invite, &c.hello);
-    let a = authenticated(c.request(body).await);
-    (c, a)
-}
-
-async fn login(url: &str, dev: &Dev) -> (Client, cinder::protocol::Authenticated) {
-    let mut c = Client::connect(url).await;
-    let body = dev.login(&c.hello);
-    let a = authenticated(c.request(body).await);
-    (c, a)
-}
-
-async fn invite(admin: &mut Client) -> String {
-    match admin
-        .request(Body::CreateInvite(CreateInvite {
-            email: "someone@example.org".into(),
-            admin: false,
-            valid_for_secs: 0,
-        }))
-        .await
-    {
-        Body::InviteCreated(i) => i.code,
-        other => panic!("expected InviteCreated, got {other:?}"),
-    }
-}
 
 /// A relay with an admin `alice` and a user `bob`, both connected and logged in.
 struct Net {
@@ -385,19 +79,8 @@ fn send_body(id: u8, body: &[u8], recipients: &[&str], entries: Vec<KeyEntry>) -
     })
 }
 
-fn send_ok(body: Body) -> cinder::protocol::SendOk {
-    match body {
-        Body::SendOk(ok) => ok,
-        other => panic!("expected SendOk, got {other:?}"),
-    }
-}
-
-fn db(dir: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(dir.join("relay.db")).unwrap()
-}
-
 fn count(dir: &Path, sql: &str) -> i64 {
-    db(dir).query_row(sql, [], |r| r.get(0)).unwrap()
+    count_with(dir, sql, [])
 }
 
 #[cfg(unix)]

@@ -4,178 +4,32 @@
 //! what was stored (schema in `docs/relay.md`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::VecDeque;
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cinder::crypto::identity::{DeviceCertificate, DeviceId, DeviceKeys, DeviceRole, UserRootKey};
 use cinder::crypto::membership::{
     MembershipOp, OpKind, RoomKind, RoomState, SignedOp, new_room_id,
 };
 use cinder::protocol::frame::Body;
 use cinder::protocol::{
-    Ack, Authenticated, CreateInvite, Delivery, DeliveryKind, ErrorCode, ErrorReply, Fetch, Frame,
-    GetPolicy, GetRoomLog, KeyEntry, Login, Policy, Register, RoomLog, RoomSend, Send, SendOk,
-    ServerHello, SetPolicy, SubmitRoomOp, decode_frame, encode_frame, login_message,
+    CreateInvite, Delivery, DeliveryKind, ErrorCode, GetPolicy, GetRoomLog, Policy, RoomLog,
+    RoomSend, Send, SetPolicy, SubmitRoomOp,
 };
-use cinder::relay::{self, RelayConfig, RelayHandle, Tamper};
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use cinder::relay::{RelayConfig, RelayHandle, Tamper};
+use common::raw::{
+    Client, Dev, count_with as count, db, invite_for, login, now_ms, register_bare as register,
+    send_ok, start_relay,
+};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Generous: the machine is small and shared, and no test asserts on speed.
-const WAIT: Duration = Duration::from_secs(30);
 const MAX_MEMBERS: usize = 500;
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-async fn start_relay(dir: &Path, tweak: impl FnOnce(&mut RelayConfig)) -> RelayHandle {
-    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_path_buf());
-    tweak(&mut config);
-    relay::start(config).await.unwrap()
-}
-
 // ---------------------------------------------------------------------------------------------
-// A raw protocol client (as in tests/relay.rs).
-
-struct Client {
-    ws: Ws,
-    hello: ServerHello,
-    next_id: u64,
-    pushes: VecDeque<Frame>,
-}
+// Room requests on the shared raw client.
 
 impl Client {
-    async fn connect(url: &str) -> Self {
-        let (ws, _) = timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect timed out")
-            .expect("connect failed");
-        let mut c = Self {
-            ws,
-            hello: ServerHello::default(),
-            next_id: 1,
-            pushes: VecDeque::new(),
-        };
-        match c.next_frame().await.expect("closed before hello") {
-            Frame {
-                id: 0,
-                body: Some(Body::ServerHello(h)),
-            } => c.hello = h,
-            other => panic!("expected ServerHello first, got {other:?}"),
-        }
-        c
-    }
-
-    async fn next_frame(&mut self) -> Option<Frame> {
-        loop {
-            match timeout(WAIT, self.ws.next())
-                .await
-                .expect("no frame in time")
-            {
-                Some(Ok(Message::Binary(b))) => return Some(decode_frame(&b, usize::MAX).unwrap()),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => {}
-            }
-        }
-    }
-
-    async fn request(&mut self, body: Body) -> Body {
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = Frame {
-            id,
-            body: Some(body),
-        };
-        self.ws
-            .send(Message::binary(encode_frame(&frame)))
-            .await
-            .unwrap();
-        loop {
-            let f = self.next_frame().await.expect("connection closed");
-            if f.id == id {
-                return f.body.unwrap();
-            }
-            assert_eq!(f.id, 0, "reply to another request");
-            self.pushes.push_back(f);
-        }
-    }
-
-    async fn expect_error(&mut self, body: Body, code: ErrorCode) -> ErrorReply {
-        match self.request(body).await {
-            Body::Error(e) => {
-                assert_eq!(ErrorCode::from_u32(e.code), Some(code), "{e:?}");
-                e
-            }
-            other => panic!("expected {code:?}, got {other:?}"),
-        }
-    }
-
-    /// The next push (id 0), whatever it carries.
-    async fn next_push(&mut self) -> Body {
-        let f = match self.pushes.pop_front() {
-            Some(f) => f,
-            None => self
-                .next_frame()
-                .await
-                .expect("closed while waiting for a push"),
-        };
-        assert_eq!(f.id, 0);
-        f.body.unwrap()
-    }
-
-    /// The next pushed `Delivery`.
-    async fn push(&mut self) -> Delivery {
-        match self.next_push().await {
-            Body::Delivery(d) => d,
-            other => panic!("expected a Delivery push, got {other:?}"),
-        }
-    }
-
-    /// Whether a push arrives within `wait` (pings first so everything queued is flushed).
-    async fn no_push_within(&mut self, wait: Duration) -> bool {
-        self.request(Body::Ping(cinder::protocol::Ping {})).await;
-        if !self.pushes.is_empty() {
-            return false;
-        }
-        timeout(wait, self.ws.next()).await.is_err()
-    }
-
-    /// Everything waiting in the mailbox (not acknowledged).
-    async fn fetch(&mut self) -> Vec<Delivery> {
-        match self.request(Body::Fetch(Fetch { limit: 0 })).await {
-            Body::Deliveries(d) => {
-                assert!(!d.more);
-                d.items
-            }
-            other => panic!("expected Deliveries, got {other:?}"),
-        }
-    }
-
-    async fn ack(&mut self, seqs: Vec<u64>) {
-        assert!(matches!(
-            self.request(Body::Ack(Ack { seqs })).await,
-            Body::Ok(_)
-        ));
-    }
-
     async fn submit(&mut self, op: &SignedOp) -> Body {
         self.request(Body::SubmitRoomOp(SubmitRoomOp {
             room_id: op.op.room_id.clone(),
@@ -203,13 +57,6 @@ impl Client {
     }
 }
 
-fn send_ok(body: Body) -> SendOk {
-    match body {
-        Body::SendOk(ok) => ok,
-        other => panic!("expected SendOk, got {other:?}"),
-    }
-}
-
 fn room_log_of(body: Body) -> RoomLog {
     match body {
         Body::RoomLog(l) => l,
@@ -227,54 +74,7 @@ fn policy_of(body: Body) -> Policy {
 // ---------------------------------------------------------------------------------------------
 // Real identities and real signed ops.
 
-struct Dev {
-    user: String,
-    root: UserRootKey,
-    keys: DeviceKeys,
-    id: DeviceId,
-    cert: Vec<u8>,
-}
-
 impl Dev {
-    fn new(user: &str) -> Self {
-        Self::with_root(user, UserRootKey::generate().unwrap())
-    }
-
-    fn with_root(user: &str, root: UserRootKey) -> Self {
-        let keys = DeviceKeys::generate().unwrap();
-        let id = DeviceId::random().unwrap();
-        let cert = root
-            .certify(user, id, &keys, now(), DeviceRole::User)
-            .unwrap()
-            .encode();
-        Self {
-            user: user.to_owned(),
-            root,
-            keys,
-            id,
-            cert,
-        }
-    }
-
-    fn sign(&self, hello: &ServerHello) -> Vec<u8> {
-        self.keys
-            .signing
-            .sign(&login_message(&hello.challenge, &hello.relay_id))
-            .to_vec()
-    }
-
-    fn certificate(&self) -> DeviceCertificate {
-        DeviceCertificate::decode(&self.cert).unwrap()
-    }
-
-    fn entry(&self, payload: &[u8]) -> KeyEntry {
-        KeyEntry {
-            recipient_user: self.user.clone(),
-            recipient_device: self.id.0.to_vec(),
-            payload: payload.to_vec(),
-        }
-    }
-
     /// A `Create` of a new room with `members` invited, signed by this device.
     fn create(&self, members: &[&Dev]) -> (SignedOp, RoomState) {
         let room_id = new_room_id(RoomKind::Room).unwrap();
@@ -326,39 +126,6 @@ fn room_send(id: u8, room: &RoomState, body: &[u8], key: &[u8], ttl_ms: u64) -> 
     })
 }
 
-fn authenticated(body: Body) -> Authenticated {
-    match body {
-        Body::Authenticated(a) => a,
-        other => panic!("expected Authenticated, got {other:?}"),
-    }
-}
-
-async fn register(url: &str, dev: &Dev, invite: &str) -> (Client, Authenticated) {
-    let mut c = Client::connect(url).await;
-    let body = Body::Register(Register {
-        invite_code: invite.to_owned(),
-        username: dev.user.clone(),
-        display_name: dev.user.clone(),
-        root_key: dev.root.public().0.to_vec(),
-        device_certificate: dev.cert.clone(),
-        signature: dev.sign(&c.hello),
-        prekeys: None,
-    });
-    let a = authenticated(c.request(body).await);
-    (c, a)
-}
-
-async fn login(url: &str, dev: &Dev) -> (Client, Authenticated) {
-    let mut c = Client::connect(url).await;
-    let body = Body::Login(Login {
-        username: dev.user.clone(),
-        device_id: dev.id.0.to_vec(),
-        signature: dev.sign(&c.hello),
-    });
-    let a = authenticated(c.request(body).await);
-    (c, a)
-}
-
 /// A relay with an admin `alice`, connected.
 struct Net {
     _tmp: tempfile::TempDir,
@@ -391,18 +158,7 @@ impl Net {
 
     /// Registers a new ordinary user and returns its device and connection.
     async fn user(&mut self, name: &str) -> (Dev, Client) {
-        let code = match self
-            .a
-            .request(Body::CreateInvite(CreateInvite {
-                email: String::new(),
-                admin: false,
-                valid_for_secs: 0,
-            }))
-            .await
-        {
-            Body::InviteCreated(i) => i.code,
-            other => panic!("expected InviteCreated, got {other:?}"),
-        };
+        let code = invite_for(&mut self.a, "").await;
         let dev = Dev::new(name);
         let (c, auth) = register(&self.url, &dev, &code).await;
         assert!(!auth.is_admin);
@@ -424,14 +180,6 @@ impl Net {
         let (c, _) = login(&self.url, &other).await;
         (other, c)
     }
-}
-
-fn db(dir: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(dir.join("relay.db")).unwrap()
-}
-
-fn count(dir: &Path, sql: &str, params: impl rusqlite::Params) -> i64 {
-    db(dir).query_row(sql, params, |r| r.get(0)).unwrap()
 }
 
 /// Polls `cond` every 100 ms until it holds or `deadline` passes.

@@ -2,6 +2,8 @@
 //! data directory, users registered with the test-only cheap Argon2id parameters.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
