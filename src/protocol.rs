@@ -16,6 +16,9 @@ pub use messages::*;
 pub const PROTOCOL_VERSION: u8 = 1;
 /// Largest frame either side accepts by default (the relay's `--max-frame` can lower it).
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+/// The largest frame limit a relay may be configured with. Clients accept incoming frames up
+/// to this (plus framing), so no relay setting can make a stored item undeliverable.
+pub const MAX_FRAME_LIMIT: usize = 64 << 20;
 
 /// Stable error codes; numbers never change meaning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -121,6 +121,14 @@ pub trait Tamper: Send + Sync + 'static {
         vec![d]
     }
 
+    /// Called for every answer to a request of `from_user`, named by its kind (`"send"`,
+    /// `"set_policy"`, ...); `Some(delay)` holds the answer back that long while the connection
+    /// goes on serving pushes and other requests (a slow relay, for tests of the client).
+    fn hold(&self, from_user: &str, request: &str) -> Option<std::time::Duration> {
+        let _ = (from_user, request);
+        None
+    }
+
     /// Called for every `RoomLog` answer to `to_user`; the relay sends what this returns.
     fn room_log(&self, to_user: &str, log: RoomLog) -> RoomLog {
         let _ = to_user;
@@ -221,9 +229,9 @@ impl RelayConfig {
             ));
         }
         // The smallest useful frame still has to carry a KeyBundle with one PQ prekey.
-        if self.max_frame < 8 * 1024 || u32::try_from(self.max_frame).is_err() {
+        if self.max_frame < 8 * 1024 || self.max_frame > crate::protocol::MAX_FRAME_LIMIT {
             return Err(RelayError::Config(
-                "max_frame must be between 8 KiB and 4 GiB".into(),
+                "max_frame must be between 8 KiB and 64 MiB".into(),
             ));
         }
         if self.rate_per_sec > 0 && self.rate_burst == 0 {

@@ -37,7 +37,7 @@ pub use crate::protocol::Policy;
 pub use crate::store::{
     ConversationSummary, MessageKind, MessageRecord, MessageState, MessageTimers,
 };
-pub use connection::check_url;
+pub use connection::{PUSH_QUEUE, check_url};
 pub use engine::spawn;
 /// Conversions between the wire prekey messages and the crypto types.
 pub use outbound::{bundle_from, otk_msg, pq_msg, spk_msg};
@@ -69,6 +69,14 @@ pub enum SessionError {
         retry_after_ms: u32,
         /// For changed devices.
         stale: Vec<UserDevices>,
+    },
+    /// A request larger than the relay accepts (never sent).
+    #[error("message too large ({size} bytes; the limit is {limit})")]
+    TooLarge {
+        /// The encoded request.
+        size: usize,
+        /// The relay's frame limit.
+        limit: usize,
     },
     /// The relay spoke something we do not understand.
     #[error("protocol error: {0}")]
@@ -124,7 +132,10 @@ impl SessionError {
                     | ErrorCode::TooManyConnections
                     | ErrorCode::DevicesChanged
             ),
-            Self::IdentityChanged(_) | Self::Usage(_) | Self::Refused(_) => true,
+            Self::IdentityChanged(_)
+            | Self::Usage(_)
+            | Self::Refused(_)
+            | Self::TooLarge { .. } => true,
             _ => false,
         }
     }
@@ -400,6 +411,8 @@ pub struct SessionHandle {
     account: Arc<AccountInfo>,
     connected: Arc<std::sync::atomic::AtomicBool>,
     policy: Arc<std::sync::Mutex<Option<Policy>>>,
+    /// The queue of pushes towards the engine (weak: the handle must not keep it open).
+    pushes: mpsc::WeakSender<connection::Push>,
 }
 
 /// Public facts about the signed-in account, for display.
@@ -720,6 +733,15 @@ impl SessionHandle {
     /// after the first `Connected` event may already have passed).
     pub fn is_connected(&self) -> bool {
         self.connected.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// How many pushes wait for the engine right now (at most
+    /// [`PUSH_QUEUE`]); for tests of the bound.
+    #[doc(hidden)]
+    pub fn push_queue_depth(&self) -> usize {
+        self.pushes
+            .upgrade()
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
     }
 
     /// The signed-in account.

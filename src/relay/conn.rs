@@ -64,6 +64,8 @@ enum Action {
     Reply(Frame),
     /// Answer, then close the connection.
     Close(Frame, CloseCode),
+    /// Answer after a delay, serving the connection meanwhile (the test hook's held reply).
+    Later(Frame, std::time::Duration),
 }
 
 /// Why the connection loop woke up.
@@ -271,6 +273,13 @@ where
             }
             let now = rooms::now_ms();
             for push in pushes {
+                if let Push::Reply(frame) = push {
+                    let msg = Message::binary(encode_frame(&frame));
+                    if !matches!(timeout(WRITE_TIMEOUT, ws.feed(msg)).await, Ok(Ok(()))) {
+                        return false;
+                    }
+                    continue;
+                }
                 // Expired while queued: never delivered.
                 let Some(body) = push.into_body(now) else {
                     continue;
@@ -300,6 +309,16 @@ where
         Event::Incoming(Some(Ok(Message::Binary(bytes)))) => {
             match handle_bytes(shared, sess, &bytes).await {
                 Action::Reply(frame) => send_frame(ws, &frame).await.is_ok(),
+                Action::Later(frame, delay) => {
+                    if let Some(auth) = &sess.auth {
+                        let outbox = Arc::clone(&auth.outbox);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            outbox.offer(Push::Reply(Box::new(frame)));
+                        });
+                    }
+                    true
+                }
                 Action::Close(frame, code) => {
                     fail(ws, &frame, code, 0).await;
                     false
@@ -342,6 +361,17 @@ where
     }
 }
 
+/// What a request costs in rate-limit tokens. An ack only deletes rows the device owns and is
+/// the client's answer to our own pushes: charging a full token for each would make a burst of
+/// deliveries exhaust the bucket of the device receiving it. It still costs something, so a
+/// flood of acks is throttled like any other.
+fn request_cost(body: &Body) -> f64 {
+    match body {
+        Body::Ack(a) => 0.05 + 0.001 * a.seqs.len().min(MAX_ACK) as f64,
+        _ => 1.0,
+    }
+}
+
 /// Decodes one binary message and runs the request it carries.
 async fn handle_bytes(shared: &Shared, sess: &mut Session, bytes: &[u8]) -> Action {
     let frame = match decode_frame(bytes, shared.max_frame) {
@@ -353,11 +383,25 @@ async fn handle_bytes(shared: &Shared, sess: &mut Session, bytes: &[u8]) -> Acti
                 CloseCode::Protocol,
             );
         }
-        Err(FrameError::TooLarge { .. }) => {
-            return Action::Close(
-                error_frame(0, ErrorCode::FrameTooLarge, "frame too large"),
-                CloseCode::Size,
-            );
+        Err(FrameError::TooLarge { size, limit }) => {
+            // The WebSocket layer let it through (its limit has headroom above ours), so the
+            // framing is intact: refuse this request and keep the connection. Only a client
+            // that has logged in gets that courtesy.
+            let id = bytes
+                .get(1..)
+                .and_then(|b| Frame::decode(b).ok())
+                .map(|f| f.id);
+            let msg = format!("frame too large ({size} bytes; the limit is {limit})");
+            return match id {
+                Some(id) if sess.auth.is_some() => {
+                    tracing::debug!(conn = sess.id, size, "refused an oversized request");
+                    Action::Reply(error_frame(id, ErrorCode::FrameTooLarge, msg))
+                }
+                _ => Action::Close(
+                    error_frame(0, ErrorCode::FrameTooLarge, msg),
+                    CloseCode::Size,
+                ),
+            };
         }
         Err(FrameError::NoBody) => {
             // A well-formed frame of a kind this relay does not know (a newer client): the id
@@ -398,7 +442,9 @@ async fn handle_bytes(shared: &Shared, sess: &mut Session, bytes: &[u8]) -> Acti
         );
     }
     let allowed = match &sess.auth {
-        Some(auth) => shared.registry.take_token(&auth.device),
+        Some(auth) => shared
+            .registry
+            .take_token(&auth.device, request_cost(&body)),
         None => sess.bucket.take(
             shared.rate_per_sec,
             shared.rate_burst,
@@ -450,7 +496,7 @@ async fn handle_bytes(shared: &Shared, sess: &mut Session, bytes: &[u8]) -> Acti
             "not a request a client may send",
         )),
     };
-    match result {
+    let action = match result {
         Ok(body) => Action::Reply(Frame {
             id,
             body: Some(body),
@@ -468,6 +514,14 @@ async fn handle_bytes(shared: &Shared, sess: &mut Session, bytes: &[u8]) -> Acti
             };
             Action::Reply(error_frame(id, code, code.to_string()))
         }
+    };
+    // The test hook may hold this answer back; the connection carries on meanwhile.
+    match (action, &shared.tamper, &sess.auth) {
+        (Action::Reply(frame), Some(t), Some(auth)) => match t.hold(&auth.username, kind) {
+            Some(delay) => Action::Later(frame, delay),
+            None => Action::Reply(frame),
+        },
+        (action, _, _) => action,
     }
 }
 

@@ -46,6 +46,8 @@ pub(crate) enum Push {
     },
     /// The network policy changed.
     Policy(Policy),
+    /// An answer the test hook held back ([`crate::relay::Tamper::hold`]), sent as it is.
+    Reply(Box<crate::protocol::Frame>),
 }
 
 impl Push {
@@ -91,6 +93,8 @@ impl Push {
                 item.delivery(seq, server_ts_ms)
             }
             Self::Policy(p) => return Some(Body::Policy(p)),
+            // The connection loop sends these with their own id before asking for a body.
+            Self::Reply(f) => return f.body,
         };
         Some(Body::Delivery(delivery))
     }
@@ -109,7 +113,7 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn offer(&self, push: Push) {
+    pub(crate) fn offer(&self, push: Push) {
         let mut q = self.lock();
         if q.len() < OUTBOX_CAP {
             q.push_back(push);
@@ -153,17 +157,29 @@ impl TokenBucket {
     /// Takes one token, or says how many milliseconds until one is available. A `rate` of 0
     /// means unlimited.
     pub(crate) fn take(&mut self, rate: u32, burst: u32, now: Instant) -> Result<(), u32> {
+        self.take_cost(rate, burst, now, 1.0)
+    }
+
+    /// Takes `cost` tokens (a fraction for cheap requests such as acks), or says how many
+    /// milliseconds until they are available.
+    pub(crate) fn take_cost(
+        &mut self,
+        rate: u32,
+        burst: u32,
+        now: Instant,
+        cost: f64,
+    ) -> Result<(), u32> {
         if rate == 0 {
             return Ok(());
         }
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(burst));
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             Ok(())
         } else {
-            let wait_ms = ((1.0 - self.tokens) / f64::from(rate) * 1000.0).ceil();
+            let wait_ms = ((cost - self.tokens) / f64::from(rate) * 1000.0).ceil();
             // The float is small and positive here; the clamp keeps the cast obviously safe.
             Err(wait_ms.clamp(1.0, f64::from(u32::MAX)) as u32)
         }
@@ -222,10 +238,10 @@ impl Registry {
     }
 
     /// Charges one request to `device`; `Err` carries the milliseconds to wait.
-    pub(crate) fn take_token(&self, device: &DeviceId) -> Result<(), u32> {
+    pub(crate) fn take_token(&self, device: &DeviceId, cost: f64) -> Result<(), u32> {
         let (rate, burst) = (self.rate, self.burst);
         match self.lock().get_mut(device) {
-            Some(slot) => slot.bucket.take(rate, burst, Instant::now()),
+            Some(slot) => slot.bucket.take_cost(rate, burst, Instant::now(), cost),
             None => Ok(()),
         }
     }

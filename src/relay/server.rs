@@ -62,6 +62,11 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
 }
 
+/// The WebSocket message limit for a relay frame limit of `max_frame`.
+fn ws_limit(max_frame: usize) -> usize {
+    max_frame.saturating_add((max_frame / 4).max(64 * 1024))
+}
+
 impl Shared {
     pub(crate) fn new(
         config: &RelayConfig,
@@ -76,8 +81,10 @@ impl Shared {
             .write_buffer_size(0)
             // Backpressure instead of unbounded buffering towards a slow reader.
             .max_write_buffer_size(config.max_frame.saturating_mul(2).max(64 * 1024))
-            .max_message_size(Some(config.max_frame))
-            .max_frame_size(Some(config.max_frame));
+            // Headroom above our own limit: a request slightly too large still arrives whole,
+            // so it can be refused with an answer while the connection stays up.
+            .max_message_size(Some(ws_limit(config.max_frame)))
+            .max_frame_size(Some(ws_limit(config.max_frame)));
         Self {
             store,
             registry: Arc::new(Registry::new(config.rate_per_sec, config.rate_burst)),

@@ -3,6 +3,12 @@
 //! A reader task matches responses to requests by frame id and forwards pushes (`Delivery`,
 //! `Bye`) to the engine; a writer task owns the sink. Requests never block the engine: each
 //! waits on its own oneshot with a timeout.
+//!
+//! Two rules keep one bad item from locking a user out. Every request is checked against the
+//! frame limit the relay announced in its hello before it is sent (an oversized one is refused
+//! here, with the sizes, and never reaches the relay). And the queue of pushes towards the
+//! engine is bounded: when it is full a delivery push is dropped and the engine told to catch up
+//! from the mailbox, where the relay keeps every delivery until it is acknowledged.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,13 +23,22 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::SessionError;
 use crate::protocol::{
-    self, DEFAULT_MAX_FRAME, ErrorCode, ErrorReply, Frame, ServerHello, frame::Body,
+    self, DEFAULT_MAX_FRAME, ErrorCode, ErrorReply, Frame, MAX_FRAME_LIMIT, ServerHello,
+    frame::Body,
 };
 
 /// How long a request may wait for its response.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long connecting (TCP, TLS, WebSocket, hello) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many pushes may wait for the engine. A relay that pushes faster than the engine reads
+/// fills this and no more: further delivery pushes are dropped (they stay in the mailbox).
+pub const PUSH_QUEUE: usize = 256;
+/// How long one request may wait in total for the relay's rate limit before the caller is told.
+pub const RATE_LIMIT_BUDGET: Duration = Duration::from_secs(30);
+/// The largest frame a client accepts from a relay: a relay may be configured up to
+/// [`MAX_FRAME_LIMIT`] and sends one oversized mailbox item alone, with a little framing.
+pub const MAX_INCOMING_FRAME: usize = MAX_FRAME_LIMIT + 64 * 1024;
 
 /// What the reader forwards to the engine.
 #[derive(Debug)]
@@ -32,6 +47,8 @@ pub enum Push {
     Delivery(protocol::Delivery),
     /// The network policy changed.
     Policy(protocol::Policy),
+    /// Delivery pushes were dropped because the engine fell behind: fetch the mailbox.
+    Overflowed,
     /// The relay is draining.
     Bye(String),
     /// The connection ended.
@@ -45,6 +62,8 @@ pub struct Connection {
     out: mpsc::Sender<Message>,
     waiters: Waiters,
     next_id: AtomicU64,
+    /// The largest frame the relay accepts (from its hello).
+    max_frame: usize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -117,11 +136,14 @@ impl Connection {
     pub async fn open(
         url: &str,
         ca_pem: Option<&[u8]>,
-        pushes: mpsc::UnboundedSender<Push>,
+        pushes: mpsc::Sender<Push>,
     ) -> Result<(Self, ServerHello), SessionError> {
+        // Incoming frames may be larger than our own default: a relay configured with a larger
+        // limit stores (and then delivers) larger items. Refusing them at the socket would
+        // drop the connection on every attempt and lock the recipient out.
         let mut config = WebSocketConfig::default();
-        config.max_message_size = Some(DEFAULT_MAX_FRAME);
-        config.max_frame_size = Some(DEFAULT_MAX_FRAME);
+        config.max_message_size = Some(MAX_INCOMING_FRAME);
+        config.max_frame_size = Some(MAX_INCOMING_FRAME);
         let connector = if url.starts_with("wss://") {
             Some(tls_connector(ca_pem)?)
         } else {
@@ -155,6 +177,11 @@ impl Connection {
             Some(Body::Error(e)) => return Err(SessionError::from_reply(&e)),
             _ => return Err(SessionError::Protocol("relay did not say hello".into())),
         };
+        // 0 is an old relay that did not say: it spoke the default.
+        let max_frame = match usize::try_from(hello.max_frame) {
+            Ok(0) | Err(_) => DEFAULT_MAX_FRAME,
+            Ok(n) => n.min(MAX_FRAME_LIMIT),
+        };
 
         let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
         let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
@@ -168,26 +195,44 @@ impl Connection {
         });
         let w = Arc::clone(&waiters);
         let reader = tokio::spawn(async move {
-            while let Some(msg) = stream.next().await {
+            // Set when a push was dropped on a full queue; cleared once the engine has been
+            // told (as soon as the queue has room, even if nothing else arrives).
+            let mut overflowed = false;
+            loop {
+                let msg = tokio::select! {
+                    msg = stream.next() => msg,
+                    permit = pushes.reserve(), if overflowed => {
+                        if let Ok(p) = permit {
+                            p.send(Push::Overflowed);
+                        }
+                        overflowed = false;
+                        continue;
+                    }
+                };
+                let Some(msg) = msg else { break };
                 let bytes = match msg {
                     Ok(Message::Binary(b)) => b,
                     Ok(Message::Close(_)) | Err(_) => break,
                     Ok(_) => continue,
                 };
-                let Ok(frame) = protocol::decode_frame(&bytes, DEFAULT_MAX_FRAME) else {
+                let Ok(frame) = protocol::decode_frame(&bytes, MAX_INCOMING_FRAME) else {
                     tracing::warn!("undecodable frame from relay");
                     continue;
                 };
                 let Some(body) = frame.body else { continue };
+                // Never waits for the engine: a full queue drops the push (the relay keeps
+                // it in the mailbox) and remembers to say so.
+                let mut offer = |push: Push| {
+                    if let Err(mpsc::error::TrySendError::Full(_)) = pushes.try_send(push) {
+                        overflowed = true;
+                    }
+                };
                 match body {
-                    Body::Delivery(d) if frame.id == 0 => {
-                        let _ = pushes.send(Push::Delivery(d));
-                    }
-                    Body::Policy(p) if frame.id == 0 => {
-                        let _ = pushes.send(Push::Policy(p));
-                    }
+                    Body::Delivery(d) if frame.id == 0 => offer(Push::Delivery(d)),
+                    Body::Policy(p) if frame.id == 0 => offer(Push::Policy(p)),
                     Body::Bye(b) => {
-                        let _ = pushes.send(Push::Bye(b.reason));
+                        // Rare and final: worth waiting for room.
+                        let _ = pushes.send(Push::Bye(b.reason)).await;
                     }
                     other => {
                         let waiter = w.lock().ok().and_then(|mut m| m.remove(&frame.id));
@@ -206,40 +251,73 @@ impl Connection {
             if let Ok(mut m) = w.lock() {
                 m.clear();
             }
-            let _ = pushes.send(Push::Closed);
+            let _ = pushes.send(Push::Closed).await;
         });
         Ok((
             Self {
                 out: out_tx,
                 waiters,
                 next_id: AtomicU64::new(1),
+                max_frame,
                 tasks: vec![reader, writer],
             },
             hello,
         ))
     }
 
-    /// Sends a request and waits for its response body.
+    /// The largest frame the relay accepts, from its hello.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Sends a request and waits for its response body. A `RateLimited` answer is retried
+    /// here, after the wait the relay asks for, for up to [`RATE_LIMIT_BUDGET`]: this is the one
+    /// place that honours `retry_after`, so no caller sees a rate limit a short wait cures.
     ///
     /// # Errors
+    /// [`SessionError::TooLarge`] for a request above the relay's frame limit (not sent);
     /// [`SessionError::Unreachable`] if the connection drops or the relay does not answer in
     /// time; [`SessionError::Relay`] for an error reply.
     pub async fn request(&self, body: Body) -> Result<Body, SessionError> {
+        let mut frame = Frame {
+            id: 0,
+            body: Some(body),
+        };
+        let mut waited = Duration::ZERO;
+        loop {
+            match self.request_once(&mut frame).await {
+                Err(SessionError::Relay {
+                    code: ErrorCode::RateLimited,
+                    retry_after_ms,
+                    ..
+                }) if waited < RATE_LIMIT_BUDGET => {
+                    let wait = Duration::from_millis(u64::from(retry_after_ms).clamp(1, 5000));
+                    waited += wait;
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn request_once(&self, frame: &mut Frame) -> Result<Body, SessionError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        frame.id = id;
+        let bytes = protocol::encode_frame(frame);
+        if bytes.len() > self.max_frame {
+            return Err(SessionError::TooLarge {
+                size: bytes.len(),
+                limit: self.max_frame,
+            });
+        }
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.waiters.lock() {
             m.insert(id, tx);
         }
-        let frame = Frame {
-            id,
-            body: Some(body),
-        };
-        if self
-            .out
-            .send(Message::Binary(protocol::encode_frame(&frame).into()))
-            .await
-            .is_err()
-        {
+        if self.out.send(Message::Binary(bytes.into())).await.is_err() {
+            if let Ok(mut m) = self.waiters.lock() {
+                m.remove(&id);
+            }
             return Err(SessionError::Unreachable("connection closed".into()));
         }
         let reply = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;

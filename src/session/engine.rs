@@ -1,10 +1,13 @@
-//! The actor loop: connection lifecycle, reconnect with backoff and jitter, command handling.
+//! The engine: an actor that owns the timers and the command queue, and child tasks that do
+//! the round trips. Connection lifecycle, reconnect with backoff and jitter, command handling.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::connection::{Connection, Push};
@@ -13,30 +16,64 @@ use crate::crypto::primitives;
 use crate::protocol::{self, frame::Body};
 use crate::store::{AccountRecord, Store};
 
+/// Most sequence numbers acknowledged in one frame (the relay accepts up to 10,000).
+const ACK_BATCH: usize = 256;
+
 pub(crate) struct Engine {
     pub(crate) store: Arc<Mutex<Store>>,
     pub(crate) keys: Arc<Keys>,
     pub(crate) url: String,
     pub(crate) relay_id: Vec<u8>,
     pub(crate) opts: EngineOptions,
-    pub(crate) conn: Option<Connection>,
+    conn: Mutex<Option<Arc<Connection>>>,
     pub(crate) events: broadcast::Sender<SessionEvent>,
-    push_tx: mpsc::UnboundedSender<Push>,
-    push_rx: mpsc::UnboundedReceiver<Push>,
-    failures: u32,
-    next_attempt: Option<Instant>,
-    pub(crate) prekey_counts: Option<(u32, u32)>,
-    connected: Arc<std::sync::atomic::AtomicBool>,
-    /// The network policy from the last login or push.
-    pub(crate) policy: Option<protocol::Policy>,
-    policy_shared: Arc<Mutex<Option<protocol::Policy>>>,
-    /// When the next timed message must be shredded.
-    pub(crate) next_shred: Option<Instant>,
+    push_tx: mpsc::Sender<Push>,
+    /// Sequence numbers of processed pushes not yet acknowledged: acks go out in batches
+    /// when the push queue is empty, so a burst of pushes costs the relay a few acks.
+    pending_acks: Mutex<Vec<u64>>,
+    /// The relay's frame limit from the last hello (the default until we connect).
+    max_frame: AtomicUsize,
+    prekey_counts: Mutex<Option<(u32, u32)>>,
+    connected: Arc<AtomicBool>,
+    /// The network policy from the last login or push (shared with the handle).
+    policy: Arc<Mutex<Option<protocol::Policy>>>,
     /// Bumped whenever a user's device list in the cache changes.
-    pub(crate) devices_epoch: u64,
+    devices_epoch: AtomicU64,
     /// Rooms whose sender key was reconciled with the member devices, at which (log head,
     /// devices epoch): a send in a steady room skips the per-member work.
-    pub(crate) room_keys_ok: std::collections::HashMap<String, (u64, u64)>,
+    room_keys_ok: Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// The actor's timers: reconnect backoff and the next shred.
+    timers: Mutex<ActorTimers>,
+    /// Wakes the actor: a timer changed, a flush or a catch-up is wanted.
+    wake: Notify,
+    /// Held while connecting, so concurrent commands open one connection.
+    connect_lock: tokio::sync::Mutex<()>,
+    /// Held while delivering the outbox: items leave it in order, each encrypted once.
+    pub(crate) outbox_lock: tokio::sync::Mutex<()>,
+    /// Held while processing deliveries (pushes and fetched pages): the mailbox is applied in
+    /// order.
+    pub(crate) inbox_lock: tokio::sync::Mutex<()>,
+    /// Held by room-changing commands so that two changes of this device do not race.
+    room_lock: tokio::sync::Mutex<()>,
+}
+
+/// What the actor waits for besides commands.
+#[derive(Default)]
+struct ActorTimers {
+    failures: u32,
+    next_attempt: Option<Instant>,
+    next_shred: Option<Instant>,
+    /// The outbox should be delivered (something was queued while connected, or we
+    /// reconnected).
+    flush_wanted: bool,
+    /// The mailbox should be fetched (we reconnected).
+    fetch_wanted: bool,
+}
+
+/// Locks a std mutex, recovering the data if a panicking thread poisoned it: every value kept
+/// under these locks is valid at every point a panic could interrupt.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Starts the engine for an unlocked store.
@@ -59,31 +96,38 @@ pub fn spawn(mut store: Store, opts: EngineOptions) -> Result<SessionHandle, Ses
     let profile_dir = Arc::new(PathBuf::from(store.dir()));
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (events, _) = broadcast::channel(4096);
-    let (push_tx, push_rx) = mpsc::unbounded_channel();
+    let (push_tx, push_rx) = mpsc::channel(super::connection::PUSH_QUEUE);
     let auto = opts.auto_reconnect;
-    let engine = Engine {
+    let engine = Arc::new(Engine {
         store: Arc::new(Mutex::new(store)),
         keys,
         url: account.server_url.clone(),
         relay_id: account.relay_id.clone(),
         opts,
-        conn: None,
+        conn: Mutex::new(None),
         events: events.clone(),
         push_tx,
-        push_rx,
-        failures: 0,
-        next_attempt: auto.then(Instant::now),
-        prekey_counts: None,
-        connected: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        policy: None,
-        policy_shared: Arc::new(Mutex::new(None)),
-        next_shred: None,
-        devices_epoch: 0,
-        room_keys_ok: std::collections::HashMap::new(),
-    };
+        pending_acks: Mutex::new(Vec::new()),
+        max_frame: AtomicUsize::new(protocol::DEFAULT_MAX_FRAME),
+        prekey_counts: Mutex::new(None),
+        connected: Arc::new(AtomicBool::new(false)),
+        policy: Arc::new(Mutex::new(None)),
+        devices_epoch: AtomicU64::new(0),
+        room_keys_ok: Mutex::new(std::collections::HashMap::new()),
+        timers: Mutex::new(ActorTimers {
+            next_attempt: auto.then(Instant::now),
+            ..ActorTimers::default()
+        }),
+        wake: Notify::new(),
+        connect_lock: tokio::sync::Mutex::new(()),
+        outbox_lock: tokio::sync::Mutex::new(()),
+        inbox_lock: tokio::sync::Mutex::new(()),
+        room_lock: tokio::sync::Mutex::new(()),
+    });
     let connected = Arc::clone(&engine.connected);
-    let policy = Arc::clone(&engine.policy_shared);
-    tokio::spawn(engine.run(cmd_rx));
+    let policy = Arc::clone(&engine.policy);
+    let pushes = engine.push_tx.downgrade();
+    tokio::spawn(engine.run(cmd_rx, push_rx));
     Ok(SessionHandle {
         cmd: cmd_tx,
         events,
@@ -96,6 +140,7 @@ pub fn spawn(mut store: Store, opts: EngineOptions) -> Result<SessionHandle, Ses
         }),
         connected,
         policy,
+        pushes,
     })
 }
 
@@ -121,12 +166,105 @@ impl Engine {
         let _ = self.events.send(e);
     }
 
-    async fn run(mut self, mut cmd_rx: mpsc::Receiver<Command>) {
+    /// The live connection, or [`SessionError::Unreachable`].
+    pub(crate) fn conn(&self) -> Result<Arc<Connection>, SessionError> {
+        lock(&self.conn)
+            .clone()
+            .ok_or_else(|| SessionError::Unreachable("not connected".into()))
+    }
+
+    /// Whether a connection is up.
+    pub(crate) fn is_connected(&self) -> bool {
+        lock(&self.conn).is_some()
+    }
+
+    /// The network policy from the last login or push.
+    pub(crate) fn policy(&self) -> Option<protocol::Policy> {
+        lock(&self.policy).clone()
+    }
+
+    /// The relay's frame limit.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.max_frame.load(Ordering::Relaxed)
+    }
+
+    /// The device-list epoch (see `room_keys_ok`).
+    pub(crate) fn devices_epoch(&self) -> u64 {
+        self.devices_epoch.load(Ordering::Acquire)
+    }
+
+    /// Records that some user's device list changed.
+    pub(crate) fn bump_devices_epoch(&self) {
+        self.devices_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The (log head, devices epoch) at which `room`'s sender key was last reconciled.
+    pub(crate) fn room_key_checked(&self, room: &str) -> Option<(u64, u64)> {
+        lock(&self.room_keys_ok).get(room).copied()
+    }
+
+    /// Records a reconciled sender key for `room`.
+    pub(crate) fn set_room_key_checked(&self, room: String, at: (u64, u64)) {
+        lock(&self.room_keys_ok).insert(room, at);
+    }
+
+    /// Takes the prekey counts the last login reported (maintenance runs once per login).
+    pub(crate) fn take_prekey_counts(&self) -> Option<(u32, u32)> {
+        lock(&self.prekey_counts).take()
+    }
+
+    /// Asks the actor to deliver the outbox in the background.
+    pub(crate) fn want_flush(&self) {
+        lock(&self.timers).flush_wanted = true;
+        self.wake.notify_one();
+    }
+
+    /// The actor: it owns the timers and the command queue and never waits for the network.
+    /// Every command that needs a round trip runs as a child task, so a stalled request
+    /// holds up only itself; deliveries are applied in order by one inbox task.
+    async fn run(
+        self: Arc<Self>,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        push_rx: mpsc::Receiver<Push>,
+    ) {
         let mut shutdown_reply = None;
+        let mut tasks = JoinSet::new();
+        let inbox = tokio::spawn(Arc::clone(&self).inbox(push_rx));
         self.schedule_shred().await;
+        let mut flushing = false;
         loop {
-            let wake = self.next_attempt;
-            let shred_at = self.next_shred;
+            let (wake, shred_at, flush, fetch) = {
+                let mut t = lock(&self.timers);
+                let flush = t.flush_wanted && !flushing;
+                if flush {
+                    t.flush_wanted = false;
+                }
+                (
+                    t.next_attempt,
+                    t.next_shred,
+                    flush,
+                    std::mem::take(&mut t.fetch_wanted),
+                )
+            };
+            if flush {
+                flushing = true;
+                let e = Arc::clone(&self);
+                tasks.spawn(async move {
+                    if let Err(err) = e.flush_outbox().await {
+                        tracing::debug!("background flush: {err}");
+                    }
+                    Done::Flush
+                });
+            }
+            if fetch {
+                let e = Arc::clone(&self);
+                tasks.spawn(async move {
+                    if let Err(err) = e.fetch_all().await {
+                        tracing::debug!("mailbox after connect: {err}");
+                    }
+                    Done::Other
+                });
+            }
             tokio::select! {
                 cmd = cmd_rx.recv() => match cmd {
                     None => break,
@@ -134,40 +272,78 @@ impl Engine {
                         shutdown_reply = Some(reply);
                         break;
                     }
-                    Some(cmd) => self.handle(cmd).await,
+                    Some(cmd) => Arc::clone(&self).dispatch(cmd, &mut tasks).await,
                 },
-                Some(push) = self.push_rx.recv() => self.handle_push(push).await,
-                () = async {
-                    match wake {
-                        Some(t) => tokio::time::sleep_until(t).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    self.next_attempt = None;
-                    if let Err(e) = self.ensure_connected().await {
-                        tracing::debug!("reconnect failed: {e}");
+                () = self.wake.notified() => {}
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if matches!(done, Ok(Done::Flush)) {
+                        flushing = false;
                     }
                 }
-                () = async {
-                    match shred_at {
-                        Some(t) => tokio::time::sleep_until(t).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    self.next_shred = None;
-                    self.shred_now().await;
+                () = sleep_until_opt(wake) => {
+                    lock(&self.timers).next_attempt = None;
+                    let e = Arc::clone(&self);
+                    tasks.spawn(async move {
+                        if let Err(err) = e.ensure_connected().await {
+                            tracing::debug!("reconnect failed: {err}");
+                        }
+                        Done::Other
+                    });
+                }
+                () = sleep_until_opt(shred_at) => {
+                    lock(&self.timers).next_shred = None;
+                    let e = Arc::clone(&self);
+                    tasks.spawn(async move {
+                        e.shred_now().await;
+                        Done::Other
+                    });
                 }
             }
         }
-        // Close the connection and the cache (releasing the profile lock) before telling the
-        // caller we are done, so it can reopen the profile at once.
+        // Stop everything in flight, then close the connection and the cache (releasing the
+        // profile lock) before telling the caller we are done, so it can reopen the profile
+        // at once.
+        tasks.abort_all();
+        inbox.abort();
+        while tasks.join_next().await.is_some() {}
+        let _ = inbox.await;
+        *lock(&self.conn) = None;
+        // A cache call of an aborted task finishes on its blocking thread and then lets go.
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.store) > 1 && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         drop(self);
         if let Some(reply) = shutdown_reply {
             let _ = reply.send(());
         }
     }
 
-    async fn handle(&mut self, cmd: Command) {
+    /// Starts one command. Queuing a message is done here, in the actor, so messages enter
+    /// the outbox in the order they were sent; everything else runs as a child task.
+    async fn dispatch(self: Arc<Self>, cmd: Command, tasks: &mut JoinSet<Done>) {
+        if let Command::SendText {
+            to,
+            text,
+            opts,
+            reply,
+        } = cmd
+        {
+            let r = self.queue_text(&to, &text, opts).await;
+            let ok = r.is_ok();
+            let _ = reply.send(r);
+            if ok && self.is_connected() {
+                self.want_flush();
+            }
+            return;
+        }
+        tasks.spawn(async move {
+            self.handle(cmd).await;
+            Done::Other
+        });
+    }
+
+    async fn handle(&self, cmd: Command) {
         match cmd {
             Command::SendText {
                 to,
@@ -175,15 +351,7 @@ impl Engine {
                 opts,
                 reply,
             } => {
-                let r = self.queue_text(&to, &text, opts).await;
-                let ok = r.is_ok();
-                let _ = reply.send(r);
-                if ok
-                    && self.conn.is_some()
-                    && let Err(e) = self.flush_outbox().await
-                {
-                    tracing::debug!("flush after send: {e}");
-                }
+                let _ = reply.send(self.queue_text(&to, &text, opts).await);
             }
             Command::Flush { reply } => {
                 let r = match self.ensure_connected().await {
@@ -265,6 +433,7 @@ impl Engine {
                 members,
                 reply,
             } => {
+                let _room = self.room_lock.lock().await;
                 let r = self.create_room(kind, title, description, members).await;
                 let _ = reply.send(r);
             }
@@ -273,6 +442,7 @@ impl Engine {
                 request,
                 reply,
             } => {
+                let _room = self.room_lock.lock().await;
                 let r = self.room_request(&room, request).await;
                 let _ = reply.send(r);
             }
@@ -298,6 +468,7 @@ impl Engine {
                 burn_after,
                 reply,
             } => {
+                let _room = self.room_lock.lock().await;
                 let r = self
                     .set_conversation_timers(&conversation, expire_after, burn_after)
                     .await;
@@ -325,19 +496,24 @@ impl Engine {
     }
 
     /// Arms the shred timer for the earliest pending expiry or burn.
-    pub(crate) async fn schedule_shred(&mut self) {
-        match self.blocking(|s, _| Ok(s.db().next_deletion()?)).await {
+    pub(crate) async fn schedule_shred(&self) {
+        let next = match self.blocking(|s, _| Ok(s.db().next_deletion()?)).await {
             Ok(Some(at)) => {
                 let wait = at.saturating_sub(super::now_ms());
-                self.next_shred = Some(Instant::now() + Duration::from_millis(wait));
+                Some(Instant::now() + Duration::from_millis(wait))
             }
-            Ok(None) => self.next_shred = None,
-            Err(e) => tracing::warn!("could not read message timers: {e}"),
-        }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("could not read message timers: {e}");
+                return;
+            }
+        };
+        lock(&self.timers).next_shred = next;
+        self.wake.notify_one();
     }
 
     /// Shreds every message whose timer fired and tells observers.
-    pub(crate) async fn shred_now(&mut self) {
+    pub(crate) async fn shred_now(&self) {
         match self
             .blocking(|s, _| Ok(s.shred_due(super::now_ms())?))
             .await
@@ -360,21 +536,22 @@ impl Engine {
         self.schedule_shred().await;
     }
 
-    pub(crate) fn set_policy(&mut self, p: protocol::Policy) {
-        if let Ok(mut shared) = self.policy_shared.lock() {
+    pub(crate) fn set_policy(&self, p: protocol::Policy) {
+        let changed = {
+            let mut shared = lock(&self.policy);
+            let changed = shared.as_ref() != Some(&p);
             *shared = Some(p.clone());
-        }
-        let changed = self.policy.as_ref() != Some(&p);
-        self.policy = Some(p.clone());
+            changed
+        };
         if changed {
             self.emit(SessionEvent::PolicyChanged(p));
         }
     }
 
-    async fn set_read_receipts(&mut self, on: bool) -> Result<protocol::Policy, SessionError> {
+    async fn set_read_receipts(&self, on: bool) -> Result<protocol::Policy, SessionError> {
         self.ensure_connected().await?;
-        let conn = self.conn.as_ref().ok_or(SessionError::Stopped)?;
-        match conn
+        match self
+            .conn()?
             .request(Body::SetPolicy(protocol::SetPolicy {
                 read_receipts: Some(on),
                 max_expire_secs: None,
@@ -392,10 +569,10 @@ impl Engine {
         }
     }
 
-    async fn create_invite(&mut self, email: String, admin: bool) -> Result<String, SessionError> {
+    async fn create_invite(&self, email: String, admin: bool) -> Result<String, SessionError> {
         self.ensure_connected().await?;
-        let conn = self.conn.as_ref().ok_or(SessionError::Stopped)?;
-        match conn
+        match self
+            .conn()?
             .request(Body::CreateInvite(protocol::CreateInvite {
                 email,
                 admin,
@@ -410,73 +587,115 @@ impl Engine {
         }
     }
 
-    async fn handle_push(&mut self, push: Push) {
+    /// The inbox task: applies pushes one at a time, in arrival order.
+    async fn inbox(self: Arc<Self>, mut push_rx: mpsc::Receiver<Push>) {
+        while let Some(push) = push_rx.recv().await {
+            self.handle_push(push).await;
+            if push_rx.is_empty() || lock(&self.pending_acks).len() >= ACK_BATCH {
+                self.flush_acks().await;
+            }
+        }
+    }
+
+    async fn handle_push(&self, push: Push) {
         match push {
             Push::Delivery(d) => {
                 let seq = d.seq;
-                match self.process_push(d).await {
-                    Ok(true) => {
-                        if let Some(conn) = &self.conn {
-                            let _ = conn
-                                .send_only(Body::Ack(protocol::Ack { seqs: vec![seq] }))
-                                .await;
-                        }
-                    }
+                let processed = {
+                    let _inbox = self.inbox_lock.lock().await;
+                    self.process_push(d).await
+                };
+                match processed {
+                    Ok(true) => lock(&self.pending_acks).push(seq),
                     // It overtook older mailbox items (a dropped push, or items stored before
                     // we connected): catch up in mailbox order, which includes it.
-                    Ok(false) => {
-                        if let Err(e) = self.fetch_all().await {
-                            tracing::warn!("could not catch up with the mailbox: {e}");
-                        }
-                    }
-                    // Not acknowledged: the relay delivers it again later.
+                    Ok(false) => self.catch_up().await,
+                    // Not acknowledged: the relay delivers it again with the mailbox, where a
+                    // delivery that still fails is recorded and acknowledged (see fetch_all).
                     Err(e) => tracing::warn!("could not process delivery: {e}"),
                 }
             }
+            Push::Overflowed => self.catch_up().await,
             Push::Policy(p) => self.set_policy(p),
             Push::Bye(reason) => self.lost(format!("relay is going away: {reason}")),
             Push::Closed => self.lost("connection closed".into()),
         }
     }
 
-    fn lost(&mut self, reason: String) {
-        if self.conn.take().is_none() {
+    /// Fetches the mailbox after pushes were skipped or dropped.
+    async fn catch_up(&self) {
+        self.flush_acks().await;
+        if let Err(e) = self.fetch_all().await {
+            tracing::warn!("could not catch up with the mailbox: {e}");
+        }
+    }
+
+    /// Acknowledges the processed pushes in one frame (the relay deletes them).
+    async fn flush_acks(&self) {
+        let seqs = std::mem::take(&mut *lock(&self.pending_acks));
+        if seqs.is_empty() {
             return;
         }
-        self.connected
-            .store(false, std::sync::atomic::Ordering::Release);
+        if let Ok(conn) = self.conn() {
+            for chunk in seqs.chunks(ACK_BATCH) {
+                // Unacknowledged items come again with the next fetch and are recognised as
+                // processed, so a lost ack costs a resend, not a duplicate.
+                let _ = conn
+                    .send_only(Body::Ack(protocol::Ack {
+                        seqs: chunk.to_vec(),
+                    }))
+                    .await;
+            }
+        }
+    }
+
+    fn lost(&self, reason: String) {
+        if lock(&self.conn).take().is_none() {
+            return;
+        }
+        self.connected.store(false, Ordering::Release);
         let retry_in = self.schedule_retry();
         self.emit(SessionEvent::Disconnected { retry_in, reason });
     }
 
-    fn schedule_retry(&mut self) -> Option<Duration> {
+    fn schedule_retry(&self) -> Option<Duration> {
         if !self.opts.auto_reconnect {
             return None;
         }
-        self.failures = self.failures.saturating_add(1);
+        let mut t = lock(&self.timers);
+        t.failures = t.failures.saturating_add(1);
         let base = Duration::from_millis(250)
-            .saturating_mul(1u32 << self.failures.min(10))
+            .saturating_mul(1u32 << t.failures.min(10))
             .min(self.opts.reconnect_max);
         // Full jitter in [base/2, base]: spreads a fleet of clients after a relay restart.
         let r = primitives::random_array::<2>()
             .map(u16::from_le_bytes)
             .unwrap_or(0);
         let delay = base / 2 + base.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0);
-        self.next_attempt = Some(Instant::now() + delay);
+        t.next_attempt = Some(Instant::now() + delay);
+        drop(t);
+        self.wake.notify_one();
         Some(delay)
     }
 
-    /// Connects and logs in unless already connected; then maintains prekeys and delivers
-    /// anything queued.
-    pub(crate) async fn ensure_connected(&mut self) -> Result<(), SessionError> {
-        if self.conn.is_some() {
+    /// Connects and logs in unless already connected; then maintains prekeys and, for a
+    /// background engine, asks the actor to deliver anything queued and fetch the mailbox.
+    pub(crate) async fn ensure_connected(&self) -> Result<(), SessionError> {
+        if self.is_connected() {
+            return Ok(());
+        }
+        let _connecting = self.connect_lock.lock().await;
+        if self.is_connected() {
             return Ok(());
         }
         match self.connect().await {
             Ok(()) => {
-                self.failures = 0;
-                self.connected
-                    .store(true, std::sync::atomic::Ordering::Release);
+                {
+                    let mut t = lock(&self.timers);
+                    t.failures = 0;
+                    t.next_attempt = None;
+                }
+                self.connected.store(true, Ordering::Release);
                 self.emit(SessionEvent::Connected);
                 if let Err(e) = self.maintain_prekeys().await {
                     tracing::warn!("prekey maintenance failed: {e}");
@@ -484,12 +703,11 @@ impl Engine {
                 // A background engine catches up by itself; one-shot callers flush and sync
                 // explicitly so they see the outcome (e.g. a permanently failed message).
                 if self.opts.auto_reconnect {
-                    if let Err(e) = self.flush_outbox().await {
-                        tracing::debug!("outbox after connect: {e}");
-                    }
-                    if let Err(e) = self.fetch_all().await {
-                        tracing::debug!("mailbox after connect: {e}");
-                    }
+                    let mut t = lock(&self.timers);
+                    t.flush_wanted = true;
+                    t.fetch_wanted = true;
+                    drop(t);
+                    self.wake.notify_one();
                 }
                 Ok(())
             }
@@ -504,12 +722,13 @@ impl Engine {
         }
     }
 
-    async fn connect(&mut self) -> Result<(), SessionError> {
+    async fn connect(&self) -> Result<(), SessionError> {
         let (conn, hello) =
             Connection::open(&self.url, self.opts.ca_pem.as_deref(), self.push_tx.clone()).await?;
         if !self.relay_id.is_empty() && hello.relay_id != self.relay_id {
             return Err(SessionError::WrongRelay);
         }
+        self.max_frame.store(conn.max_frame(), Ordering::Relaxed);
         let msg = protocol::login_message(&hello.challenge, &hello.relay_id);
         let signature = self.keys.device.signing.sign(&msg).to_vec();
         let auth = conn
@@ -522,11 +741,24 @@ impl Engine {
         let Body::Authenticated(a) = auth else {
             return Err(SessionError::Protocol("unexpected answer to Login".into()));
         };
-        self.conn = Some(conn);
-        self.prekey_counts = Some((a.one_time_prekeys_left, a.pq_prekeys_left));
+        *lock(&self.prekey_counts) = Some((a.one_time_prekeys_left, a.pq_prekeys_left));
+        *lock(&self.conn) = Some(Arc::new(conn));
         if let Some(p) = a.policy {
             self.set_policy(p);
         }
         Ok(())
+    }
+}
+
+/// How a child task ended, for the actor's bookkeeping.
+enum Done {
+    Flush,
+    Other,
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }

@@ -16,8 +16,8 @@ use crate::store::{MessageKind, MessageTimers, OutboxItem, OutboxKind};
 
 impl Engine {
     /// Marks received messages as displayed now: burn timers start, receipts are queued.
-    pub(crate) async fn display(&mut self, ids: Vec<[u8; 16]>) -> Result<(), SessionError> {
-        let receipts_on = self.policy.as_ref().is_some_and(|p| p.read_receipts);
+    pub(crate) async fn display(&self, ids: Vec<[u8; 16]>) -> Result<(), SessionError> {
+        let receipts_on = self.policy().as_ref().is_some_and(|p| p.read_receipts);
         let (started, queued) = self
             .blocking(move |s, keys| {
                 let now = now_ms();
@@ -83,18 +83,22 @@ impl Engine {
         if !started.is_empty() {
             self.schedule_shred().await;
         }
-        if queued > 0
-            && self.conn.is_some()
-            && let Err(e) = self.flush_outbox().await
-        {
-            tracing::debug!("receipts queued, not yet sent: {e}");
+        // A background engine delivers them in the background (a slow relay must not hold up
+        // displaying); a one-shot command delivers them before it answers, since it is about
+        // to exit.
+        if queued > 0 && self.is_connected() {
+            if self.opts.auto_reconnect {
+                self.want_flush();
+            } else if let Err(e) = self.flush_outbox().await {
+                tracing::debug!("receipts queued, not yet sent: {e}");
+            }
         }
         Ok(())
     }
 
     /// Marks a conversation read (the UI shows it) and displays what it shows.
     pub(crate) async fn mark_read_and_display(
-        &mut self,
+        &self,
         conversation: String,
     ) -> Result<u64, SessionError> {
         let c = conversation.clone();
@@ -114,7 +118,7 @@ impl Engine {
 
     /// Sets a conversation's timer defaults (a signed change for rooms).
     pub(crate) async fn set_conversation_timers(
-        &mut self,
+        &self,
         conversation: &str,
         expire_after: Option<u32>,
         burn_after: Option<u32>,

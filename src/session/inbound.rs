@@ -352,7 +352,7 @@ fn process_blocking(
 impl Engine {
     /// Processes one delivery (push or fetched) and emits what it became.
     pub(crate) async fn process_delivery(
-        &mut self,
+        &self,
         d: protocol::Delivery,
     ) -> Result<Option<Inbound>, SessionError> {
         Ok(self.process_one(d, false).await?.0)
@@ -360,15 +360,12 @@ impl Engine {
 
     /// Processes a live push; `Ok(false)` means it overtook older mailbox items it depends on
     /// and was left for [`Self::fetch_all`] (not acknowledged).
-    pub(crate) async fn process_push(
-        &mut self,
-        d: protocol::Delivery,
-    ) -> Result<bool, SessionError> {
+    pub(crate) async fn process_push(&self, d: protocol::Delivery) -> Result<bool, SessionError> {
         Ok(!self.process_one(d, true).await?.1)
     }
 
     async fn process_one(
-        &mut self,
+        &self,
         d: protocol::Delivery,
         from_push: bool,
     ) -> Result<(Option<Inbound>, bool), SessionError> {
@@ -397,7 +394,7 @@ impl Engine {
         }
         let kind = d.kind;
         let message_id = d.message_id.clone();
-        let show_read = self.policy.as_ref().is_none_or(|p| p.read_receipts);
+        let show_read = self.policy().as_ref().is_none_or(|p| p.read_receipts);
         let (out, effects) = self
             .blocking(move |s, keys| {
                 let mut effects = Effects::default();
@@ -429,7 +426,7 @@ impl Engine {
             self.schedule_shred().await;
         }
         if let Some((room, head)) = effects.room_ahead
-            && self.conn.is_some()
+            && self.is_connected()
         {
             self.catch_up_room(&room, head).await?;
         }
@@ -457,7 +454,33 @@ impl Engine {
         Ok((out, false))
     }
 
-    async fn pin_user(&mut self, user: &str) -> Result<(), SessionError> {
+    /// Records a delivery that could not be processed as done, so it is acknowledged and never
+    /// tried again, and tells observers which message was lost and why.
+    async fn poisoned(
+        &self,
+        seq: u64,
+        from: String,
+        message_id: &[u8],
+        e: &SessionError,
+    ) -> Result<Inbound, SessionError> {
+        tracing::warn!(seq, "could not process a delivery from {from}: {e}");
+        self.blocking(move |s, _| Ok(s.db().mark_delivery_processed(seq, now_ms() / 1000)?))
+            .await?;
+        let message_id = message_id.try_into().unwrap_or([0u8; 16]);
+        let error = format!("could not process this message: {e}");
+        self.emit(SessionEvent::Undecryptable {
+            from: from.clone(),
+            message_id,
+            error: error.clone(),
+        });
+        Ok(Inbound::Undecryptable {
+            from,
+            message_id,
+            error,
+        })
+    }
+
+    async fn pin_user(&self, user: &str) -> Result<(), SessionError> {
         let (root, _) = self.fetch_user(user).await?;
         let u = user.to_owned();
         self.blocking(move |s, _| {
@@ -471,13 +494,11 @@ impl Engine {
     }
 
     /// Fetches and processes the whole mailbox, acknowledging page by page.
-    pub(crate) async fn fetch_all(&mut self) -> Result<Vec<Inbound>, SessionError> {
+    pub(crate) async fn fetch_all(&self) -> Result<Vec<Inbound>, SessionError> {
+        let _inbox = self.inbox_lock.lock().await;
         let mut out = Vec::new();
         loop {
-            let conn = self
-                .conn
-                .as_ref()
-                .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+            let conn = self.conn()?;
             let Body::Deliveries(page) = conn
                 .request(Body::Fetch(protocol::Fetch { limit: FETCH_PAGE }))
                 .await?
@@ -485,20 +506,31 @@ impl Engine {
                 return Err(SessionError::Protocol("unexpected answer to Fetch".into()));
             };
             let mut acks = Vec::with_capacity(page.items.len());
+            let mut stopped = None;
             for d in page.items {
                 let seq = d.seq;
-                if let Some(i) = self.process_delivery(d).await? {
-                    out.push(i);
+                let (from, message_id) = (d.sender_user.clone(), d.message_id.clone());
+                match self.process_delivery(d).await {
+                    Ok(i) => out.extend(i),
+                    // A lost connection or a stopped engine says nothing about the item: it
+                    // stays in the mailbox and is processed when we are back.
+                    Err(e @ (SessionError::Unreachable(_) | SessionError::Stopped)) => {
+                        stopped = Some(e);
+                        break;
+                    }
+                    // Anything else would fail again on every fetch and block the mailbox
+                    // behind it for good: record it as unreadable and move on.
+                    Err(e) => out.push(self.poisoned(seq, from, &message_id, &e).await?),
                 }
                 acks.push(seq);
             }
             if !acks.is_empty() {
-                let conn = self
-                    .conn
-                    .as_ref()
-                    .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+                let conn = self.conn()?;
                 conn.request(Body::Ack(protocol::Ack { seqs: acks }))
                     .await?;
+            }
+            if let Some(e) = stopped {
+                return Err(e);
             }
             if !page.more {
                 break;

@@ -104,7 +104,7 @@ impl Engine {
     /// Puts a text message into the durable outbox and the history (as "sending"). `to` is a
     /// username, a room id, or a direct-message conversation id.
     pub(crate) async fn queue_text(
-        &mut self,
+        &self,
         to: &str,
         text: &str,
         opts: SendOptions,
@@ -129,15 +129,19 @@ impl Engine {
             }
             (names::dm_conversation(&self.keys.username, &peer), peer)
         };
-        if text.len() > envelope::MAX_PAYLOAD - 1024 {
-            return Err(SessionError::Usage(
-                "message too long (the limit is about 1 MiB)".into(),
-            ));
+        // The exact check is on the encrypted request, against the limit the relay announced
+        // (`Connection::request`); a text that alone exceeds it is refused before it is queued.
+        let limit = self.max_frame().min(envelope::MAX_PAYLOAD - 1024);
+        if text.len() > limit {
+            return Err(SessionError::TooLarge {
+                size: text.len(),
+                limit,
+            });
         }
         if text.trim().is_empty() {
             return Err(SessionError::Usage("an empty message was not sent".into()));
         }
-        let (max_expire, max_burn) = self.policy.as_ref().map_or(
+        let (max_expire, max_burn) = self.policy().as_ref().map_or(
             (u64::from(MAX_TIMER_SECS), u64::from(MAX_TIMER_SECS)),
             |p| (p.max_expire_secs, p.max_burn_secs),
         );
@@ -212,7 +216,8 @@ impl Engine {
 
     /// Delivers every queued message, oldest first. Stops at the first transient failure (the
     /// rest stay queued); permanent failures mark that message failed and continue.
-    pub(crate) async fn flush_outbox(&mut self) -> Result<(), SessionError> {
+    pub(crate) async fn flush_outbox(&self) -> Result<(), SessionError> {
+        let _outbox = self.outbox_lock.lock().await;
         let items = self.blocking(|s, _| Ok(s.db().outbox_pending()?)).await?;
         let mut first_failure = None;
         for item in items {
@@ -250,7 +255,7 @@ impl Engine {
         first_failure.map_or(Ok(()), Err)
     }
 
-    async fn deliver(&mut self, item: &OutboxItem) -> Result<(), SessionError> {
+    async fn deliver(&self, item: &OutboxItem) -> Result<(), SessionError> {
         if rooms::is_room(&item.conversation) {
             let server_ts = self.deliver_room(item).await?;
             return self.delivered(item, server_ts).await;
@@ -268,10 +273,7 @@ impl Engine {
             };
             let send = protocol::Send::decode(bytes.as_slice())
                 .map_err(|e| SessionError::Protocol(format!("stored request is corrupt: {e}")))?;
-            let conn = self
-                .conn
-                .as_ref()
-                .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+            let conn = self.conn()?;
             match conn.request(Body::Send(send)).await {
                 Ok(Body::SendOk(ok)) => return self.delivered(item, ok.server_ts_ms).await,
                 Ok(_) => return Err(SessionError::Protocol("unexpected answer to Send".into())),
@@ -282,17 +284,6 @@ impl Engine {
                 }) => {
                     // Re-encrypt the same content key for the devices now present.
                     self.learn_stale_devices(&stale).await?;
-                }
-                Err(SessionError::Relay {
-                    code: ErrorCode::RateLimited,
-                    retry_after_ms,
-                    ..
-                }) => {
-                    request = Some(bytes);
-                    tokio::time::sleep(std::time::Duration::from_millis(
-                        u64::from(retry_after_ms).clamp(10, 5000),
-                    ))
-                    .await;
                 }
                 Err(e) => return Err(e),
             }
@@ -305,7 +296,7 @@ impl Engine {
     /// Records a send the relay accepted at `server_ts` (its clock): the outbox item goes, a
     /// text becomes "sent", and its expiry is shortened to count from the relay's time if our
     /// clock was ahead.
-    async fn delivered(&mut self, item: &OutboxItem, server_ts: u64) -> Result<(), SessionError> {
+    async fn delivered(&self, item: &OutboxItem, server_ts: u64) -> Result<(), SessionError> {
         let (id, mid, kind) = (item.id, item.message_id, item.kind);
         let expire = item.timers.expire_after_s;
         let timers = self
@@ -355,7 +346,7 @@ impl Engine {
     /// and replaced) with devices that are gone and records the current lists. Returns each
     /// user's current devices.
     pub(crate) async fn learn_stale_devices(
-        &mut self,
+        &self,
         stale: &[protocol::UserDevices],
     ) -> Result<Vec<(String, Vec<[u8; 16]>)>, SessionError> {
         let lists: Vec<(String, Vec<[u8; 16]>)> = stale
@@ -387,7 +378,7 @@ impl Engine {
             })
         })
         .await?;
-        self.devices_epoch += 1;
+        self.bump_devices_epoch();
         Ok(lists)
     }
 
@@ -396,10 +387,7 @@ impl Engine {
         &self,
         user: &str,
     ) -> Result<([u8; 32], Vec<[u8; 16]>), SessionError> {
-        let conn = self
-            .conn
-            .as_ref()
-            .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+        let conn = self.conn()?;
         let Body::UserInfo(info) = conn
             .request(Body::GetUser(protocol::GetUser {
                 username: user.to_owned(),
@@ -425,14 +413,14 @@ impl Engine {
 
     /// Makes sure we know `user`'s root key (pinned on first use) and device list.
     pub(crate) async fn learn_user_devices(
-        &mut self,
+        &self,
         user: &str,
     ) -> Result<Vec<[u8; 16]>, SessionError> {
         self.learn_user(user).await
     }
 
     /// Makes sure we know `user`'s root key (pinned on first use) and device list.
-    async fn learn_user(&mut self, user: &str) -> Result<Vec<[u8; 16]>, SessionError> {
+    async fn learn_user(&self, user: &str) -> Result<Vec<[u8; 16]>, SessionError> {
         let u = user.to_owned();
         let known = self
             .blocking(move |s, _| {
@@ -459,13 +447,13 @@ impl Engine {
             Ok(())
         })
         .await?;
-        self.devices_epoch += 1;
+        self.bump_devices_epoch();
         Ok(devices)
     }
 
     /// Starts sessions with every device of `user` in `wanted` that has none.
     pub(crate) async fn ensure_sessions_pub(
-        &mut self,
+        &self,
         user: &str,
         wanted: &[[u8; 16]],
     ) -> Result<(), SessionError> {
@@ -473,11 +461,7 @@ impl Engine {
     }
 
     /// Starts sessions with every device of `user` in `wanted` that has none.
-    async fn ensure_sessions(
-        &mut self,
-        user: &str,
-        wanted: &[[u8; 16]],
-    ) -> Result<(), SessionError> {
+    async fn ensure_sessions(&self, user: &str, wanted: &[[u8; 16]]) -> Result<(), SessionError> {
         let u = user.to_owned();
         let have: Vec<[u8; 16]> = self
             .blocking(move |s, _| {
@@ -491,10 +475,7 @@ impl Engine {
         if wanted.iter().all(|d| have.contains(d)) {
             return Ok(());
         }
-        let conn = self
-            .conn
-            .as_ref()
-            .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+        let conn = self.conn()?;
         let Body::KeyBundle(kb) = conn
             .request(Body::FetchKeys(protocol::FetchKeys {
                 username: user.to_owned(),
@@ -551,7 +532,7 @@ impl Engine {
     /// Encrypts an outbox item for every current device of the recipient and our own other
     /// devices, persisting the advanced sessions together with the request bytes.
     async fn encrypt_item(
-        &mut self,
+        &self,
         item: &OutboxItem,
         key_package: Option<Vec<u8>>,
     ) -> Result<(Vec<u8>, Vec<u8>), SessionError> {
@@ -648,8 +629,8 @@ impl Engine {
     }
 
     /// Tops up one-time prekeys and rotates the signed and last-resort keys when due.
-    pub(crate) async fn maintain_prekeys(&mut self) -> Result<(), SessionError> {
-        let Some((otk_left, pq_left)) = self.prekey_counts.take() else {
+    pub(crate) async fn maintain_prekeys(&self) -> Result<(), SessionError> {
+        let Some((otk_left, pq_left)) = self.take_prekey_counts() else {
             return Ok(());
         };
         let upload = self
@@ -682,7 +663,7 @@ impl Engine {
                 })
             })
             .await?;
-        if let (Some(upload), Some(conn)) = (upload, self.conn.as_ref()) {
+        if let (Some(upload), Some(conn)) = (upload, self.conn().ok()) {
             conn.request(Body::UploadPrekeys(upload)).await?;
         }
         Ok(())

@@ -103,7 +103,7 @@ async fn register_with_store(
     username: &str,
     o: &RegisterOptions,
 ) -> Result<Registered, SessionError> {
-    let (push_tx, _push_rx) = mpsc::unbounded_channel();
+    let (push_tx, _push_rx) = mpsc::channel(super::connection::PUSH_QUEUE);
     let (conn, hello) = Connection::open(&o.server_url, o.ca_pem.as_deref(), push_tx).await?;
     let now = now_ms() / 1000;
     let root = UserRootKey::generate()?;

@@ -630,7 +630,7 @@ fn unknown_user(u: &str, e: SessionError) -> SessionError {
 
 impl Engine {
     /// Makes sure `user`'s root key is pinned (first use) and returns it.
-    pub(crate) async fn root_of(&mut self, user: &str) -> Result<RootPublicKey, SessionError> {
+    pub(crate) async fn root_of(&self, user: &str) -> Result<RootPublicKey, SessionError> {
         let u = user.to_owned();
         if let Some(k) = self.blocking(move |s, _| Ok(s.db().root_key(&u)?)).await? {
             return Ok(RootPublicKey(k));
@@ -649,15 +649,12 @@ impl Engine {
             }
         })
         .await
-        .inspect(|_| self.devices_epoch += 1)
+        .inspect(|_| self.bump_devices_epoch())
     }
 
-    async fn submit_op(&mut self, op: &SignedOp) -> Result<(), SessionError> {
+    async fn submit_op(&self, op: &SignedOp) -> Result<(), SessionError> {
         self.ensure_connected().await?;
-        let conn = self
-            .conn
-            .as_ref()
-            .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+        let conn = self.conn()?;
         match conn
             .request(Body::SubmitRoomOp(protocol::SubmitRoomOp {
                 room_id: op.op.room_id.clone(),
@@ -673,7 +670,7 @@ impl Engine {
     }
 
     pub(crate) fn max_members(&self) -> usize {
-        self.policy
+        self.policy()
             .as_ref()
             .map_or(DEFAULT_MAX_MEMBERS, |p| p.max_room_members as usize)
             .max(2)
@@ -681,7 +678,7 @@ impl Engine {
 
     /// Creates a room or group DM with `members` (not including us) and returns it.
     pub(crate) async fn create_room(
-        &mut self,
+        &self,
         kind: RoomKind,
         title: String,
         description: String,
@@ -736,7 +733,7 @@ impl Engine {
 
     /// Signs and submits one change of an existing room, after bringing our log up to date.
     pub(crate) async fn change_room(
-        &mut self,
+        &self,
         room: &str,
         make: impl Fn(&RoomState) -> OpKind,
     ) -> Result<RoomInfo, SessionError> {
@@ -799,7 +796,7 @@ impl Engine {
 
     /// Resolves a room reference and applies one requested change.
     pub(crate) async fn room_request(
-        &mut self,
+        &self,
         reference: &str,
         request: super::RoomRequest,
     ) -> Result<RoomInfo, SessionError> {
@@ -865,16 +862,13 @@ impl Engine {
 
     /// Fetches the room's log from the relay past our head and applies it. Returns whether
     /// our head moved.
-    pub(crate) async fn sync_room(&mut self, room: &str) -> Result<bool, SessionError> {
+    pub(crate) async fn sync_room(&self, room: &str) -> Result<bool, SessionError> {
         let r = room.to_owned();
         let known = self.blocking(move |s, _| load_state(&s.db(), &r)).await?;
         let mut from = known.as_ref().map_or(0, |s| s.head_seq + 1);
         let mut ops = Vec::new();
         loop {
-            let conn = self
-                .conn
-                .as_ref()
-                .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+            let conn = self.conn()?;
             let answer = conn
                 .request(Body::GetRoomLog(protocol::GetRoomLog {
                     room_id: room.to_owned(),
@@ -929,7 +923,7 @@ impl Engine {
     }
 
     async fn apply_ops(
-        &mut self,
+        &self,
         room: &str,
         ops: Vec<SignedOp>,
         roots: BTreeMap<String, RootPublicKey>,
@@ -1025,10 +1019,7 @@ impl Engine {
 
     /// Handles a `RoomOp` delivery: apply it if it is the next change, fill a gap from the
     /// relay's log, and flag anything that does not fit.
-    pub(crate) async fn process_room_op(
-        &mut self,
-        d: &protocol::Delivery,
-    ) -> Result<(), SessionError> {
+    pub(crate) async fn process_room_op(&self, d: &protocol::Delivery) -> Result<(), SessionError> {
         let room = d.room_id.clone();
         if !is_room(&room) {
             return Ok(());
@@ -1049,7 +1040,7 @@ impl Engine {
             .blocking(move |s, _| Ok(load_state(&s.db(), &r)?.map(|s| s.head_seq)))
             .await?;
         let next = head.map_or(0, |h| h + 1);
-        if op.op.seq > next && self.conn.is_some() {
+        if op.op.seq > next && self.is_connected() {
             // A gap (we were offline for part of the log, or we were just invited): the
             // relay's log fills it, and must contain this change.
             return self.catch_up_room(&room, op.op.seq).await;
@@ -1076,7 +1067,7 @@ impl Engine {
     }
 
     /// Brings the room's log up to `seq` from the relay, and flags the relay if it cannot.
-    pub(crate) async fn catch_up_room(&mut self, room: &str, seq: u64) -> Result<(), SessionError> {
+    pub(crate) async fn catch_up_room(&self, room: &str, seq: u64) -> Result<(), SessionError> {
         self.sync_room(room).await?;
         let r = room.to_owned();
         let reached = self
@@ -1089,7 +1080,7 @@ impl Engine {
     }
 
     /// Remembers that a member claimed a log head we have not seen, and warns once.
-    pub(crate) async fn note_behind(&mut self, room: &str, seq: u64) -> Result<(), SessionError> {
+    pub(crate) async fn note_behind(&self, room: &str, seq: u64) -> Result<(), SessionError> {
         let r = room.to_owned();
         let rec = self
             .blocking(move |s, _| {
@@ -1121,7 +1112,7 @@ impl Engine {
 
     /// The verified member devices our sender key must reach (every other member's devices
     /// and our own other devices).
-    async fn room_targets(&mut self, state: &RoomState) -> Result<BTreeSet<Target>, SessionError> {
+    async fn room_targets(&self, state: &RoomState) -> Result<BTreeSet<Target>, SessionError> {
         let users: Vec<String> = state.members.keys().cloned().collect();
         // One cache read for every member (a 500-member room must not cost 500 round trips
         // to the blocking pool per send); only members we know nothing about go to the relay.
@@ -1156,9 +1147,9 @@ impl Engine {
     /// Makes our sender key for `room` current: rotates it when a device that holds it is no
     /// longer a member device (or age or usage demand it), and distributes it to member devices
     /// that lack it.
-    async fn prepare_sender_key(&mut self, state: &RoomState) -> Result<(), SessionError> {
+    async fn prepare_sender_key(&self, state: &RoomState) -> Result<(), SessionError> {
         let room = state.room_id.clone();
-        if self.room_keys_ok.get(&room) == Some(&(state.head_seq, self.devices_epoch)) {
+        if self.room_key_checked(&room) == Some((state.head_seq, self.devices_epoch())) {
             // Same members, same devices as at the last reconciliation: only age and usage
             // can call for a new key, and checking them is O(1).
             let r = room.clone();
@@ -1176,7 +1167,7 @@ impl Engine {
                 return Ok(());
             }
         }
-        let epoch = self.devices_epoch;
+        let epoch = self.devices_epoch();
         let targets = self.room_targets(state).await?;
         let r = room.clone();
         let t = targets.clone();
@@ -1210,7 +1201,7 @@ impl Engine {
             })
             .await?;
         if missing.is_empty() {
-            self.room_keys_ok.insert(room, (state.head_seq, epoch));
+            self.set_room_key_checked(room, (state.head_seq, epoch));
             return Ok(());
         }
         // The relay wants every device of an addressed user covered, so a user with any new
@@ -1230,13 +1221,13 @@ impl Engine {
             self.distribute(&room, batch).await?;
         }
         // Learning devices during this call bumped the epoch; the next send re-checks once.
-        self.room_keys_ok.insert(room, (state.head_seq, epoch));
+        self.set_room_key_checked(room, (state.head_seq, epoch));
         Ok(())
     }
 
     /// Sends our current sender key to `targets` over the pairwise sessions (one body, one
     /// small key entry per device) and records them as holding it.
-    async fn distribute(&mut self, room: &str, targets: Vec<Target>) -> Result<(), SessionError> {
+    async fn distribute(&self, room: &str, targets: Vec<Target>) -> Result<(), SessionError> {
         let mut targets = targets;
         for _ in 0..4 {
             let r = room.to_owned();
@@ -1294,10 +1285,7 @@ impl Engine {
                     })
                 })
                 .await?;
-            let conn = self
-                .conn
-                .as_ref()
-                .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+            let conn = self.conn()?;
             match conn.request(Body::Send(request)).await {
                 Ok(Body::SendOk(_)) => {
                     let r = room.to_owned();
@@ -1333,16 +1321,6 @@ impl Engine {
                         targets.extend(mine.into_iter().map(|d| (user.clone(), d)));
                     }
                 }
-                Err(SessionError::Relay {
-                    code: ErrorCode::RateLimited,
-                    retry_after_ms,
-                    ..
-                }) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(
-                        u64::from(retry_after_ms).clamp(10, 5000),
-                    ))
-                    .await;
-                }
                 Err(e) => return Err(e),
             }
         }
@@ -1353,7 +1331,7 @@ impl Engine {
 
     /// Delivers one queued room message: reconcile the sender key, encrypt once, send once.
     /// Returns the relay's receive time.
-    pub(crate) async fn deliver_room(&mut self, item: &OutboxItem) -> Result<u64, SessionError> {
+    pub(crate) async fn deliver_room(&self, item: &OutboxItem) -> Result<u64, SessionError> {
         let room = item.conversation.clone();
         let mut request = item.request.clone();
         for _ in 0..5 {
@@ -1386,10 +1364,7 @@ impl Engine {
             };
             let send = protocol::RoomSend::decode(bytes.as_slice())
                 .map_err(|e| SessionError::Protocol(format!("stored request is corrupt: {e}")))?;
-            let conn = self
-                .conn
-                .as_ref()
-                .ok_or_else(|| SessionError::Unreachable("not connected".into()))?;
+            let conn = self.conn()?;
             match conn.request(Body::RoomSend(send)).await {
                 Ok(Body::SendOk(ok)) => return Ok(ok.server_ts_ms),
                 Ok(_) => {
@@ -1411,17 +1386,6 @@ impl Engine {
                         ));
                     }
                 }
-                Err(SessionError::Relay {
-                    code: ErrorCode::RateLimited,
-                    retry_after_ms,
-                    ..
-                }) => {
-                    request = Some(bytes);
-                    tokio::time::sleep(std::time::Duration::from_millis(
-                        u64::from(retry_after_ms).clamp(10, 5000),
-                    ))
-                    .await;
-                }
                 Err(e) => return Err(e),
             }
         }
@@ -1431,7 +1395,7 @@ impl Engine {
     }
 
     async fn encrypt_room_item(
-        &mut self,
+        &self,
         item: &OutboxItem,
         state: &RoomState,
     ) -> Result<Vec<u8>, SessionError> {
