@@ -6,6 +6,7 @@
 //!
 //! Layout, bottom up:
 //! - [`wire`]: the fixed, length-prefixed binary encoding of everything signed or MACed;
+//! - [`hex`]: the one lowercase hex encoding of bytes as text, for every module;
 //! - [`primitives`]: AES-256-GCM, HKDF, HMAC, X25519 (contributory check), Ed25519
 //!   (`verify_strict`), ML-KEM-1024, OS randomness, secret byte containers;
 //! - [`identity`]: user root keys, device keys, device certificates, revocations;
@@ -24,6 +25,7 @@
 pub mod chunked;
 pub mod envelope;
 pub mod handshake;
+pub mod hex;
 pub mod identity;
 /// The signed, hash-chained membership log of rooms and group DMs.
 pub mod membership;

@@ -1,9 +1,10 @@
 //! Wire types between clients and the relay: framing, typed messages, error codes, names.
 //!
 //! A frame is one WebSocket binary message: a version byte ([`PROTOCOL_VERSION`]) followed by a
-//! protobuf-encoded [`Frame`] (schema in `docs/protocol.md` and `docs/cinder.proto`). Frames are
-//! size-limited ([`DEFAULT_MAX_FRAME`]); decoding says precisely what was wrong. This module is a
-//! pure leaf: no I/O, no tokio, no crypto. Everything the relay routes is opaque ciphertext here.
+//! protobuf-encoded [`Frame`] (types generated from `docs/cinder.proto` at build time; the
+//! protocol is described in `docs/protocol.md`). Frames are size-limited
+//! ([`DEFAULT_MAX_FRAME`]); decoding says precisely what was wrong. This module is a pure leaf:
+//! no I/O, no tokio, no crypto. Everything the relay routes is opaque ciphertext here.
 
 pub mod framing;
 pub mod messages;

@@ -338,15 +338,12 @@ fn sqlcipher_key(dek: &Secret32) -> Result<Zeroizing<[u8; 32]>> {
 
 /// `PRAGMA key = "x'<hex>'";` in a buffer that is wiped on drop and never reallocated.
 fn key_pragma(key: &[u8; 32]) -> Zeroizing<String> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     const PREFIX: &str = "PRAGMA key = \"x'";
     const SUFFIX: &str = "'\";";
     let mut sql = Zeroizing::new(String::with_capacity(PREFIX.len() + 64 + SUFFIX.len()));
     sql.push_str(PREFIX);
-    for b in key {
-        sql.push(char::from(HEX[usize::from(b >> 4)]));
-        sql.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
+    // Reserved above, so encoding the key never reallocates and leaves no unwiped copy.
+    crate::crypto::hex::encode_into(&mut sql, key);
     sql.push_str(SUFFIX);
     sql
 }

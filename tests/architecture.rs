@@ -45,8 +45,10 @@ const TABLE: &[(&str, &[&str])] = &[
 
 /// Parts of `crypto` the relay may use: signature checks on certificates and its own login
 /// challenge, never anything that decrypts. `membership`: the relay checks membership changes
-/// with the same rules to route and refuse; membership carries no secrets.
+/// with the same rules to route and refuse; membership carries no secrets. `hex`: the one text
+/// encoding of bytes (network ids).
 const RELAY_CRYPTO_ALLOWED: &[&str] = &[
+    "hex",
     "primitives",
     "identity",
     "wire",

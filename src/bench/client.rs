@@ -1313,7 +1313,7 @@ impl<P: Peer> Peers<P> {
 /// [`LoadError::Crypto`] if the random generator fails.
 pub fn run_prefix() -> Result<String, LoadError> {
     let b = crate::crypto::primitives::random_array::<3>()?;
-    Ok(format!("b{:02x}{:02x}{:02x}", b[0], b[1], b[2]))
+    Ok(format!("b{}", crate::crypto::hex::encode(&b)))
 }
 
 /// Formats an optional figure for a table.

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::passphrase::{self, Sources};
 use super::{UsageError, parse_duration};
 use crate::config::Config;
+use crate::crypto::hex;
 use crate::crypto::passphrase::{CacheHeader, KdfParams};
 use crate::protocol::names;
 use crate::session::register::{RegisterOptions, register};
@@ -28,10 +29,6 @@ pub struct Context {
     pub timings: bool,
     /// The configuration directory (themes/, keymap.toml).
     pub config_dir: PathBuf,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -72,11 +69,11 @@ pub(crate) fn message_json(m: &MessageRecord, rooms: &Rooms, me: &str) -> serde_
     });
     json!({
         "type": if m.kind == MessageKind::System { "system" } else { "message" },
-        "id": hex(&m.message_id),
+        "id": hex::encode(&m.message_id),
         "conversation": m.conversation,
         "room": room,
         "from": m.sender,
-        "from_device": hex(&m.sender_device),
+        "from_device": hex::encode(&m.sender_device),
         "outgoing": m.outgoing,
         "sent_at": rfc3339(m.sent_at_ms),
         "received_at": rfc3339(m.received_at_ms),
@@ -145,7 +142,7 @@ fn print_undecryptable(
         writeln!(
             out,
             "{}",
-            json!({"type": "error", "id": hex(id), "from": from, "error": error})
+            json!({"type": "error", "id": hex::encode(id), "from": from, "error": error})
         )
     } else {
         writeln!(
@@ -426,7 +423,7 @@ pub async fn cmd_recv(
                         writeln!(
                             out,
                             "{}",
-                            json!({"type": "shredded", "id": hex(&id), "conversation": conversation})
+                            json!({"type": "shredded", "id": hex::encode(&id), "conversation": conversation})
                         )?;
                     }
                     out.flush()?;

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
 use super::UsageError;
+use crate::crypto::hex;
 use crate::crypto::passphrase::KdfParams;
 use crate::crypto::primitives;
 use crate::protocol::names;
@@ -571,11 +572,10 @@ fn fill_script(me: &str) -> Vec<(Speaker, String)> {
 /// A random passphrase, held in memory only; ASCII because the UI takes it as text.
 fn random_passphrase() -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let bytes = Zeroizing::new(primitives::random_array::<24>()?);
-    let mut out = Zeroizing::new(Vec::with_capacity(48));
-    for b in bytes.iter() {
-        out.extend_from_slice(format!("{b:02x}").as_bytes());
-    }
-    Ok(out)
+    let mut text = Zeroizing::new(String::with_capacity(48));
+    hex::encode_into(&mut text, bytes.as_slice());
+    // Moves the buffer (no copy) so the only copy is the one wiped on drop.
+    Ok(Zeroizing::new(std::mem::take(&mut *text).into_bytes()))
 }
 
 /// A uniformly random duration in `[lo, hi]` milliseconds.

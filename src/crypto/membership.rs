@@ -1033,26 +1033,20 @@ pub fn new_room_id(kind: RoomKind) -> Result<String, CryptoError> {
         RoomKind::Room => ROOM_PREFIX,
         RoomKind::Group => GROUP_PREFIX,
     });
-    for b in bytes {
-        id.push_str(&format!("{b:02x}"));
-    }
+    super::hex::encode_into(&mut id, &bytes);
     Ok(id)
 }
 
 /// The kind a room id denotes, if it is well formed (prefix and exactly 32 lowercase hex digits).
 pub fn room_kind_of(room_id: &str) -> Option<RoomKind> {
-    let (kind, hex) = if let Some(hex) = room_id.strip_prefix(ROOM_PREFIX) {
-        (RoomKind::Room, hex)
-    } else if let Some(hex) = room_id.strip_prefix(GROUP_PREFIX) {
-        (RoomKind::Group, hex)
+    let (kind, digits) = if let Some(d) = room_id.strip_prefix(ROOM_PREFIX) {
+        (RoomKind::Room, d)
+    } else if let Some(d) = room_id.strip_prefix(GROUP_PREFIX) {
+        (RoomKind::Group, d)
     } else {
         return None;
     };
-    let ok = hex.len() == 32
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    ok.then_some(kind)
+    super::hex::is_encoding_of_len(digits, 16).then_some(kind)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 use super::store::{NetworkRecord, NewInvite, RelayStore};
 use super::{ADMIN_INVITE_FILE, ADMIN_KEY_FILE, RelayError, invite};
+use crate::crypto::hex;
 use crate::crypto::primitives::{SigningKeyPair, random_array};
 
 /// Name a network gets when `--network-name` is not given.
@@ -120,15 +121,6 @@ fn load_admin_key(dir: &Path, create: bool) -> Result<SigningKeyPair, RelayError
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 fn check_name(name: &str) -> Result<String, RelayError> {
     let name = name.trim();
     if name.is_empty()
@@ -170,7 +162,7 @@ pub(crate) async fn open_or_create(
     }
     let key = load_admin_key(dir, true)?;
     let rec = NetworkRecord {
-        network_id: hex(&random_array::<16>()?),
+        network_id: hex::encode(&random_array::<16>()?),
         network_name: name.unwrap_or_else(|| DEFAULT_NETWORK_NAME.to_owned()),
         relay_id: random_array::<32>()?.to_vec(),
         admin_key: key.public(),

@@ -13,6 +13,7 @@ use super::{Inbound, Keys, SessionError, SessionEvent, now_ms, rooms, timers};
 use crate::crypto::CryptoError;
 use crate::crypto::envelope::{self, KeyPackage, MessageId, PayloadKind, ReceiptKind};
 use crate::crypto::handshake::{self, PairwiseMessage, Session};
+use crate::crypto::hex;
 use crate::crypto::identity::RootPublicKey;
 use crate::protocol::{self, DeliveryKind, frame::Body, names};
 use crate::store::{Db, MessageKind, MessageRecord, MessageState, Store};
@@ -100,7 +101,7 @@ type Attempt = Option<Result<(Session, Vec<u8>), CryptoError>>;
 
 /// Where the session a peer device replaced is kept (see [`decrypt_into`]).
 pub(crate) fn previous_session_key(user: &str, device: &[u8; 16]) -> String {
-    format!("prevsession/{user}/{}", rooms::hex(device))
+    format!("prevsession/{user}/{}", hex::encode(device))
 }
 
 fn decrypt_into(

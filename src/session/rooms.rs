@@ -25,6 +25,7 @@ use super::{Keys, SessionError, SessionEvent, now_ms};
 use crate::crypto::CryptoError;
 use crate::crypto::envelope::{self, KeyPackage, MessageId, Payload, PayloadKind, Timers};
 use crate::crypto::handshake::Session;
+use crate::crypto::hex;
 use crate::crypto::identity::{DeviceId, RootPublicKey};
 use crate::crypto::membership::{
     self, Change, MembershipError, OpKind, Role, RoomKind, RoomState, RoomTimers, SignedOp,
@@ -135,10 +136,6 @@ pub fn is_room(conversation: &str) -> bool {
     membership::room_kind_of(conversation).is_some()
 }
 
-/// Lower-case hex, for cache keys.
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 fn state_key(room: &str) -> String {
     format!("rooms/state/{room}")
 }
@@ -155,7 +152,11 @@ fn rsk_prefix(room: &str) -> String {
     format!("rooms/rsk/{room}/")
 }
 fn rsk_key(room: &str, device: &[u8; 16], distribution: &[u8; 16]) -> String {
-    format!("rooms/rsk/{room}/{}/{}", hex(device), hex(distribution))
+    format!(
+        "rooms/rsk/{room}/{}/{}",
+        hex::encode(device),
+        hex::encode(distribution)
+    )
 }
 fn behind_key(room: &str) -> String {
     format!("rooms/behind/{room}")
