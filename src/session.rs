@@ -46,6 +46,7 @@ pub use rooms::{
 };
 pub use timers::{Clamped, MAX_TIMER_SECS, clamp, format_duration, parse_timer};
 
+pub use crate::clock::Clock;
 use crate::crypto::CryptoError;
 use crate::crypto::identity::{DeviceCertificate, DeviceKeys};
 use crate::crypto::primitives::{DhKeyPair, SigningKeyPair};
@@ -243,6 +244,9 @@ pub struct EngineOptions {
     /// the clock-skew rule (a sender clock set ahead must not extend a message's life).
     #[doc(hidden)]
     pub clock_offset_ms: i64,
+    /// Where wall-clock time comes from for timers, expiry and timestamps: the system clock,
+    /// or in tests a virtual clock driven by tokio's (paused) time.
+    pub clock: Clock,
 }
 
 impl Default for EngineOptions {
@@ -252,6 +256,7 @@ impl Default for EngineOptions {
             reconnect_max: Duration::from_secs(30),
             ca_pem: None,
             clock_offset_ms: 0,
+            clock: Clock::system(),
         }
     }
 }
@@ -756,11 +761,4 @@ pub fn unlock(dir: &std::path::Path, passphrase: &[u8]) -> Result<Store, Session
         return Err(SessionError::NotRegistered);
     }
     Ok(store)
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -182,6 +182,7 @@ pub(crate) async fn open_engine(
             reconnect_max: ctx.config.network.reconnect_max(),
             ca_pem,
             clock_offset_ms: 0,
+            clock: crate::clock::Clock::system(),
         },
     )?;
     Ok(handle)
@@ -228,6 +229,7 @@ pub async fn cmd_register(ctx: &Context, a: RegisterArgs) -> anyhow::Result<()> 
             kdf,
             allow_insecure_ws: a.insecure_ws,
             ca_pem,
+            clock: crate::clock::Clock::system(),
         },
     )
     .await?;

@@ -47,7 +47,7 @@ pub fn spawn(mut store: Store, opts: EngineOptions) -> Result<SessionHandle, Ses
     let account: AccountRecord = store.db().account()?.ok_or(SessionError::NotRegistered)?;
     // Expiries and burns that fell due while we were not running are applied before anything
     // can be shown.
-    let shredded = store.shred_due(super::now_ms())?;
+    let shredded = store.shred_due(opts.clock.now_ms())?;
     if !shredded.is_empty() {
         tracing::info!(
             count = shredded.len(),
@@ -328,8 +328,7 @@ impl Engine {
     pub(crate) async fn schedule_shred(&mut self) {
         match self.blocking(|s, _| Ok(s.db().next_deletion()?)).await {
             Ok(Some(at)) => {
-                let wait = at.saturating_sub(super::now_ms());
-                self.next_shred = Some(Instant::now() + Duration::from_millis(wait));
+                self.next_shred = Some(self.opts.clock.deadline(at));
             }
             Ok(None) => self.next_shred = None,
             Err(e) => tracing::warn!("could not read message timers: {e}"),
@@ -338,8 +337,9 @@ impl Engine {
 
     /// Shreds every message whose timer fired and tells observers.
     pub(crate) async fn shred_now(&mut self) {
+        let clock = self.opts.clock;
         match self
-            .blocking(|s, _| Ok(s.shred_due(super::now_ms())?))
+            .blocking(move |s, _| Ok(s.shred_due(clock.now_ms())?))
             .await
         {
             Ok(gone) => {

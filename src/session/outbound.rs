@@ -5,7 +5,7 @@ use prost::Message as _;
 use super::engine::Engine;
 use super::rooms;
 use super::timers::{clamp, outgoing_timers};
-use super::{Keys, MAX_TIMER_SECS, Queued, SendOptions, SessionError, SessionEvent, now_ms};
+use super::{Keys, MAX_TIMER_SECS, Queued, SendOptions, SessionError, SessionEvent};
 use crate::crypto::envelope::{
     self, KeyPackage, MessageId, Payload, PayloadKind, ReceiptKind, Timers,
 };
@@ -144,8 +144,9 @@ impl Engine {
         let text = text.to_owned();
         let id = MessageId::random()?.0;
         let offset = self.opts.clock_offset_ms;
+        let clock = self.opts.clock;
         self.blocking(move |store, keys| {
-            let now = now_ms().saturating_add_signed(offset);
+            let now = clock.now_ms().saturating_add_signed(offset);
             store.transaction(|db| -> Result<_, SessionError> {
                 if rooms::is_room(&conversation) {
                     let state = rooms::load_state(db, &conversation)?.ok_or_else(|| {
@@ -448,12 +449,13 @@ impl Engine {
         let (root, devices) = self.fetch_user(user).await?;
         let u = user.to_owned();
         let ds = devices.clone();
+        let clock = self.opts.clock;
         self.blocking(move |s, _| {
             let db = s.db();
             match db.root_key(&u)? {
                 Some(pinned) if pinned != root => return Err(SessionError::IdentityChanged(u)),
                 Some(_) => {}
-                None => db.pin_root_key(&u, &root, now_ms() / 1000)?,
+                None => db.pin_root_key(&u, &root, clock.now_secs())?,
             }
             db.set_devices(&u, &ds)?;
             Ok(())
@@ -507,6 +509,7 @@ impl Engine {
         };
         let u = user.to_owned();
         let wanted = wanted.to_vec();
+        let clock = self.opts.clock;
         self.blocking(move |s, keys| {
             let db = s.db();
             let root = db
@@ -520,7 +523,7 @@ impl Engine {
                 .iter()
                 .filter_map(|r| Revocation::decode(r).ok())
                 .collect();
-            let now = now_ms() / 1000;
+            let now = clock.now_secs();
             s.transaction(|db| -> Result<_, SessionError> {
                 for d in &kb.devices {
                     let id = device_id(&d.device_id)?;
@@ -652,11 +655,12 @@ impl Engine {
         let Some((otk_left, pq_left)) = self.prekey_counts.take() else {
             return Ok(());
         };
+        let clock = self.opts.clock;
         let upload = self
             .blocking(move |s, keys| {
                 s.transaction(|db| -> Result<_, SessionError> {
                     let mut p = load_prekeys(db)?;
-                    let now = now_ms() / 1000;
+                    let now = clock.now_secs();
                     let (spk, lr) = p.rotate(&keys.device.signing, now)?;
                     let otks = if (otk_left as usize) < prekeys::ONE_TIME_REFILL_BELOW {
                         p.generate_one_time(prekeys::ONE_TIME_BATCH)?

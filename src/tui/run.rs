@@ -366,6 +366,7 @@ fn spawn_effect(
                 reconnect_max: opts.reconnect_max,
                 ca_pem: None,
                 clock_offset_ms: 0,
+                clock: crate::clock::Clock::system(),
             };
             let tx2 = raw;
             tokio::spawn(async move {

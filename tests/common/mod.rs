@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cinder::clock::Clock;
 use cinder::crypto::passphrase::KdfParams;
 use cinder::relay::{self, RelayConfig, RelayHandle};
 use cinder::session::register::{RegisterOptions, register};
@@ -92,6 +93,7 @@ pub async fn register_user(relay_url: &str, invite: &str, name: &str, dir: &Path
             kdf: KdfParams::INSECURE_FOR_TESTS,
             allow_insecure_ws: false,
             ca_pem: None,
+            clock: Clock::system(),
         },
     )
     .await
