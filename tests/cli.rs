@@ -610,41 +610,43 @@ async fn rooms_timers_and_policy_from_the_command_line() {
         );
         env.ok("bob", &["history", "--room", &id]);
 
-        // Timers: per message, and conversation defaults.
+        // Timers: per message, and conversation defaults. That they fire (gone from the
+        // caches and the relay) is `tests/ephemeral.rs`, on virtual time; these processes run
+        // on the system clock, so here the command line must set the deadlines, and `recv`
+        // must count as the first display, without waiting for them.
+        let timed = |out: &str, text: &str| -> serde_json::Value {
+            out.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|v| v["text"] == text)
+                .unwrap_or_else(|| panic!("no {text:?} in {out}"))["timers"]
+                .clone()
+        };
         env.ok(
             "alice",
-            &["send", "--to", "bob", "--expire", "2s", "short-lived"],
+            &["send", "--to", "bob", "--expire", "1h", "short-lived"],
         );
         let got = env.ok("bob", &["recv", "--json"]);
-        let line: serde_json::Value = got
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .find(|v| v["text"] == "short-lived")
-            .unwrap_or_else(|| panic!("{got}"));
-        assert_eq!(line["timers"]["expire_after"], 2);
-        std::thread::sleep(Duration::from_millis(3500));
-        let hist = env.ok("bob", &["history", "--with", "alice", "--json"]);
-        assert!(!hist.contains("short-lived"), "{hist}");
-        // Burn-on-read: `recv` printing it is the first display.
+        let t = timed(&got, "short-lived");
+        assert_eq!(t["expire_after"], 3600);
+        assert!(t["expires_at"].is_string(), "{t}");
+        // Burn-on-read: `recv` printing it is the first display, which starts the countdown
+        // on bob's side and, through the receipt, on alice's.
         env.ok(
             "alice",
-            &["send", "--to", "bob", "--burn", "2s", "burn-after-recv"],
+            &["send", "--to", "bob", "--burn", "1h", "burn-after-recv"],
         );
-        // (That nothing burns before display is `tests/ephemeral.rs`.)
         let got = env.ok("bob", &["recv", "--json"]);
         assert!(got.contains("burn-after-recv"), "{got}");
-        std::thread::sleep(Duration::from_millis(3000));
         let hist = env.ok("bob", &["history", "--with", "alice", "--json"]);
         assert!(
-            !hist.contains("burn-after-recv"),
-            "not burned after display: {hist}"
+            timed(&hist, "burn-after-recv")["burns_at"].is_string(),
+            "recv did not start the burn countdown: {hist}"
         );
         env.ok("alice", &["recv"]);
-        std::thread::sleep(Duration::from_millis(500));
         let hist = env.ok("alice", &["history", "--with", "bob", "--json"]);
         assert!(
-            !hist.contains("burn-after-recv"),
-            "the sender's copy survived: {hist}"
+            timed(&hist, "burn-after-recv")["burns_at"].is_string(),
+            "the sender's copy did not learn the burn time: {hist}"
         );
         let out = env.ok("alice", &["timer", "--with", "bob", "--expire", "1h"]);
         assert!(
