@@ -49,9 +49,10 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 | SessionError::Refused(_)
                 | SessionError::IdentityChanged(_)
                 | SessionError::WrongRelay => 5,
-                SessionError::Usage(_) | SessionError::BadUrl(_) | SessionError::InsecureUrl(_) => {
-                    2
-                }
+                SessionError::Usage(_)
+                | SessionError::BadUrl(_)
+                | SessionError::InsecureUrl(_)
+                | SessionError::TooLarge { .. } => 2,
                 SessionError::NotRegistered => 2,
                 _ => 1,
             };
@@ -108,6 +109,7 @@ mod tests {
         use crate::protocol::ErrorCode;
         let e = |s: SessionError| exit_code(&anyhow::Error::new(s));
         assert_eq!(e(SessionError::Unreachable("x".into())), 4);
+        assert_eq!(e(SessionError::TooLarge { size: 2, limit: 1 }), 2);
         assert_eq!(
             e(SessionError::Relay {
                 code: ErrorCode::PermissionDenied,

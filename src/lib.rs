@@ -8,10 +8,11 @@
 //! | module | role | may import |
 //! |---|---|---|
 //! | [`crypto`] | keys, certificates, handshake, ratchet, sender keys, envelope, chunked file encryption, safety numbers; no I/O beyond `Read`/`Write`, no tokio | - |
+//! | [`clock`] | wall-clock milliseconds for timers, expiry and timestamps; system time, or virtual time driven by tokio's clock in tests | - |
 //! | [`config`] | XDG paths, profile directories, the strict TOML config file | - |
 //! | [`logging`] | tracing setup: records go to a log file, never to the terminal | - |
 //! | [`store`] | the local encrypted cache (SQLCipher under a passphrase-wrapped key), synchronous | protocol, crypto |
-//! | [`relay`] | the server: accounts, devices, prekeys, store-and-forward mailboxes, rooms (routing by the signed membership log), expiry sweeps and the network policy over WebSocket (TLS optional), SQLite with group commit | protocol, config, crypto (signature and membership-rule checks only) |
+//! | [`relay`] | the server: accounts, devices, prekeys, store-and-forward mailboxes, rooms (routing by the signed membership log), expiry sweeps and the network policy over WebSocket (TLS optional), SQLite with group commit | protocol, config, clock, crypto (signature and membership-rule checks only) |
 //! | [`bench`] | `cinder bench` scenarios: load generators that print figures | everything |
 //!
 //! Modules that later issues add (`protocol`, `config`, `logging`, `store`, `media`, `session`,
@@ -27,6 +28,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod logging;

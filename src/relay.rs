@@ -40,6 +40,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::clock::Clock;
 use crate::crypto::CryptoError;
 use crate::protocol::{DEFAULT_MAX_FRAME, Delivery, ErrorCode, RoomLog};
 
@@ -176,6 +177,9 @@ pub struct RelayConfig {
     /// `cinder serve`.
     #[doc(hidden)]
     pub tamper: Option<Arc<dyn Tamper>>,
+    /// Where wall time comes from for expiry, delete-by times and server timestamps: the
+    /// system clock, or in tests a virtual clock driven by tokio's (paused) time.
+    pub clock: Clock,
 }
 
 impl std::fmt::Debug for RelayConfig {
@@ -196,6 +200,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("max_burn_secs", &self.max_burn_secs)
             .field("sweep_interval", &self.sweep_interval)
             .field("tamper", &self.tamper.is_some())
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -219,6 +224,7 @@ impl RelayConfig {
             max_burn_secs: None,
             sweep_interval: Duration::from_secs(1),
             tamper: None,
+            clock: Clock::system(),
         }
     }
 
@@ -277,6 +283,8 @@ pub struct RelayHandle {
     accept_task: JoinHandle<()>,
     sweep_task: JoinHandle<()>,
     store: Arc<sqlite::SqliteStore>,
+    /// When (relay clock, ms) the last completed sweep started.
+    swept: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for RelayHandle {
@@ -307,6 +315,15 @@ impl RelayHandle {
         }
         let scheme = if self.tls { "wss" } else { "ws" };
         format!("{scheme}://{addr}")
+    }
+
+    /// Waits until a sweep that started at or after `at_ms` (relay clock) has deleted what
+    /// had expired by then, so a test can wait for the sweeper instead of sleeping. Returns at
+    /// once if the relay has stopped.
+    #[doc(hidden)]
+    pub async fn swept_since(&self, at_ms: u64) {
+        let mut swept = self.swept.clone();
+        let _ = swept.wait_for(|&t| t >= at_ms).await;
     }
 
     /// The one-time admin invite, if this start created the network.
@@ -358,7 +375,10 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let local_addr = listener.local_addr()?;
     network::prepare_data_dir(&config.data_dir)?;
-    let store = Arc::new(sqlite::SqliteStore::open(&config.data_dir.join(DB_FILE))?);
+    let store = Arc::new(sqlite::SqliteStore::open(
+        &config.data_dir.join(DB_FILE),
+        config.clock,
+    )?);
     let net = match network::open_or_create(
         store.as_ref(),
         &config.data_dir,
@@ -397,9 +417,12 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         shutdown.clone(),
     ));
     let accept_task = tokio::spawn(server::accept_loop(listener, shared, tls));
+    let (swept_tx, swept) = tokio::sync::watch::channel(0);
     let sweep_task = tokio::spawn(server::sweep_loop(
         dyn_store,
         config.sweep_interval,
+        config.clock,
+        swept_tx,
         shutdown.clone(),
     ));
     Ok(RelayHandle {
@@ -410,6 +433,7 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
         accept_task,
         sweep_task,
         store,
+        swept,
     })
 }
 

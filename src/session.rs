@@ -46,6 +46,7 @@ pub use rooms::{
 };
 pub use timers::{Clamped, MAX_TIMER_SECS, clamp, format_duration, parse_timer};
 
+pub use crate::clock::Clock;
 use crate::crypto::CryptoError;
 use crate::crypto::identity::{DeviceCertificate, DeviceKeys};
 use crate::crypto::primitives::{DhKeyPair, SigningKeyPair};
@@ -185,6 +186,16 @@ pub enum SessionEvent {
     },
     /// The network policy changed.
     PolicyChanged(Policy),
+    /// A message of ours will not be sent: the relay refused it for good or it is too large.
+    /// Its state is `Failed`; it can be retried or discarded.
+    SendFailed {
+        /// Which message.
+        message_id: [u8; 16],
+        /// Its conversation.
+        conversation: String,
+        /// Why, in one sentence.
+        reason: String,
+    },
     /// A delivery failed to authenticate; it was dropped (recorded as undecryptable).
     Undecryptable {
         /// Relay-claimed sender.
@@ -254,6 +265,9 @@ pub struct EngineOptions {
     /// the clock-skew rule (a sender clock set ahead must not extend a message's life).
     #[doc(hidden)]
     pub clock_offset_ms: i64,
+    /// Where wall-clock time comes from for timers, expiry and timestamps: the system clock,
+    /// or in tests a virtual clock driven by tokio's (paused) time.
+    pub clock: Clock,
 }
 
 impl Default for EngineOptions {
@@ -263,6 +277,7 @@ impl Default for EngineOptions {
             reconnect_max: Duration::from_secs(30),
             ca_pem: None,
             clock_offset_ms: 0,
+            clock: Clock::system(),
         }
     }
 }
@@ -396,6 +411,18 @@ pub(crate) enum Command {
     MarkRead {
         conversation: String,
         reply: oneshot::Sender<Result<u64, SessionError>>,
+    },
+    Retry {
+        message_id: [u8; 16],
+        reply: oneshot::Sender<Result<(), SessionError>>,
+    },
+    Discard {
+        message_id: [u8; 16],
+        reply: oneshot::Sender<Result<(), SessionError>>,
+    },
+    Failure {
+        message_id: [u8; 16],
+        reply: oneshot::Sender<Result<Option<String>, SessionError>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -729,6 +756,34 @@ impl SessionHandle {
         .await
     }
 
+    /// Puts a failed message of ours back into the outbox (same id and text) and delivers it
+    /// when connected.
+    ///
+    /// # Errors
+    /// [`SessionError::Usage`] if `message_id` is not a failed message of ours.
+    pub async fn retry(&self, message_id: [u8; 16]) -> Result<(), SessionError> {
+        self.call(|reply| Command::Retry { message_id, reply })
+            .await
+    }
+
+    /// Deletes a failed message of ours from this device (it was never delivered).
+    ///
+    /// # Errors
+    /// [`SessionError::Usage`] if `message_id` is not a failed message of ours.
+    pub async fn discard(&self, message_id: [u8; 16]) -> Result<(), SessionError> {
+        self.call(|reply| Command::Discard { message_id, reply })
+            .await
+    }
+
+    /// Why a message of ours failed, if it did.
+    ///
+    /// # Errors
+    /// Cache errors.
+    pub async fn failure(&self, message_id: [u8; 16]) -> Result<Option<String>, SessionError> {
+        self.call(|reply| Command::Failure { message_id, reply })
+            .await
+    }
+
     /// Whether the engine is logged in to the relay right now (for observers that subscribe
     /// after the first `Connected` event may already have passed).
     pub fn is_connected(&self) -> bool {
@@ -778,11 +833,4 @@ pub fn unlock(dir: &std::path::Path, passphrase: &[u8]) -> Result<Store, Session
         return Err(SessionError::NotRegistered);
     }
     Ok(store)
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

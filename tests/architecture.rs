@@ -14,16 +14,25 @@ use std::path::{Path, PathBuf};
 const TABLE: &[(&str, &[&str])] = &[
     ("protocol", &[]),
     ("crypto", &[]),
+    ("clock", &[]),
     ("config", &[]),
     ("logging", &[]),
     ("store", &["protocol", "crypto"]),
     ("media", &["protocol", "crypto"]),
     (
         "session",
-        &["protocol", "crypto", "store", "media", "config", "logging"],
+        &[
+            "protocol", "crypto", "store", "media", "config", "logging", "clock",
+        ],
     ),
-    ("tui", &["session", "protocol", "config", "logging"]),
-    ("relay", &["protocol", "config", "crypto", "logging"]),
+    (
+        "tui",
+        &["session", "protocol", "config", "logging", "clock"],
+    ),
+    (
+        "relay",
+        &["protocol", "config", "crypto", "logging", "clock"],
+    ),
     ("admin", &["session", "protocol", "config", "logging"]),
     ("bot", &["session", "protocol", "config", "logging"]),
     ("rpc", &["session", "protocol", "config", "logging"]),
@@ -31,14 +40,14 @@ const TABLE: &[(&str, &[&str])] = &[
         "cli",
         &[
             "session", "protocol", "config", "logging", "store", "crypto", "relay", "tui", "admin",
-            "bot", "rpc",
+            "bot", "rpc", "clock",
         ],
     ),
     (
         "bench",
         &[
             "protocol", "crypto", "config", "logging", "store", "media", "session", "relay", "tui",
-            "admin", "bot", "rpc",
+            "admin", "bot", "rpc", "clock",
         ],
     ),
 ];

@@ -610,41 +610,43 @@ async fn rooms_timers_and_policy_from_the_command_line() {
         );
         env.ok("bob", &["history", "--room", &id]);
 
-        // Timers: per message, and conversation defaults.
+        // Timers: per message, and conversation defaults. That they fire (gone from the
+        // caches and the relay) is `tests/ephemeral.rs`, on virtual time; these processes run
+        // on the system clock, so here the command line must set the deadlines, and `recv`
+        // must count as the first display, without waiting for them.
+        let timed = |out: &str, text: &str| -> serde_json::Value {
+            out.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|v| v["text"] == text)
+                .unwrap_or_else(|| panic!("no {text:?} in {out}"))["timers"]
+                .clone()
+        };
         env.ok(
             "alice",
-            &["send", "--to", "bob", "--expire", "2s", "short-lived"],
+            &["send", "--to", "bob", "--expire", "1h", "short-lived"],
         );
         let got = env.ok("bob", &["recv", "--json"]);
-        let line: serde_json::Value = got
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .find(|v| v["text"] == "short-lived")
-            .unwrap_or_else(|| panic!("{got}"));
-        assert_eq!(line["timers"]["expire_after"], 2);
-        std::thread::sleep(Duration::from_millis(3500));
-        let hist = env.ok("bob", &["history", "--with", "alice", "--json"]);
-        assert!(!hist.contains("short-lived"), "{hist}");
-        // Burn-on-read: `recv` printing it is the first display.
+        let t = timed(&got, "short-lived");
+        assert_eq!(t["expire_after"], 3600);
+        assert!(t["expires_at"].is_string(), "{t}");
+        // Burn-on-read: `recv` printing it is the first display, which starts the countdown
+        // on bob's side and, through the receipt, on alice's.
         env.ok(
             "alice",
-            &["send", "--to", "bob", "--burn", "2s", "burn-after-recv"],
+            &["send", "--to", "bob", "--burn", "1h", "burn-after-recv"],
         );
-        // (That nothing burns before display is `tests/ephemeral.rs`.)
         let got = env.ok("bob", &["recv", "--json"]);
         assert!(got.contains("burn-after-recv"), "{got}");
-        std::thread::sleep(Duration::from_millis(3000));
         let hist = env.ok("bob", &["history", "--with", "alice", "--json"]);
         assert!(
-            !hist.contains("burn-after-recv"),
-            "not burned after display: {hist}"
+            timed(&hist, "burn-after-recv")["burns_at"].is_string(),
+            "recv did not start the burn countdown: {hist}"
         );
         env.ok("alice", &["recv"]);
-        std::thread::sleep(Duration::from_millis(500));
         let hist = env.ok("alice", &["history", "--with", "bob", "--json"]);
         assert!(
-            !hist.contains("burn-after-recv"),
-            "the sender's copy survived: {hist}"
+            timed(&hist, "burn-after-recv")["burns_at"].is_string(),
+            "the sender's copy did not learn the burn time: {hist}"
         );
         let out = env.ok("alice", &["timer", "--with", "bob", "--expire", "1h"]);
         assert!(
@@ -661,6 +663,66 @@ async fn rooms_timers_and_policy_from_the_command_line() {
         assert_eq!(out.status.code(), Some(5));
         let out = env.ok("admin", &["admin", "policy", "read-receipts", "off"]);
         assert!(out.contains("read receipts: off"), "{out}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_fails_with_its_size_and_locks_no_one_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let env = Env {
+        root: tmp.path().to_path_buf(),
+    };
+    let url = relay.url();
+    let invite = relay.admin_invite.clone();
+    tokio::task::spawn_blocking(move || {
+        setup(&env, &url, &invite);
+        let send_stdin = |text: &str| {
+            use std::io::Write;
+            let mut child = env
+                .cmd("alice")
+                .args(["send", "--to", "bob", "-"])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            child.wait_with_output().unwrap()
+        };
+        // The newcomer's case: 1,040,000 bytes pass the text limit but not the frame limit.
+        let out = send_stdin(&"x".repeat(1_040_000));
+        assert_eq!(out.status.code(), Some(2), "bad input exits 2");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("message too large (") && err.contains("the limit is 1048576)"),
+            "{err}"
+        );
+        let hist = env.ok("alice", &["history", "--with", "bob"]);
+        assert!(hist.contains("(FAILED: message too large ("), "{hist}");
+        let hist = env.ok("alice", &["history", "--with", "bob", "--json"]);
+        assert!(hist.contains("\"failure\":\"message too large ("), "{hist}");
+        // One byte over the text limit: refused at once, nothing queued.
+        let out = send_stdin(&"y".repeat(1_047_553));
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("message too large (1047553 bytes; the limit is 1047552)"),
+            "{err}"
+        );
+        // Both keep sending and receiving everything else.
+        env.ok("alice", &["send", "--to", "bob", "small one"]);
+        let got = env.ok("bob", &["recv", "--json"]);
+        assert!(got.contains("small one") && !got.contains("xxxx"), "{got}");
+        env.ok("bob", &["send", "--to", "alice", "got it"]);
+        let got = env.ok("alice", &["recv", "--json"]);
+        assert!(got.contains("got it"), "{got}");
     })
     .await
     .unwrap();

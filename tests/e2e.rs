@@ -323,3 +323,63 @@ async fn sessions_started_by_both_sides_at_once_converge_without_losing_messages
         "alice got",
     );
 }
+
+/// The reconnect backoff on virtual time: each failed attempt doubles the delay (with jitter
+/// in its upper half) up to `reconnect_max`, and the first attempt after the relay is back
+/// connects. The test advances tokio time by each announced delay instead of waiting it out.
+#[tokio::test]
+async fn the_engine_reconnects_with_a_capped_doubling_backoff() {
+    use cinder::session::{EngineOptions, SessionEvent};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = TestRelay::start(tmp.path()).await;
+    let dirs = network(tmp.path(), &relay, &["alice"]).await;
+    let cap = Duration::from_secs(8);
+    let store = cinder::session::unlock(&dirs[1], PASS).unwrap();
+    let alice = cinder::session::spawn(
+        store,
+        EngineOptions {
+            auto_reconnect: true,
+            reconnect_max: cap,
+            ..EngineOptions::default()
+        },
+    )
+    .unwrap();
+    // Subscribed before the engine task first runs (current-thread runtime, no await yet).
+    let mut events = alice.subscribe();
+    let connected = |e: &SessionEvent| matches!(e, SessionEvent::Connected).then_some(());
+    let retry = |e: &SessionEvent| match e {
+        SessionEvent::Disconnected {
+            retry_in: Some(d), ..
+        } => Some(*d),
+        _ => None,
+    };
+    wait_event(&mut events, "the first connection", connected).await;
+    // The actor is serial: once this returns, the catch-up that follows a connection is done
+    // and no request is in flight when the relay goes away (an unanswered one would hold the
+    // actor for the 15 s request timeout before it sees the relay's Bye).
+    alice.sync().await.unwrap();
+    relay.stop().await;
+    let mut delays = Vec::new();
+    for _ in 0..6 {
+        let d = wait_event(&mut events, "a retry to be scheduled", retry).await;
+        delays.push(d);
+        // The attempt runs now and fails: nothing listens on the port.
+        advance(d).await;
+    }
+    for (i, d) in delays.iter().enumerate() {
+        let base = (Duration::from_millis(250) * (1 << (i + 1))).min(cap);
+        assert!(
+            *d >= base / 2 && *d <= base,
+            "attempt {i}: {d:?} outside [{:?}, {base:?}] ({delays:?})",
+            base / 2
+        );
+    }
+    // The last attempt has failed too (the relay is still down) before it comes back.
+    let d = wait_event(&mut events, "the seventh retry", retry).await;
+    assert!(d >= cap / 2 && d <= cap, "{d:?} is not within the cap");
+    relay.restart().await;
+    advance(d).await;
+    wait_event(&mut events, "the reconnection", connected).await;
+    assert!(alice.is_connected());
+    alice.shutdown().await;
+}

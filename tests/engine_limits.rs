@@ -74,6 +74,19 @@ async fn the_1040000_byte_message_fails_alone_and_everyone_keeps_talking() {
         state_of(&alice.handle, "dm:alice:bob", id).await,
         MessageState::Failed
     );
+    // The reason is kept with it, and it can be discarded.
+    let reason = alice.handle.failure(id).await.unwrap().unwrap();
+    assert_eq!(reason, err.to_string());
+    alice.handle.discard(id).await.unwrap();
+    let history = alice.handle.history("dm:alice:bob", 50).await.unwrap();
+    assert!(
+        history.iter().all(|m| m.message_id != id),
+        "discarded, yet still in the history"
+    );
+    assert!(matches!(
+        alice.handle.retry(id).await,
+        Err(SessionError::Usage(_))
+    ));
 
     // It left the outbox: later messages go, in both directions.
     send_and_flush(&alice.handle, "bob", "after the big one")
@@ -143,7 +156,7 @@ async fn a_relay_with_a_larger_frame_limit_delivers_large_messages_even_after_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_with_a_smaller_frame_limit_refuses_what_it_cannot_carry_and_nothing_else() {
     let tmp = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start_with(tmp.path(), |c| c.max_frame = 64 * 1024).await;
+    let mut relay = TestRelay::start_with(tmp.path(), |c| c.max_frame = 64 * 1024).await;
     let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
     let alice = engine(&dirs[1]);
     // Not yet connected, so the client only knows its default: queued, then refused by size
@@ -154,6 +167,14 @@ async fn a_relay_with_a_smaller_frame_limit_refuses_what_it_cannot_carry_and_not
         matches!(err, SessionError::TooLarge { limit: 65536, .. }),
         "{err:?}"
     );
+    let failed = alice
+        .history("dm:alice:bob", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.state == MessageState::Failed)
+        .unwrap()
+        .message_id;
     // Now it knows: refused before queuing.
     let err = alice.send_text("bob", &big(65_537)).await.unwrap_err();
     assert!(
@@ -169,6 +190,22 @@ async fn a_relay_with_a_smaller_frame_limit_refuses_what_it_cannot_carry_and_not
     send_and_flush(&alice, "bob", "fits").await.unwrap();
     let mut bob = Client::open(&dirs[2]);
     assert_eq!(bob.texts().await, vec!["fits".to_owned()]);
+    bob.handle.shutdown().await;
+    alice.shutdown().await;
+
+    // The relay comes back with its default limit: the failed message, retried, goes.
+    relay.stop().await;
+    relay.restart().await;
+    let alice = engine(&dirs[1]);
+    alice.retry(failed).await.unwrap();
+    assert_eq!(alice.failure(failed).await.unwrap(), None);
+    alice.flush().await.unwrap();
+    let mut bob = Client::open(&dirs[2]);
+    assert_eq!(bob.texts().await, vec![big(100_000)]);
+    assert_eq!(
+        state_of(&alice, "dm:alice:bob", failed).await,
+        MessageState::Sent
+    );
     alice.shutdown().await;
     bob.handle.shutdown().await;
 }

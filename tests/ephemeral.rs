@@ -1,20 +1,33 @@
 //! Ephemeral messages, read receipts and shredding end to end (issue 6): a real relay
 //! in-process, real engines and SQLCipher caches.
+//!
+//! The timer tests run on virtual time: the relay and the engines share a
+//! [`Clock::virtual_now`], and [`advance`] jumps it (and every tokio timer) past an expiry or a
+//! burn. Nothing sleeps; the tests wait for the engines' `Shredded` events and for a relay
+//! sweep that started after the jump.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use cinder::clock::Clock;
 use cinder::protocol::{Delivery, DeliveryKind};
 use cinder::relay::Tamper;
 use cinder::session::{
     self, EngineOptions, MessageKind, MessageRecord, MessageState, SendOptions, SessionEvent,
     SessionHandle,
 };
-use common::{PASS, TestRelay, all_bytes, contains, engine, network};
+use common::{
+    TestRelay, advance, all_bytes, contains, engine, engine_at, network, network_at, wait_event,
+    wait_shredded,
+};
+
+const HOUR: u32 = 3600;
+/// Past any one-hour timer, and past the relay sweep that follows it.
+const PAST_AN_HOUR: Duration = Duration::from_secs(3600 + 60);
 
 async fn history(h: &SessionHandle, with: &str) -> Vec<MessageRecord> {
     let me = h.account().username.clone();
@@ -29,22 +42,6 @@ async fn history(h: &SessionHandle, with: &str) -> Vec<MessageRecord> {
 
 async fn has(h: &SessionHandle, with: &str, text: &str) -> bool {
     history(h, with).await.iter().any(|m| m.text == text)
-}
-
-/// Polls `cond` for up to `limit`; returns whether it became true (never asserts on time).
-async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    cond().await
 }
 
 fn relay_rows(data: &Path, sql: &str) -> i64 {
@@ -86,70 +83,61 @@ impl Tamper for Recorder {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_two_second_message_vanishes_from_both_sides_the_relay_and_the_files() {
+#[tokio::test]
+async fn an_hour_message_vanishes_from_both_sides_the_relay_and_the_files() {
     let tmp = tempfile::tempdir().unwrap();
+    let clock = Clock::virtual_now();
     let rec = Arc::new(Recorder::default());
     let r2 = rec.clone();
-    let relay = TestRelay::start_with(tmp.path(), |c| c.tamper = Some(r2)).await;
-    let dirs = network(tmp.path(), &relay, &["alice", "bob", "carol"]).await;
-    let (alice, bob) = (engine(&dirs[1]), engine(&dirs[2]));
+    let relay = TestRelay::start_with(tmp.path(), |c| {
+        c.tamper = Some(r2);
+        c.clock = clock;
+    })
+    .await;
+    let dirs = network_at(tmp.path(), &relay, &["alice", "bob", "carol"], clock).await;
+    let (alice, bob) = (engine_at(&dirs[1], clock), engine_at(&dirs[2], clock));
     let mut alice_events = alice.subscribe();
+    let mut bob_events = bob.subscribe();
     let marker = "EPHEMERAL-MARKER-7f3a9c";
-    let q = alice
-        .send_message(
-            "bob",
-            marker,
-            SendOptions {
-                expire_after: Some(2),
-                burn_after: None,
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(q.timers.expire_after_s, Some(2));
+    let opts = SendOptions {
+        expire_after: Some(HOUR),
+        burn_after: None,
+    };
+    let q = alice.send_message("bob", marker, opts).await.unwrap();
+    assert_eq!(q.timers.expire_after_s, Some(HOUR));
     alice.flush().await.unwrap();
     // Carol never comes online: her copy sits at the relay until its delete-by time.
-    alice
-        .send_message(
-            "carol",
-            marker,
-            SendOptions {
-                expire_after: Some(2),
-                burn_after: None,
-            },
-        )
-        .await
-        .unwrap();
+    alice.send_message("carol", marker, opts).await.unwrap();
     alice.flush().await.unwrap();
     bob.sync().await.unwrap();
     let got = history(&bob, "alice").await;
     let m = got.iter().find(|m| m.text == marker).expect("bob got it");
-    assert_eq!(m.timers.expire_after_s, Some(2));
+    assert_eq!(m.timers.expire_after_s, Some(HOUR));
     assert!(m.timers.expire_at_ms.is_some());
     assert!(relay_rows(&relay.data, "SELECT count(*) FROM mailbox WHERE kind = 0") >= 1);
 
+    let after = clock.now_ms() + PAST_AN_HOUR.as_millis() as u64;
+    advance(PAST_AN_HOUR).await;
+    wait_shredded(&mut alice_events, q.message_id, "alice").await;
+    wait_shredded(&mut bob_events, m.message_id, "bob").await;
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            !has(&bob, "alice", marker).await && !has(&alice, "bob", marker).await
-        })
-        .await,
-        "the message outlived its 2 s expiry"
+        !has(&bob, "alice", marker).await,
+        "bob kept it past its expiry"
     );
-    let mut shredded = false;
-    while let Ok(ev) = alice_events.try_recv() {
-        if let SessionEvent::Shredded { message_ids, .. } = ev {
-            shredded |= message_ids.contains(&q.message_id);
-        }
-    }
-    assert!(shredded, "alice's engine did not report the shredding");
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            relay_rows(&relay.data, "SELECT count(*) FROM mailbox WHERE kind = 0") == 0
-                && relay_rows(&relay.data, "SELECT count(*) FROM bodies") == 0
-        })
-        .await,
-        "the relay kept an expired copy"
+        !has(&alice, "bob", marker).await,
+        "alice kept it past its expiry"
+    );
+    relay.swept_since(after).await;
+    assert_eq!(
+        relay_rows(&relay.data, "SELECT count(*) FROM mailbox WHERE kind = 0"),
+        0,
+        "the relay kept an expired mailbox item"
+    );
+    assert_eq!(
+        relay_rows(&relay.data, "SELECT count(*) FROM bodies"),
+        0,
+        "the relay kept an expired body"
     );
     alice.shutdown().await;
     bob.shutdown().await;
@@ -176,20 +164,23 @@ async fn a_two_second_message_vanishes_from_both_sides_the_relay_and_the_files()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn burn_on_read_starts_at_first_display_and_burns_for_sender_and_recipient() {
     let tmp = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(tmp.path()).await;
-    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
-    let (alice, bob) = (engine(&dirs[1]), engine(&dirs[2]));
+    let clock = Clock::virtual_now();
+    let relay = TestRelay::start_with(tmp.path(), |c| c.clock = clock).await;
+    let dirs = network_at(tmp.path(), &relay, &["alice", "bob"], clock).await;
+    let (alice, bob) = (engine_at(&dirs[1], clock), engine_at(&dirs[2], clock));
+    let mut alice_events = alice.subscribe();
+    let mut bob_events = bob.subscribe();
     let text = "burn after reading";
     alice
         .send_message(
             "bob",
             text,
             SendOptions {
-                expire_after: Some(3600),
-                burn_after: Some(2),
+                expire_after: Some(10 * HOUR),
+                burn_after: Some(60),
             },
         )
         .await
@@ -201,39 +192,51 @@ async fn burn_on_read_starts_at_first_display_and_burns_for_sender_and_recipient
         .into_iter()
         .find(|m| m.text == text)
         .unwrap();
-    assert_eq!(m.timers.burn_after_s, Some(2));
+    assert_eq!(m.timers.burn_after_s, Some(60));
     assert!(m.timers.burn_at_ms.is_none(), "burning before display");
     // Not displayed yet: it must survive well past its burn time.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    advance(PAST_AN_HOUR).await;
     assert!(has(&bob, "alice", text).await, "burned without being read");
     assert!(has(&alice, "bob", text).await);
 
     // Display (what `cinder recv` and the UI do) starts the countdown on both sides.
+    let before_display = clock.now_ms();
     bob.displayed(&[m.message_id]).await.unwrap();
     let shown = history(&bob, "alice")
         .await
         .into_iter()
         .find(|m| m.text == text)
         .unwrap();
-    assert!(shown.timers.burn_at_ms.is_some());
-    alice.sync().await.unwrap();
+    let burn_at = shown.timers.burn_at_ms.expect("the countdown started");
+    let displayed_at = shown.timers.displayed_at_ms.unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            !has(&bob, "alice", text).await && !has(&alice, "bob", text).await
-        })
-        .await,
-        "burn-on-read did not delete both copies"
+        displayed_at >= before_display,
+        "display not dated by the engine's clock"
+    );
+    assert_eq!(burn_at, displayed_at + 60_000);
+    alice.sync().await.unwrap();
+    advance(Duration::from_secs(61)).await;
+    wait_shredded(&mut bob_events, m.message_id, "bob").await;
+    wait_shredded(&mut alice_events, m.message_id, "alice").await;
+    assert!(
+        !has(&bob, "alice", text).await,
+        "bob's read copy did not burn"
+    );
+    assert!(
+        !has(&alice, "bob", text).await,
+        "the sender's copy did not burn"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn an_offline_device_never_shows_an_expired_message_after_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(tmp.path()).await;
-    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
-    let (alice, bob) = (engine(&dirs[1]), engine(&dirs[2]));
+    let clock = Clock::virtual_now();
+    let relay = TestRelay::start_with(tmp.path(), |c| c.clock = clock).await;
+    let dirs = network_at(tmp.path(), &relay, &["alice", "bob"], clock).await;
+    let (alice, bob) = (engine_at(&dirs[1], clock), engine_at(&dirs[2], clock));
     let opts = SendOptions {
-        expire_after: Some(2),
+        expire_after: Some(HOUR),
         burn_after: None,
     };
     alice
@@ -250,11 +253,10 @@ async fn an_offline_device_never_shows_an_expired_message_after_restart() {
         .await
         .unwrap();
     alice.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    advance(PAST_AN_HOUR).await;
 
     // Reopen: the first thing the engine does is shred what fell due.
-    let store = session::unlock(&dirs[2], PASS).unwrap();
-    let bob = session::spawn(store, EngineOptions::default()).unwrap();
+    let bob = engine_at(&dirs[2], clock);
     assert!(
         history(&bob, "alice").await.is_empty(),
         "an expired message was shown after restart"
@@ -305,28 +307,32 @@ async fn timers_above_the_network_cap_are_clamped_by_the_sending_client() {
     assert_eq!(m[0].timers.burn_after_s, Some(10));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn a_sender_clock_a_day_ahead_does_not_extend_a_messages_life() {
     let tmp = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(tmp.path()).await;
-    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
-    let store = session::unlock(&dirs[1], PASS).unwrap();
+    let clock = Clock::virtual_now();
+    let relay = TestRelay::start_with(tmp.path(), |c| c.clock = clock).await;
+    let dirs = network_at(tmp.path(), &relay, &["alice", "bob"], clock).await;
+    let store = session::unlock(&dirs[1], common::PASS).unwrap();
     let alice = session::spawn(
         store,
         EngineOptions {
             clock_offset_ms: 86_400_000,
+            clock,
             ..EngineOptions::default()
         },
     )
     .unwrap();
-    let bob = engine(&dirs[2]);
+    let bob = engine_at(&dirs[2], clock);
+    let mut alice_events = alice.subscribe();
+    let mut bob_events = bob.subscribe();
     let text = "from the future";
-    alice
+    let q = alice
         .send_message(
             "bob",
             text,
             SendOptions {
-                expire_after: Some(2),
+                expire_after: Some(HOUR),
                 burn_after: None,
             },
         )
@@ -339,22 +345,21 @@ async fn a_sender_clock_a_day_ahead_does_not_extend_a_messages_life() {
         .into_iter()
         .find(|m| m.text == text)
         .expect("delivered");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
     assert!(
-        m.timers.expire_at_ms.unwrap() < now + 60_000,
+        m.sent_at_ms > clock.now_ms() + 86_000_000,
+        "the sender's clock was not a day ahead"
+    );
+    assert!(
+        m.timers.expire_at_ms.unwrap() <= clock.now_ms() + u64::from(HOUR) * 1000,
         "expiry follows the sender's clock: {:?}",
         m.timers
     );
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            !has(&bob, "alice", text).await && !has(&alice, "bob", text).await
-        })
-        .await,
-        "a sender clock a day ahead extended the message's life"
-    );
+    // An hour of (virtual) time later, both copies are gone, not a day later.
+    advance(PAST_AN_HOUR).await;
+    wait_shredded(&mut bob_events, m.message_id, "bob").await;
+    wait_shredded(&mut alice_events, q.message_id, "alice").await;
+    assert!(!has(&bob, "alice", text).await);
+    assert!(!has(&alice, "bob", text).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,6 +370,8 @@ async fn read_receipts_follow_the_network_policy_and_cannot_be_forged() {
     let relay = TestRelay::start_with(tmp.path(), |c| c.tamper = Some(r2)).await;
     let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
     let (alice, bob) = (engine(&dirs[1]), engine(&dirs[2]));
+    let mut alice_events = alice.subscribe();
+    let mut bob_events = bob.subscribe();
     let state = |h: SessionHandle, id: [u8; 16]| async move {
         h.history(
             &cinder::protocol::names::dm_conversation("alice", "bob"),
@@ -384,13 +391,19 @@ async fn read_receipts_follow_the_network_policy_and_cannot_be_forged() {
     bob.displayed(&[id]).await.unwrap();
     bob.flush().await.unwrap();
     alice.sync().await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            state(alice.clone(), id).await == Some(MessageState::Read)
-        })
-        .await,
-        "no read receipt while the network allows them"
-    );
+    wait_event(
+        &mut alice_events,
+        "a read receipt while the network allows them",
+        |e| match e {
+            SessionEvent::StateChanged {
+                message_id,
+                state: MessageState::Read,
+            } if *message_id == id => Some(()),
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(state(alice.clone(), id).await, Some(MessageState::Read));
     // The relay replays bob's receipt (an old ratchet message) on a later message: rejected,
     // nothing changes.
     let receipt = rec
@@ -409,14 +422,14 @@ async fn read_receipts_follow_the_network_policy_and_cannot_be_forged() {
     admin.shutdown().await;
     alice.flush().await.unwrap();
     bob.flush().await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            alice.policy().is_some_and(|p| !p.read_receipts)
-                && bob.policy().is_some_and(|p| !p.read_receipts)
+    for (events, who) in [(&mut alice_events, "alice"), (&mut bob_events, "bob")] {
+        wait_event(events, &format!("the policy change reaches {who}"), |e| {
+            matches!(e, SessionEvent::PolicyChanged(p) if !p.read_receipts).then_some(())
         })
-        .await,
-        "the policy change did not reach the clients"
-    );
+        .await;
+    }
+    assert!(alice.policy().is_some_and(|p| !p.read_receipts));
+    assert!(bob.policy().is_some_and(|p| !p.read_receipts));
     let id2 = alice.send_text("bob", "no receipts now").await.unwrap();
     alice.flush().await.unwrap();
     let mut events = alice.subscribe();
@@ -430,28 +443,31 @@ async fn read_receipts_follow_the_network_policy_and_cannot_be_forged() {
     bob.send_text("alice", "hello").await.unwrap();
     bob.flush().await.unwrap();
     alice.sync().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_event(&mut events, "alice rejects the replayed receipt", |e| {
+        matches!(e, SessionEvent::Undecryptable { .. }).then_some(())
+    })
+    .await;
     alice.sync().await.unwrap();
     let st = state(alice.clone(), id2).await;
     assert!(
         matches!(st, Some(MessageState::Sent | MessageState::Delivered)),
         "a receipt appeared while the network forbids them: {st:?}"
     );
-    let mut rejected = false;
-    while let Ok(ev) = events.try_recv() {
-        if let SessionEvent::Undecryptable { .. } = ev {
-            rejected = true;
-        }
-    }
-    assert!(rejected, "the replayed receipt was not rejected");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn room_messages_expire_and_burn_for_every_member_and_the_sender() {
     let tmp = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start(tmp.path()).await;
-    let dirs = network(tmp.path(), &relay, &["alice", "bob", "carol"]).await;
-    let (alice, bob, carol) = (engine(&dirs[1]), engine(&dirs[2]), engine(&dirs[3]));
+    let clock = Clock::virtual_now();
+    let relay = TestRelay::start_with(tmp.path(), |c| c.clock = clock).await;
+    let dirs = network_at(tmp.path(), &relay, &["alice", "bob", "carol"], clock).await;
+    let (alice, bob, carol) = (
+        engine_at(&dirs[1], clock),
+        engine_at(&dirs[2], clock),
+        engine_at(&dirs[3], clock),
+    );
+    let mut alice_events = alice.subscribe();
+    let mut bob_events = bob.subscribe();
     let room = alice
         .create_room(
             session::RoomKind::Room,
@@ -472,15 +488,15 @@ async fn room_messages_expire_and_burn_for_every_member_and_the_sender() {
             .collect::<Vec<_>>()
     };
     // Room defaults set by the moderator apply to everyone's next message.
-    alice.set_timers(&id, Some(3600), Some(2)).await.unwrap();
+    alice.set_timers(&id, Some(HOUR), Some(60)).await.unwrap();
     bob.sync().await.unwrap();
     carol.sync().await.unwrap();
-    assert_eq!(bob.timers(&id).await.unwrap(), (Some(3600), Some(2)));
+    assert_eq!(bob.timers(&id).await.unwrap(), (Some(HOUR), Some(60)));
     let q = bob
         .send_message(&id, "burns in the room", SendOptions::default())
         .await
         .unwrap();
-    assert_eq!(q.timers.burn_after_s, Some(2));
+    assert_eq!(q.timers.burn_after_s, Some(60));
     bob.flush().await.unwrap();
     alice.sync().await.unwrap();
     carol.sync().await.unwrap();
@@ -493,12 +509,12 @@ async fn room_messages_expire_and_burn_for_every_member_and_the_sender() {
     // Alice reads it; her copy burns, and bob's (the sender's) too. Carol has not read it.
     alice.displayed(&[q.message_id]).await.unwrap();
     bob.sync().await.unwrap();
+    advance(Duration::from_secs(61)).await;
+    wait_shredded(&mut alice_events, q.message_id, "alice (who read it)").await;
+    wait_shredded(&mut bob_events, q.message_id, "bob (the sender)").await;
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            texts(alice.clone(), id.clone()).await.is_empty()
-                && texts(bob.clone(), id.clone()).await.is_empty()
-        })
-        .await,
+        texts(alice.clone(), id.clone()).await.is_empty()
+            && texts(bob.clone(), id.clone()).await.is_empty(),
         "the read copy and the sender's copy did not burn"
     );
     assert!(

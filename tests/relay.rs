@@ -668,8 +668,9 @@ async fn rate_limit_answers_rate_limited_and_keeps_the_connection() {
         c.rate_burst = 3;
     })
     .await;
-    // Sleep off the registration requests.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Refill the bucket the registration requests used, on virtual time (the buckets run on
+    // tokio's clock).
+    common::advance(Duration::from_millis(1200)).await;
     let mut limited = None;
     for _ in 0..20 {
         match n.a.request(Body::Ping(Ping {})).await {
@@ -696,7 +697,8 @@ async fn rate_limit_answers_rate_limited_and_keeps_the_connection() {
     assert!(matches!(second, Body::Error(ref e) if e.code == ErrorCode::RateLimited as u32));
     // bob is not affected.
     n.b.ping().await;
-    tokio::time::sleep(Duration::from_millis(u64::from(e.retry_after_ms) + 50)).await;
+    // After `retry_after_ms` the device may send again.
+    common::advance(Duration::from_millis(u64::from(e.retry_after_ms) + 50)).await;
     n.a.ping().await;
     n.relay.shutdown().await.unwrap();
 }

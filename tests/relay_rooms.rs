@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cinder::clock::Clock;
 use cinder::crypto::membership::{
     MembershipOp, OpKind, RoomKind, RoomState, SignedOp, new_room_id,
 };
@@ -156,6 +157,14 @@ impl Net {
         }
     }
 
+    /// Advances virtual time by `d` (the relay must run on `clock`) and waits for the sweep
+    /// that the jump sets off.
+    async fn advance_and_sweep(&self, clock: Clock, d: Duration) {
+        let due = clock.now_ms() + d.as_millis() as u64;
+        common::advance(d).await;
+        self.relay.as_ref().unwrap().swept_since(due).await;
+    }
+
     /// Registers a new ordinary user and returns its device and connection.
     async fn user(&mut self, name: &str) -> (Dev, Client) {
         let code = invite_for(&mut self.a, "").await;
@@ -179,20 +188,6 @@ impl Net {
             .unwrap();
         let (c, _) = login(&self.url, &other).await;
         (other, c)
-    }
-}
-
-/// Polls `cond` every 100 ms until it holds or `deadline` passes.
-async fn eventually(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -698,12 +693,13 @@ async fn a_room_message_is_stored_once_for_fifty_members() {
 
 #[tokio::test]
 async fn expired_messages_leave_no_trace_in_the_relay_files() {
-    let mut n = Net::new(|_| {}).await;
+    // Virtual time: the relay's clock and its sweeper move only when the test advances them.
+    let clock = Clock::virtual_now();
+    let mut n = Net::new(|c| c.clock = clock).await;
     let (bob, mut b) = n.user("bob").await;
     let marker = b"EXPIRY-MARKER-5f1c0a7d93e2".to_vec();
     let mut body = marker.clone();
     body.extend_from_slice(&[0x42; 3000]);
-    let sent_at = Instant::now();
     let ok = send_ok(
         n.a.request(Body::Send(Send {
             message_id: vec![1; 16],
@@ -711,7 +707,7 @@ async fn expired_messages_leave_no_trace_in_the_relay_files() {
             entries: vec![bob.entry(b"key entry")],
             recipients: vec!["bob".into()],
             delete_by_ms: 0,
-            ttl_ms: 1500,
+            ttl_ms: 60_000,
         }))
         .await,
     );
@@ -721,20 +717,21 @@ async fn expired_messages_leave_no_trace_in_the_relay_files() {
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].body, body);
     let dir = n.dir.clone();
-    let gone = eventually(Duration::from_secs(20), || {
-        count(&dir, "SELECT COUNT(*) FROM mailbox", []) == 0
-            && count(&dir, "SELECT COUNT(*) FROM bodies", []) == 0
-    })
-    .await;
-    assert!(gone, "the expired message is still stored");
-    assert!(sent_at.elapsed() >= Duration::from_millis(1400));
+    // A sweep before its time keeps it.
+    n.advance_and_sweep(clock, Duration::from_secs(30)).await;
+    assert_eq!(count(&dir, "SELECT COUNT(*) FROM mailbox", []), 1);
+    assert_eq!(b.fetch().await.len(), 1, "deleted before its time");
+    // The first sweep after it fell due deletes it and truncates the log.
+    n.advance_and_sweep(clock, Duration::from_secs(31)).await;
+    assert_eq!(
+        count(&dir, "SELECT COUNT(*) FROM mailbox", []),
+        0,
+        "the expired message is still stored"
+    );
+    assert_eq!(count(&dir, "SELECT COUNT(*) FROM bodies", []), 0);
     assert!(b.fetch().await.is_empty());
-    let clean = eventually(Duration::from_secs(20), || {
-        files_contain(&dir, &marker).is_empty()
-    })
-    .await;
     assert!(
-        clean,
+        files_contain(&dir, &marker).is_empty(),
         "the marker survives in {:?}",
         files_contain(&dir, &marker)
     );
@@ -746,22 +743,28 @@ async fn expired_messages_leave_no_trace_in_the_relay_files() {
             body: b"short".to_vec(),
             entries: vec![bob.entry(b"k")],
             recipients: vec!["bob".into()],
-            delete_by_ms: now_ms() + 86_400_000,
-            ttl_ms: 2000,
+            delete_by_ms: clock.now_ms() + 86_400_000,
+            ttl_ms: 60_000,
         }))
         .await,
     );
     assert_eq!(b.fetch().await.len(), 1);
-    let gone = eventually(Duration::from_secs(20), || {
-        count(&dir, "SELECT COUNT(*) FROM mailbox", []) == 0
-    })
-    .await;
-    assert!(gone, "a 2 s timer was stretched by delete_by_ms");
+    n.advance_and_sweep(clock, Duration::from_secs(61)).await;
+    assert_eq!(
+        count(&dir, "SELECT COUNT(*) FROM mailbox", []),
+        0,
+        "a one-minute timer was stretched by delete_by_ms"
+    );
 }
 
 #[tokio::test]
 async fn timers_above_the_network_maximum_are_refused() {
-    let mut n = Net::new(|c| c.max_expire_secs = Some(3600)).await;
+    let clock = Clock::virtual_now();
+    let mut n = Net::new(|c| {
+        c.max_expire_secs = Some(3600);
+        c.clock = clock;
+    })
+    .await;
     let (bob, mut b) = n.user("bob").await;
     let send = |ttl_ms, delete_by_ms| {
         Body::Send(Send {
@@ -777,7 +780,7 @@ async fn timers_above_the_network_maximum_are_refused() {
         n.a.expect_error(send(3_600_001, 0), ErrorCode::TimerTooLong)
             .await;
     assert!(e.message.contains("1 hour"), "{}", e.message);
-    n.a.expect_error(send(0, now_ms() + 7_200_000), ErrorCode::TimerTooLong)
+    n.a.expect_error(send(0, clock.now_ms() + 7_200_000), ErrorCode::TimerTooLong)
         .await;
     let (create, room) = n.alice.create(&[&bob]);
     n.a.submit_ok(&create).await;
@@ -788,17 +791,18 @@ async fn timers_above_the_network_maximum_are_refused() {
     .await;
     // At the maximum it is accepted, and the room message expires too.
     send_ok(n.a.request(send(3_600_000, 0)).await);
-    send_ok(b.request(room_send(2, &room, b"x", b"y", 1000)).await);
+    send_ok(b.request(room_send(2, &room, b"x", b"y", 60_000)).await);
     let dir = n.dir.clone();
-    let gone = eventually(Duration::from_secs(20), || {
+    n.advance_and_sweep(clock, Duration::from_secs(61)).await;
+    assert_eq!(
         count(
             &dir,
             "SELECT COUNT(*) FROM mailbox WHERE kind = ?1",
             [DeliveryKind::RoomMessage as i32],
-        ) == 0
-    })
-    .await;
-    assert!(gone, "the room message did not expire");
+        ),
+        0,
+        "the room message did not expire"
+    );
     assert_eq!(
         count(&dir, "SELECT COUNT(*) FROM bodies WHERE data = x'78'", []),
         0

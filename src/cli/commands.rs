@@ -179,6 +179,7 @@ pub(crate) async fn open_engine(
             reconnect_max: ctx.config.network.reconnect_max(),
             ca_pem,
             clock_offset_ms: 0,
+            clock: crate::clock::Clock::system(),
         },
     )?;
     Ok(handle)
@@ -225,6 +226,7 @@ pub async fn cmd_register(ctx: &Context, a: RegisterArgs) -> anyhow::Result<()> 
             kdf,
             allow_insecure_ws: a.insecure_ws,
             ca_pem,
+            clock: crate::clock::Clock::system(),
         },
     )
     .await?;
@@ -484,23 +486,39 @@ pub async fn cmd_history(
         };
         let rooms = room_map(&handle).await;
         let messages = handle.history(&conversation, limit).await?;
-        anyhow::Ok((messages, rooms))
+        // Why each failed message of ours failed, to print beside it.
+        let mut failures = std::collections::HashMap::new();
+        for m in messages
+            .iter()
+            .filter(|m| m.state == session::MessageState::Failed)
+        {
+            if let Some(reason) = handle.failure(m.message_id).await? {
+                failures.insert(m.message_id, reason);
+            }
+        }
+        anyhow::Ok((messages, rooms, failures))
     }
     .await;
     handle.shutdown().await;
-    let (messages, rooms) = result?;
+    let (messages, rooms, failures) = result?;
     let mut out = std::io::stdout().lock();
     for m in &messages {
+        let failure = failures.get(&m.message_id);
         if json_mode {
-            writeln!(out, "{}", message_json(m, &rooms, &me))?;
+            let mut v = message_json(m, &rooms, &me);
+            if let (Some(reason), Some(obj)) = (failure, v.as_object_mut()) {
+                obj.insert("failure".into(), serde_json::Value::from(reason.as_str()));
+            }
+            writeln!(out, "{v}")?;
         } else if m.kind == MessageKind::System {
             print_message(&mut out, m, false, &rooms, &me)?;
         } else {
-            let mark = match m.state.as_str() {
-                "sending" => " (sending)",
-                "failed" => " (FAILED)",
-                "undecryptable" => " (could not be decrypted)",
-                _ => "",
+            let mark = match (m.state.as_str(), failure) {
+                ("sending", _) => " (sending)".to_owned(),
+                ("failed", Some(reason)) => format!(" (FAILED: {reason})"),
+                ("failed", None) => " (FAILED)".to_owned(),
+                ("undecryptable", _) => " (could not be decrypted)".to_owned(),
+                _ => String::new(),
             };
             let when =
                 humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(m.sent_at_ms));

@@ -653,6 +653,7 @@ async fn open_engine(dir: &Path, pass: &Zeroizing<Vec<u8>>) -> anyhow::Result<Pa
             reconnect_max: RECONNECT_MAX,
             ca_pem: None,
             clock_offset_ms: 0,
+            clock: crate::clock::Clock::system(),
         },
     )?;
     let events = handle.subscribe();
@@ -681,6 +682,7 @@ async fn register_demo_user(
             kdf: KdfParams::INSECURE_FOR_TESTS,
             allow_insecure_ws: false,
             ca_pem: None,
+            clock: crate::clock::Clock::system(),
         },
     )
     .await
@@ -1244,6 +1246,7 @@ mod tests {
                 reconnect_max: RECONNECT_MAX,
                 ca_pem: None,
                 clock_offset_ms: 0,
+                clock: crate::clock::Clock::system(),
             },
         )
         .unwrap();

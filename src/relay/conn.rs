@@ -271,7 +271,7 @@ where
             if pushes.is_empty() {
                 return true;
             }
-            let now = rooms::now_ms();
+            let now = shared.clock.now_ms();
             for push in pushes {
                 if let Push::Reply(frame) = push {
                     let msg = Message::binary(encode_frame(&frame));
@@ -445,11 +445,9 @@ async fn handle_bytes(shared: &Shared, sess: &mut Session, bytes: &[u8]) -> Acti
         Some(auth) => shared
             .registry
             .take_token(&auth.device, request_cost(&body)),
-        None => sess.bucket.take(
-            shared.rate_per_sec,
-            shared.rate_burst,
-            std::time::Instant::now(),
-        ),
+        None => sess
+            .bucket
+            .take(shared.rate_per_sec, shared.rate_burst, Instant::now()),
     };
     if let Err(retry_after_ms) = allowed {
         return Action::Reply(Frame {
@@ -798,7 +796,7 @@ async fn send(shared: &Shared, sess: &Session, s: Send) -> Result<Body, RelayErr
             payload: e.payload,
         });
     }
-    let delete_by_ms = rooms::delete_by(shared, s.ttl_ms, s.delete_by_ms, rooms::now_ms())?;
+    let delete_by_ms = rooms::delete_by(shared, s.ttl_ms, s.delete_by_ms, shared.clock.now_ms())?;
     if delivery_frame_len(auth.username.len(), s.body.len(), largest_payload, 0) > shared.max_frame
     {
         return Err(refused(
@@ -900,9 +898,7 @@ async fn create_invite(
         0 => shared.invite_validity.as_secs(),
         n => n.min(MAX_INVITE_SECS),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = shared.clock.now_secs();
     let expires_at = now.saturating_add(secs);
     let code = invite::generate()?;
     let invite = NewInvite {

@@ -9,7 +9,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+// tokio's clock, so that tests on paused time can refill a bucket by advancing it.
+use tokio::time::Instant;
 
 use tokio::sync::Notify;
 

@@ -143,13 +143,6 @@ fn delete_by_at(
     })
 }
 
-pub(super) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 fn check_room_id(room_id: &str) -> Result<(), RelayError> {
     if room_id.is_empty() || room_id.len() > MAX_ROOM_ID {
         return Err(unknown_room());
@@ -257,7 +250,7 @@ pub(super) async fn room_send(
         ));
     }
     check_room_id(&s.room_id)?;
-    let now = now_ms();
+    let now = shared.clock.now_ms();
     let delete_by_ms = delete_by(shared, s.ttl_ms, 0, now)?;
     let frame_len = delivery_frame_len(
         auth.username.len(),

@@ -28,6 +28,7 @@ use super::network::Network;
 use super::registry::Registry;
 use super::store::{RelayStore, StoredPolicy};
 use super::{DRAIN_TIMEOUT, RelayConfig, RelayError, Tamper, conn};
+use crate::clock::Clock;
 
 /// How long the TLS handshake and the WebSocket upgrade may take together.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) max_mailbox_fetch: u32,
     pub(crate) max_room_members: u32,
     pub(crate) tamper: Option<Arc<dyn Tamper>>,
+    /// Wall time for expiry, delete-by times and timestamps.
+    pub(crate) clock: Clock,
     /// Serialises policy changes so the cached copy ends as the last committed one.
     pub(crate) policy_lock: tokio::sync::Mutex<()>,
     policy: Mutex<StoredPolicy>,
@@ -101,6 +104,7 @@ impl Shared {
             max_mailbox_fetch: config.max_mailbox_fetch,
             max_room_members: config.max_room_members,
             tamper: config.tamper.clone(),
+            clock: config.clock,
             policy_lock: tokio::sync::Mutex::new(()),
             policy: Mutex::new(policy),
             ws_config,
@@ -309,10 +313,13 @@ where
     }
 }
 
-/// Deletes expired items every `every` until shutdown.
+/// Deletes expired items every `every` until shutdown; after each sweep, publishes the time
+/// it started on `swept`.
 pub(crate) async fn sweep_loop(
     store: Arc<dyn RelayStore>,
     every: Duration,
+    clock: Clock,
+    swept: tokio::sync::watch::Sender<u64>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -322,8 +329,12 @@ pub(crate) async fn sweep_loop(
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {
-                if let Err(e) = store.sweep().await {
-                    tracing::warn!(error = %e, "relay sweep failed");
+                let started = clock.now_ms();
+                match store.sweep().await {
+                    Ok(_) => {
+                        swept.send_replace(started);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "relay sweep failed"),
                 }
             }
         }
@@ -344,7 +355,11 @@ mod tests {
     async fn idle_connection_futures_stay_small() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(
-            super::super::sqlite::SqliteStore::open(&dir.path().join("relay.db")).unwrap(),
+            super::super::sqlite::SqliteStore::open(
+                &dir.path().join("relay.db"),
+                crate::clock::Clock::system(),
+            )
+            .unwrap(),
         );
         let config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
         let net = Network {

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prost::Message as _;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -28,6 +28,7 @@ use super::store::{
     RoomItem, RoomOpOutcome, RoomSendOutcome, SendOutcome, StoreFuture, StoredPolicy, SweepReport,
 };
 use super::{DEFAULT_MAX_TIMER_SECS, RelayError, rooms};
+use crate::clock::Clock;
 use crate::crypto::identity::RootPublicKey;
 use crate::crypto::membership::{OpKind, Role, RoomState, SignedOp};
 use crate::protocol::{
@@ -186,6 +187,8 @@ pub(crate) struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     crashed: Arc<AtomicBool>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Dates every request when it is made; the worker thread has no tokio clock of its own.
+    clock: Clock,
 }
 
 impl SqliteStore {
@@ -194,7 +197,7 @@ impl SqliteStore {
     /// # Errors
     /// [`RelayError::Db`] if it cannot be opened or migrated, [`RelayError::DataDir`] for a
     /// schema newer than this build.
-    pub(crate) fn open(path: &Path) -> Result<Self, RelayError> {
+    pub(crate) fn open(path: &Path, clock: Clock) -> Result<Self, RelayError> {
         super::network::create_private_file(path)?;
         let conn = open_connection(path)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -207,6 +210,7 @@ impl SqliteStore {
             jobs: tx,
             crashed,
             worker: Mutex::new(Some(worker)),
+            clock,
         })
     }
 
@@ -232,15 +236,17 @@ impl SqliteStore {
     }
 
     /// Queues `f` to run in its own savepoint of the next batch; the future resolves after the
-    /// batch commits.
+    /// batch commits. `f` gets the time of the request (ms since the epoch), read now, on the
+    /// caller's side.
     fn call<T, F>(&self, f: F) -> StoreFuture<'_, T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, RelayError> + Send + 'static,
+        F: FnOnce(&Connection, u64) -> Result<T, RelayError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let now = self.clock.now_ms();
         let op: Op = Box::new(move |conn: &Connection| {
-            let result = in_savepoint(conn, f);
+            let result = in_savepoint(conn, |c| f(c, now));
             Box::new(move || {
                 let _ = tx.send(result);
             })
@@ -445,17 +451,6 @@ fn in_savepoint<T>(
     result
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-fn now_secs() -> u64 {
-    now_ms() / 1000
-}
-
 /// SQLite integers are signed; values beyond `i64::MAX` (only ever far-future times) saturate.
 fn sql_int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -507,6 +502,7 @@ fn account_status(
     username: &str,
     is_admin: bool,
     device: &DeviceId,
+    now: u64,
 ) -> Result<AccountStatus, RelayError> {
     let one_time: i64 = conn
         .prepare_cached("SELECT COUNT(*) FROM one_time_prekeys WHERE device_id = ?1")?
@@ -519,7 +515,7 @@ fn account_status(
             "SELECT COUNT(*) FROM mailbox
              WHERE device_id = ?1 AND (delete_by_ms = 0 OR delete_by_ms > ?2)",
         )?
-        .query_row(params![&device[..], sql_int(now_ms())], |r| r.get(0))?;
+        .query_row(params![&device[..], sql_int(now)], |r| r.get(0))?;
     Ok(AccountStatus {
         username: username.to_owned(),
         is_admin,
@@ -620,6 +616,7 @@ fn insert_invite(
     conn: &Connection,
     invite: &NewInvite,
     created_by: Option<&str>,
+    now: u64,
 ) -> Result<(), RelayError> {
     conn.prepare_cached(
         "INSERT INTO invites (code_hash, email, admin, created_by, created_at, expires_at)
@@ -630,7 +627,7 @@ fn insert_invite(
         invite.email,
         invite.admin,
         created_by,
-        sql_int(now_secs()),
+        sql_int(now / 1000),
         invite.expires_at.map(sql_int),
     ])?;
     Ok(())
@@ -640,6 +637,7 @@ fn op_create_network(
     conn: &Connection,
     net: &NetworkRecord,
     invite: &NewInvite,
+    now: u64,
 ) -> Result<(), RelayError> {
     conn.execute(
         "INSERT INTO network (id, network_id, network_name, relay_id, admin_key, created_at)
@@ -649,13 +647,17 @@ fn op_create_network(
             net.network_name,
             net.relay_id,
             &net.admin_key[..],
-            sql_int(now_secs())
+            sql_int(now / 1000)
         ],
     )?;
-    insert_invite(conn, invite, None)
+    insert_invite(conn, invite, None, now)
 }
 
-fn op_register(conn: &Connection, acc: &NewAccount) -> Result<AccountStatus, RelayError> {
+fn op_register(
+    conn: &Connection,
+    acc: &NewAccount,
+    now_ms: u64,
+) -> Result<AccountStatus, RelayError> {
     let invite = conn
         .prepare_cached("SELECT admin, expires_at, used_by FROM invites WHERE code_hash = ?1")?
         .query_row([&acc.invite_hash[..]], |r| {
@@ -666,7 +668,7 @@ fn op_register(conn: &Connection, acc: &NewAccount) -> Result<AccountStatus, Rel
             ))
         })
         .optional()?;
-    let now = sql_int(now_secs());
+    let now = sql_int(now_ms / 1000);
     let is_admin = match invite {
         Some((admin, expires, None)) if expires.is_none_or(|e| e > now) => admin,
         _ => {
@@ -725,13 +727,14 @@ fn op_register(conn: &Connection, acc: &NewAccount) -> Result<AccountStatus, Rel
     }
     conn.prepare_cached("UPDATE invites SET used_by = ?1, used_at = ?2 WHERE code_hash = ?3")?
         .execute(params![acc.username, now, &acc.invite_hash[..]])?;
-    account_status(conn, &acc.username, is_admin, &device.device_id)
+    account_status(conn, &acc.username, is_admin, &device.device_id, now_ms)
 }
 
 fn op_login(
     conn: &Connection,
     username: &str,
     device: &DeviceId,
+    now: u64,
 ) -> Result<Option<LoginRecord>, RelayError> {
     let row = conn
         .prepare_cached(
@@ -750,7 +753,7 @@ fn op_login(
     };
     Ok(Some(LoginRecord {
         signing_key,
-        status: account_status(conn, username, is_admin, device)?,
+        status: account_status(conn, username, is_admin, device, now)?,
     }))
 }
 
@@ -868,7 +871,7 @@ fn op_fetch_keys(conn: &Connection, username: &str) -> Result<Option<KeyBundle>,
     }))
 }
 
-fn op_send(conn: &Connection, msg: &OutgoingMessage) -> Result<SendOutcome, RelayError> {
+fn op_send(conn: &Connection, msg: &OutgoingMessage, now: u64) -> Result<SendOutcome, RelayError> {
     let earlier = conn
         .prepare_cached(
             "SELECT server_ts_ms FROM sends WHERE sender_device = ?1 AND message_id = ?2",
@@ -923,7 +926,6 @@ fn op_send(conn: &Connection, msg: &OutgoingMessage) -> Result<SendOutcome, Rela
     if !stale.is_empty() {
         return Ok(SendOutcome::DevicesChanged(stale));
     }
-    let now = now_ms();
     let delete_by = sql_int(msg.delete_by_ms);
     let mut seqs = Vec::with_capacity(msg.entries.len());
     if !msg.entries.is_empty() {
@@ -975,6 +977,7 @@ fn op_fetch(
     device: &DeviceId,
     limit: u32,
     max_bytes: usize,
+    now: u64,
 ) -> Result<Deliveries, RelayError> {
     // Room items keep their shared key data (sender-key message or signed op) once, in the
     // body row; their own payload is empty.
@@ -988,11 +991,7 @@ fn op_fetch(
            AND (b.delete_by_ms IS NULL OR b.delete_by_ms = 0 OR b.delete_by_ms > ?2)
          ORDER BY m.seq LIMIT ?3",
     )?;
-    let mut rows = stmt.query(params![
-        &device[..],
-        sql_int(now_ms()),
-        i64::from(limit) + 1
-    ])?;
+    let mut rows = stmt.query(params![&device[..], sql_int(now), i64::from(limit) + 1])?;
     let mut items = Vec::new();
     let mut used = 0usize;
     let mut more = false;
@@ -1029,8 +1028,8 @@ fn op_ack(
     username: &str,
     device: &DeviceId,
     seqs: &[u64],
+    now: u64,
 ) -> Result<Vec<Notice>, RelayError> {
-    let now = now_ms();
     let mut notices = Vec::new();
     let mut bodies = BTreeSet::new();
     let unique: BTreeSet<u64> = seqs.iter().copied().collect();
@@ -1110,7 +1109,12 @@ fn op_ack(
     Ok(notices)
 }
 
-fn op_create_invite(conn: &Connection, admin: &str, invite: &NewInvite) -> Result<(), RelayError> {
+fn op_create_invite(
+    conn: &Connection,
+    admin: &str,
+    invite: &NewInvite,
+    now: u64,
+) -> Result<(), RelayError> {
     let is_admin = conn
         .prepare_cached("SELECT is_admin FROM users WHERE username = ?1")?
         .query_row([admin], |r| r.get::<_, bool>(0))
@@ -1122,11 +1126,11 @@ fn op_create_invite(conn: &Connection, admin: &str, invite: &NewInvite) -> Resul
             "only network admins can create invites",
         ));
     }
-    insert_invite(conn, invite, Some(admin))
+    insert_invite(conn, invite, Some(admin), now)
 }
 
-fn op_sweep(conn: &Connection) -> Result<SweepReport, RelayError> {
-    let now = sql_int(now_ms());
+fn op_sweep(conn: &Connection, now: u64) -> Result<SweepReport, RelayError> {
+    let now = sql_int(now);
     let mut items = conn
         .prepare_cached("DELETE FROM mailbox WHERE delete_by_ms > 0 AND delete_by_ms <= ?1")?
         .execute([now])?;
@@ -1230,6 +1234,7 @@ fn op_submit_room_op(
     item: &RoomItem,
     op: &SignedOp,
     max_members: usize,
+    now: u64,
 ) -> Result<RoomOpOutcome, RelayError> {
     let room_id = &op.op.room_id;
     let root = conn
@@ -1294,7 +1299,6 @@ fn op_submit_room_op(
     }
     let everyone: BTreeSet<&String> = before.keys().chain(after.members.keys()).collect();
     let devices = devices_of(conn, everyone, &item.sender_device)?;
-    let now = now_ms();
     let seqs = fan_out(conn, item, &devices, now)?;
     Ok(RoomOpOutcome {
         seq: after.head_seq,
@@ -1350,6 +1354,7 @@ fn op_room_send(
     conn: &Connection,
     item: &RoomItem,
     head_seq: u64,
+    now: u64,
 ) -> Result<RoomSendOutcome, RelayError> {
     let earlier = conn
         .prepare_cached(
@@ -1397,7 +1402,6 @@ fn op_room_send(
         }
         out
     };
-    let now = now_ms();
     let seqs = fan_out(conn, item, &devices, now)?;
     conn.prepare_cached(
         "INSERT INTO sends (sender_device, message_id, server_ts_ms) VALUES (?1, ?2, ?3)",
@@ -1469,7 +1473,7 @@ fn op_set_policy(
 
 impl RelayStore for SqliteStore {
     fn load_network(&self) -> StoreFuture<'_, Option<NetworkRecord>> {
-        self.call(op_load_network)
+        self.call(|c, _| op_load_network(c))
     }
 
     fn create_network(
@@ -1477,42 +1481,42 @@ impl RelayStore for SqliteStore {
         network: NetworkRecord,
         admin_invite: NewInvite,
     ) -> StoreFuture<'_, ()> {
-        self.call(move |c| op_create_network(c, &network, &admin_invite))
+        self.call(move |c, now| op_create_network(c, &network, &admin_invite, now))
     }
 
     fn rename_network(&self, name: String) -> StoreFuture<'_, ()> {
-        self.call(move |c| {
+        self.call(move |c, _| {
             c.execute("UPDATE network SET network_name = ?1 WHERE id = 1", [name])?;
             Ok(())
         })
     }
 
     fn register(&self, account: NewAccount) -> StoreFuture<'_, AccountStatus> {
-        self.call(move |c| op_register(c, &account))
+        self.call(move |c, now| op_register(c, &account, now))
     }
 
     fn login(&self, username: String, device: DeviceId) -> StoreFuture<'_, Option<LoginRecord>> {
-        self.call(move |c| op_login(c, &username, &device))
+        self.call(move |c, now| op_login(c, &username, &device, now))
     }
 
     fn upload_prekeys(&self, device: DeviceId, upload: PrekeyUpload) -> StoreFuture<'_, ()> {
-        self.call(move |c| store_prekeys(c, &device, &upload))
+        self.call(move |c, _| store_prekeys(c, &device, &upload))
     }
 
     fn get_user(&self, username: String) -> StoreFuture<'_, Option<UserInfo>> {
-        self.call(move |c| op_get_user(c, &username))
+        self.call(move |c, _| op_get_user(c, &username))
     }
 
     fn fetch_keys(&self, username: String) -> StoreFuture<'_, Option<KeyBundle>> {
-        self.call(move |c| op_fetch_keys(c, &username))
+        self.call(move |c, _| op_fetch_keys(c, &username))
     }
 
     fn send(&self, message: Arc<OutgoingMessage>) -> StoreFuture<'_, SendOutcome> {
-        self.call(move |c| op_send(c, &message))
+        self.call(move |c, now| op_send(c, &message, now))
     }
 
     fn fetch(&self, device: DeviceId, limit: u32, max_bytes: usize) -> StoreFuture<'_, Deliveries> {
-        self.call(move |c| op_fetch(c, &device, limit, max_bytes))
+        self.call(move |c, now| op_fetch(c, &device, limit, max_bytes, now))
     }
 
     fn ack(
@@ -1521,11 +1525,11 @@ impl RelayStore for SqliteStore {
         device: DeviceId,
         seqs: Vec<u64>,
     ) -> StoreFuture<'_, Vec<Notice>> {
-        self.call(move |c| op_ack(c, &username, &device, &seqs))
+        self.call(move |c, now| op_ack(c, &username, &device, &seqs, now))
     }
 
     fn create_invite(&self, admin: String, invite: NewInvite) -> StoreFuture<'_, ()> {
-        self.call(move |c| op_create_invite(c, &admin, &invite))
+        self.call(move |c, now| op_create_invite(c, &admin, &invite, now))
     }
 
     fn sweep(&self) -> StoreFuture<'_, SweepReport> {
@@ -1544,7 +1548,7 @@ impl RelayStore for SqliteStore {
         op: SignedOp,
         max_members: usize,
     ) -> StoreFuture<'_, RoomOpOutcome> {
-        self.call(move |c| op_submit_room_op(c, &item, &op, max_members))
+        self.call(move |c, now| op_submit_room_op(c, &item, &op, max_members, now))
     }
 
     fn room_log(
@@ -1554,15 +1558,15 @@ impl RelayStore for SqliteStore {
         from_seq: u64,
         max_bytes: usize,
     ) -> StoreFuture<'_, Option<RoomLog>> {
-        self.call(move |c| op_room_log(c, &username, &room_id, from_seq, max_bytes))
+        self.call(move |c, _| op_room_log(c, &username, &room_id, from_seq, max_bytes))
     }
 
     fn room_send(&self, item: Arc<RoomItem>, head_seq: u64) -> StoreFuture<'_, RoomSendOutcome> {
-        self.call(move |c| op_room_send(c, &item, head_seq))
+        self.call(move |c, now| op_room_send(c, &item, head_seq, now))
     }
 
     fn policy(&self) -> StoreFuture<'_, StoredPolicy> {
-        self.call(op_policy)
+        self.call(|c, _| op_policy(c))
     }
 
     fn set_policy(
@@ -1570,7 +1574,7 @@ impl RelayStore for SqliteStore {
         admin: Option<String>,
         change: PolicyChange,
     ) -> StoreFuture<'_, StoredPolicy> {
-        self.call(move |c| op_set_policy(c, admin.as_deref(), change))
+        self.call(move |c, _| op_set_policy(c, admin.as_deref(), change))
     }
 }
 
@@ -1581,7 +1585,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("relay.db")).unwrap();
+        let s = SqliteStore::open(&dir.path().join("relay.db"), Clock::system()).unwrap();
         (dir, s)
     }
 
@@ -1668,7 +1672,7 @@ mod tests {
             ))
             .unwrap();
         }
-        let s = SqliteStore::open(&path).unwrap();
+        let s = SqliteStore::open(&path, Clock::system()).unwrap();
         let policy = s.policy().await.unwrap();
         assert_eq!(
             policy,
@@ -1703,7 +1707,7 @@ mod tests {
         assert_eq!((data, key), (vec![1, 2], None));
         // And a second open neither migrates again nor fails.
         drop(c);
-        let s = SqliteStore::open(&path).unwrap();
+        let s = SqliteStore::open(&path, Clock::system()).unwrap();
         s.close().await.unwrap();
     }
 

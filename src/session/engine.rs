@@ -84,7 +84,7 @@ pub fn spawn(mut store: Store, opts: EngineOptions) -> Result<SessionHandle, Ses
     let account: AccountRecord = store.db().account()?.ok_or(SessionError::NotRegistered)?;
     // Expiries and burns that fell due while we were not running are applied before anything
     // can be shown.
-    let shredded = store.shred_due(super::now_ms())?;
+    let shredded = store.shred_due(opts.clock.now_ms())?;
     if !shredded.is_empty() {
         tracing::info!(
             count = shredded.len(),
@@ -309,9 +309,12 @@ impl Engine {
         let _ = inbox.await;
         *lock(&self.conn) = None;
         // A cache call of an aborted task finishes on its blocking thread and then lets go.
-        let give_up = Instant::now() + Duration::from_secs(10);
-        while Arc::strong_count(&self.store) > 1 && Instant::now() < give_up {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // Real time, waited for on the blocking pool: under a paused test clock a tokio sleep
+        // would leap ahead and give up before the blocking thread is done.
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.store) > 1 && std::time::Instant::now() < give_up {
+            let _ =
+                tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(2))).await;
         }
         drop(self);
         if let Some(reply) = shutdown_reply {
@@ -330,6 +333,16 @@ impl Engine {
         } = cmd
         {
             let r = self.queue_text(&to, &text, opts).await;
+            let ok = r.is_ok();
+            let _ = reply.send(r);
+            if ok && self.is_connected() {
+                self.want_flush();
+            }
+            return;
+        }
+        // A retry enters the outbox here too, in order with new messages.
+        if let Command::Retry { message_id, reply } = cmd {
+            let r = self.retry_failed(message_id).await;
             let ok = r.is_ok();
             let _ = reply.send(r);
             if ok && self.is_connected() {
@@ -491,6 +504,18 @@ impl Engine {
                 let r = self.display(message_ids).await;
                 let _ = reply.send(r);
             }
+            Command::Retry { message_id, reply } => {
+                let _ = reply.send(self.retry_failed(message_id).await);
+            }
+            Command::Discard { message_id, reply } => {
+                let _ = reply.send(self.discard_failed(message_id).await);
+            }
+            Command::Failure { message_id, reply } => {
+                let r = self
+                    .blocking(move |s, _| Ok(s.db().failure(&message_id)?))
+                    .await;
+                let _ = reply.send(r);
+            }
             Command::Shutdown { .. } => {}
         }
     }
@@ -498,10 +523,7 @@ impl Engine {
     /// Arms the shred timer for the earliest pending expiry or burn.
     pub(crate) async fn schedule_shred(&self) {
         let next = match self.blocking(|s, _| Ok(s.db().next_deletion()?)).await {
-            Ok(Some(at)) => {
-                let wait = at.saturating_sub(super::now_ms());
-                Some(Instant::now() + Duration::from_millis(wait))
-            }
+            Ok(Some(at)) => Some(self.opts.clock.deadline(at)),
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!("could not read message timers: {e}");
@@ -514,8 +536,9 @@ impl Engine {
 
     /// Shreds every message whose timer fired and tells observers.
     pub(crate) async fn shred_now(&self) {
+        let clock = self.opts.clock;
         match self
-            .blocking(|s, _| Ok(s.shred_due(super::now_ms())?))
+            .blocking(move |s, _| Ok(s.shred_due(clock.now_ms())?))
             .await
         {
             Ok(gone) => {

@@ -8,7 +8,7 @@
 //! moment; the sender shows the "read" mark only when the network allows read receipts.
 
 use super::engine::Engine;
-use super::{MAX_TIMER_SECS, RoomRequest, SessionError, SessionEvent, now_ms, rooms};
+use super::{MAX_TIMER_SECS, RoomRequest, SessionError, SessionEvent, rooms};
 use crate::crypto::envelope::MessageId;
 use crate::crypto::membership::RoomTimers;
 use crate::protocol::names;
@@ -18,9 +18,10 @@ impl Engine {
     /// Marks received messages as displayed now: burn timers start, receipts are queued.
     pub(crate) async fn display(&self, ids: Vec<[u8; 16]>) -> Result<(), SessionError> {
         let receipts_on = self.policy().as_ref().is_some_and(|p| p.read_receipts);
+        let clock = self.opts.clock;
         let (started, queued) = self
             .blocking(move |s, keys| {
-                let now = now_ms();
+                let now = clock.now_ms();
                 s.transaction(|db| -> Result<_, SessionError> {
                     let mut started: Vec<(String, [u8; 16], MessageTimers)> = Vec::new();
                     let mut per_sender: std::collections::BTreeMap<String, Vec<[u8; 16]>> =
@@ -102,10 +103,11 @@ impl Engine {
         conversation: String,
     ) -> Result<u64, SessionError> {
         let c = conversation.clone();
+        let clock = self.opts.clock;
         let (left, ids) = self
             .blocking(move |s, _| {
                 let db = s.db();
-                let left = db.mark_read(&c, now_ms())?;
+                let left = db.mark_read(&c, clock.now_ms())?;
                 // What the conversation view shows: its newest messages.
                 Ok((left, db.undisplayed(&c, 500)?))
             })

@@ -9,7 +9,7 @@
 
 use super::engine::Engine;
 use super::outbound::{load_prekeys, save_prekeys};
-use super::{Inbound, Keys, SessionError, SessionEvent, now_ms, rooms, timers};
+use super::{Inbound, Keys, SessionError, SessionEvent, rooms, timers};
 use crate::crypto::CryptoError;
 use crate::crypto::envelope::{self, KeyPackage, MessageId, PayloadKind, ReceiptKind};
 use crate::crypto::handshake::{self, PairwiseMessage, Session};
@@ -283,9 +283,9 @@ fn process_blocking(
     d: &protocol::Delivery,
     show_read: bool,
     from_push: bool,
+    now: u64,
     effects: &mut Effects,
 ) -> Result<Option<Inbound>, SessionError> {
-    let now = now_ms();
     store.transaction(|db| -> Result<_, SessionError> {
         if db.delivery_processed(d.seq)? {
             return Ok(None);
@@ -396,10 +396,12 @@ impl Engine {
         let kind = d.kind;
         let message_id = d.message_id.clone();
         let show_read = self.policy().as_ref().is_none_or(|p| p.read_receipts);
+        let clock = self.opts.clock;
         let (out, effects) = self
             .blocking(move |s, keys| {
                 let mut effects = Effects::default();
-                let out = process_blocking(s, keys, &d, show_read, from_push, &mut effects)?;
+                let now = clock.now_ms();
+                let out = process_blocking(s, keys, &d, show_read, from_push, now, &mut effects)?;
                 Ok((out, effects))
             })
             .await?;
@@ -465,7 +467,8 @@ impl Engine {
         e: &SessionError,
     ) -> Result<Inbound, SessionError> {
         tracing::warn!(seq, "could not process a delivery from {from}: {e}");
-        self.blocking(move |s, _| Ok(s.db().mark_delivery_processed(seq, now_ms() / 1000)?))
+        let now = self.opts.clock.now_secs();
+        self.blocking(move |s, _| Ok(s.db().mark_delivery_processed(seq, now)?))
             .await?;
         let message_id = message_id.try_into().unwrap_or([0u8; 16]);
         let error = format!("could not process this message: {e}");
@@ -484,10 +487,11 @@ impl Engine {
     async fn pin_user(&self, user: &str) -> Result<(), SessionError> {
         let (root, _) = self.fetch_user(user).await?;
         let u = user.to_owned();
+        let clock = self.opts.clock;
         self.blocking(move |s, _| {
             let db = s.db();
             if db.root_key(&u)?.is_none() {
-                db.pin_root_key(&u, &root, now_ms() / 1000)?;
+                db.pin_root_key(&u, &root, clock.now_secs())?;
             }
             Ok(())
         })

@@ -5,7 +5,7 @@ use prost::Message as _;
 use super::engine::Engine;
 use super::rooms;
 use super::timers::{clamp, outgoing_timers};
-use super::{Keys, MAX_TIMER_SECS, Queued, SendOptions, SessionError, SessionEvent, now_ms};
+use super::{Keys, MAX_TIMER_SECS, Queued, SendOptions, SessionError, SessionEvent};
 use crate::crypto::envelope::{
     self, KeyPackage, MessageId, Payload, PayloadKind, ReceiptKind, Timers,
 };
@@ -148,8 +148,9 @@ impl Engine {
         let text = text.to_owned();
         let id = MessageId::random()?.0;
         let offset = self.opts.clock_offset_ms;
+        let clock = self.opts.clock;
         self.blocking(move |store, keys| {
-            let now = now_ms().saturating_add_signed(offset);
+            let now = clock.now_ms().saturating_add_signed(offset);
             store.transaction(|db| -> Result<_, SessionError> {
                 if rooms::is_room(&conversation) {
                     let state = rooms::load_state(db, &conversation)?.ok_or_else(|| {
@@ -214,6 +215,78 @@ impl Engine {
         .await
     }
 
+    /// Puts a failed message of ours back into the outbox, as it was (same id and text, so
+    /// the relay still recognises a copy it already took).
+    pub(crate) async fn retry_failed(&self, message_id: [u8; 16]) -> Result<(), SessionError> {
+        let now = self.opts.clock.now_ms();
+        self.blocking(move |store, keys| {
+            store.transaction(|db| -> Result<_, SessionError> {
+                let m = db
+                    .message(&message_id)?
+                    .filter(|m| m.outgoing && m.state == MessageState::Failed)
+                    .ok_or_else(|| {
+                        SessionError::Usage("no failed message of yours with that id".into())
+                    })?;
+                // A room's messages go to the room; a direct message to the other user.
+                let recipient = match m.conversation.strip_prefix("dm:") {
+                    Some(pair) if !rooms::is_room(&m.conversation) => pair
+                        .split(':')
+                        .find(|u| *u != keys.username)
+                        .unwrap_or(&keys.username)
+                        .to_owned(),
+                    _ => m.conversation.clone(),
+                };
+                db.outbox_push(&OutboxItem {
+                    id: 0,
+                    message_id,
+                    conversation: m.conversation.clone(),
+                    recipient,
+                    text: m.text.clone(),
+                    created_at_ms: now,
+                    request: None,
+                    key_package: None,
+                    attempts: 0,
+                    last_error: None,
+                    kind: OutboxKind::Text,
+                    timers: m.timers,
+                    extra: Vec::new(),
+                })?;
+                db.set_message_state(&message_id, MessageState::Sending)?;
+                db.clear_failure(&message_id)?;
+                Ok(())
+            })
+        })
+        .await?;
+        self.emit(SessionEvent::StateChanged {
+            message_id,
+            state: MessageState::Sending,
+        });
+        Ok(())
+    }
+
+    /// Deletes a failed message of ours from this device.
+    pub(crate) async fn discard_failed(&self, message_id: [u8; 16]) -> Result<(), SessionError> {
+        let conversation = self
+            .blocking(move |store, _| {
+                store.transaction(|db| -> Result<_, SessionError> {
+                    let m = db
+                        .message(&message_id)?
+                        .filter(|m| m.outgoing && m.state == MessageState::Failed)
+                        .ok_or_else(|| {
+                            SessionError::Usage("no failed message of yours with that id".into())
+                        })?;
+                    db.delete_message(&message_id)?;
+                    Ok(m.conversation)
+                })
+            })
+            .await?;
+        self.emit(SessionEvent::Shredded {
+            conversation,
+            message_ids: vec![message_id],
+        });
+        Ok(())
+    }
+
     /// Delivers every queued message, oldest first. Stops at the first transient failure (the
     /// rest stay queued); permanent failures mark that message failed and continue.
     pub(crate) async fn flush_outbox(&self) -> Result<(), SessionError> {
@@ -224,21 +297,33 @@ impl Engine {
             match self.deliver(&item).await {
                 Ok(()) => {}
                 Err(e) if e.is_permanent() => {
-                    let (id, mid, msg) = (item.id, item.message_id, e.to_string());
+                    let (id, mid, reason) = (item.id, item.message_id, e.to_string());
+                    let text = item.kind == OutboxKind::Text;
+                    let r = reason.clone();
                     self.blocking(move |s, _| {
                         s.transaction(|db| -> Result<_, SessionError> {
                             db.outbox_remove(id)?;
-                            db.set_message_state(&mid, MessageState::Failed)?;
+                            if text {
+                                db.set_message_state(&mid, MessageState::Failed)?;
+                                db.set_failure(&mid, &r)?;
+                            }
                             Ok(())
                         })?;
                         Ok(())
                     })
                     .await?;
-                    tracing::warn!("message failed permanently: {msg}");
-                    self.emit(SessionEvent::StateChanged {
-                        message_id: item.message_id,
-                        state: MessageState::Failed,
-                    });
+                    tracing::warn!("message failed permanently: {reason}");
+                    if text {
+                        self.emit(SessionEvent::StateChanged {
+                            message_id: item.message_id,
+                            state: MessageState::Failed,
+                        });
+                        self.emit(SessionEvent::SendFailed {
+                            message_id: item.message_id,
+                            conversation: item.conversation.clone(),
+                            reason,
+                        });
+                    }
                     first_failure.get_or_insert(e);
                 }
                 Err(e) => {
@@ -436,12 +521,13 @@ impl Engine {
         let (root, devices) = self.fetch_user(user).await?;
         let u = user.to_owned();
         let ds = devices.clone();
+        let clock = self.opts.clock;
         self.blocking(move |s, _| {
             let db = s.db();
             match db.root_key(&u)? {
                 Some(pinned) if pinned != root => return Err(SessionError::IdentityChanged(u)),
                 Some(_) => {}
-                None => db.pin_root_key(&u, &root, now_ms() / 1000)?,
+                None => db.pin_root_key(&u, &root, clock.now_secs())?,
             }
             db.set_devices(&u, &ds)?;
             Ok(())
@@ -488,6 +574,7 @@ impl Engine {
         };
         let u = user.to_owned();
         let wanted = wanted.to_vec();
+        let clock = self.opts.clock;
         self.blocking(move |s, keys| {
             let db = s.db();
             let root = db
@@ -501,7 +588,7 @@ impl Engine {
                 .iter()
                 .filter_map(|r| Revocation::decode(r).ok())
                 .collect();
-            let now = now_ms() / 1000;
+            let now = clock.now_secs();
             s.transaction(|db| -> Result<_, SessionError> {
                 for d in &kb.devices {
                     let id = device_id(&d.device_id)?;
@@ -633,11 +720,12 @@ impl Engine {
         let Some((otk_left, pq_left)) = self.take_prekey_counts() else {
             return Ok(());
         };
+        let clock = self.opts.clock;
         let upload = self
             .blocking(move |s, keys| {
                 s.transaction(|db| -> Result<_, SessionError> {
                     let mut p = load_prekeys(db)?;
-                    let now = now_ms() / 1000;
+                    let now = clock.now_secs();
                     let (spk, lr) = p.rotate(&keys.device.signing, now)?;
                     let otks = if (otk_left as usize) < prekeys::ONE_TIME_REFILL_BELOW {
                         p.generate_one_time(prekeys::ONE_TIME_BATCH)?

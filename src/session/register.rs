@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::connection::Connection;
 use super::outbound::{otk_msg, pq_msg, save_prekeys, spk_msg};
-use super::{SessionError, check_url, now_ms};
+use super::{Clock, SessionError, check_url};
 use crate::crypto::identity::{DeviceId, DeviceKeys, DeviceRole, UserRootKey};
 use crate::crypto::passphrase::KdfParams;
 use crate::crypto::prekeys::{self, DevicePrekeys};
@@ -37,6 +37,9 @@ pub struct RegisterOptions {
     pub allow_insecure_ws: bool,
     /// Extra CA certificate (PEM) for `wss://`.
     pub ca_pem: Option<Vec<u8>>,
+    /// Dates the device certificate and the first prekeys (a virtual clock in tests, so that
+    /// prekey rotation follows the same time as the engine).
+    pub clock: Clock,
 }
 
 /// What registration produced.
@@ -105,7 +108,7 @@ async fn register_with_store(
 ) -> Result<Registered, SessionError> {
     let (push_tx, _push_rx) = mpsc::channel(super::connection::PUSH_QUEUE);
     let (conn, hello) = Connection::open(&o.server_url, o.ca_pem.as_deref(), push_tx).await?;
-    let now = now_ms() / 1000;
+    let now = o.clock.now_secs();
     let root = UserRootKey::generate()?;
     let device = DeviceKeys::generate()?;
     let device_id = DeviceId::random()?;

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use prost::Message as _;
 
 use super::engine::Engine;
-use super::{Keys, SessionError, SessionEvent, now_ms};
+use super::{Keys, SessionError, SessionEvent};
 use crate::crypto::CryptoError;
 use crate::crypto::envelope::{self, KeyPackage, MessageId, Payload, PayloadKind, Timers};
 use crate::crypto::handshake::Session;
@@ -304,9 +304,15 @@ fn describe(change: &Change, op: &SignedOp, state: &RoomState) -> String {
     }
 }
 
-/// A system line in a room's history.
-fn system_record(room: &str, id: [u8; 16], actor: &str, at_ms: u64, text: String) -> MessageRecord {
-    let now = now_ms();
+/// A system line in a room's history, recorded at `now` (ms).
+fn system_record(
+    room: &str,
+    id: [u8; 16],
+    actor: &str,
+    at_ms: u64,
+    now: u64,
+    text: String,
+) -> MessageRecord {
     MessageRecord {
         message_id: id,
         conversation: room.to_owned(),
@@ -329,14 +335,20 @@ fn op_record_id(op: &SignedOp) -> [u8; 16] {
     id
 }
 
-/// Records a security warning as a system line and returns it.
-pub(crate) fn warn(db: &Db<'_>, room: &str, text: String) -> Result<MessageRecord, SessionError> {
+/// Records a security warning as a system line at `now` (ms) and returns it.
+pub(crate) fn warn(
+    db: &Db<'_>,
+    room: &str,
+    now: u64,
+    text: String,
+) -> Result<MessageRecord, SessionError> {
     tracing::warn!(room, "{text}");
     let rec = system_record(
         room,
         MessageId::random()?.0,
         "",
-        now_ms(),
+        now,
+        now,
         format!("\u{26a0} {text}"),
     );
     db.insert_message(&rec)?;
@@ -351,13 +363,14 @@ fn apply_op(
     state: &mut RoomState,
     op: &SignedOp,
     root: &RootPublicKey,
+    now: u64,
 ) -> Result<Result<Option<MessageRecord>, MembershipError>, SessionError> {
     // The member limit is the relay's to enforce; a client accepts what verified members did.
     let change = match state.apply(op, root, usize::MAX) {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
     };
-    after_change(db, keys, state, op, &change).map(Ok)
+    after_change(db, keys, state, op, &change, now).map(Ok)
 }
 
 fn after_change(
@@ -366,6 +379,7 @@ fn after_change(
     state: &RoomState,
     op: &SignedOp,
     change: &Change,
+    now: u64,
 ) -> Result<Option<MessageRecord>, SessionError> {
     let room = state.room_id.as_str();
     save_state(db, state)?;
@@ -408,7 +422,7 @@ fn after_change(
     if me_gone && op.op.actor != keys.username {
         text = format!("{text} \u{2014} you can no longer read or send messages here");
     }
-    let rec = system_record(room, op_record_id(op), &op.op.actor, op.op.at_ms, text);
+    let rec = system_record(room, op_record_id(op), &op.op.actor, op.op.at_ms, now, text);
     Ok(db.insert_message(&rec)?.then_some(rec))
 }
 
@@ -557,6 +571,7 @@ pub(crate) fn decrypt_room_message(
             warn(
                 db,
                 room,
+                now,
                 format!(
                     "{user}'s view of this room's membership differs from ours at change \
                      {head_seq}; the relay may be showing members different histories"
@@ -638,12 +653,13 @@ impl Engine {
         }
         let (root, devices) = self.fetch_user(user).await?;
         let u = user.to_owned();
+        let clock = self.opts.clock;
         self.blocking(move |s, _| {
             let db = s.db();
             match db.root_key(&u)? {
                 Some(k) => Ok(RootPublicKey(k)),
                 None => {
-                    db.pin_root_key(&u, &root, now_ms() / 1000)?;
+                    db.pin_root_key(&u, &root, clock.now_secs())?;
                     db.set_devices(&u, &devices)?;
                     Ok(RootPublicKey(root))
                 }
@@ -703,7 +719,7 @@ impl Engine {
             prev: [0u8; 32],
             actor: self.keys.username.clone(),
             actor_cert: self.keys.cert.clone(),
-            at_ms: now_ms(),
+            at_ms: self.opts.clock.now_ms(),
             kind: OpKind::Create {
                 kind,
                 title,
@@ -715,10 +731,12 @@ impl Engine {
         let root = RootPublicKey(self.keys.root);
         let state = RoomState::genesis(&signed, &root, self.max_members()).map_err(op_error)?;
         self.submit_op(&signed).await?;
+        let clock = self.opts.clock;
         let (info, rec) = self
             .blocking(move |s, keys| {
                 s.transaction(|db| -> Result<_, SessionError> {
-                    let rec = after_change(db, keys, &state, &signed, &Change::Created)?;
+                    let now = clock.now_ms();
+                    let rec = after_change(db, keys, &state, &signed, &Change::Created, now)?;
                     Ok((RoomInfo::from_state(&state, &keys.username, None), rec))
                 })
             })
@@ -755,7 +773,8 @@ impl Engine {
                     self.root_of(&u).await.map_err(|e| unknown_user(&u, e))?;
                 }
             }
-            let op = state.next_op(&self.keys.username, &self.keys.cert, now_ms(), kind);
+            let now = self.opts.clock.now_ms();
+            let op = state.next_op(&self.keys.username, &self.keys.cert, now, kind);
             let signed = SignedOp::sign(op, &self.keys.device.signing);
             let root = RootPublicKey(self.keys.root);
             // Checked locally first so the user gets the precise reason without a round trip.
@@ -770,14 +789,15 @@ impl Engine {
                 }) => continue,
                 Err(e) => return Err(e),
             }
+            let clock = self.opts.clock;
             let (rec, info) = self
                 .blocking(move |s, keys| {
                     s.transaction(|db| -> Result<_, SessionError> {
                         let mut state = load_state(db, &signed.op.room_id)?.ok_or_else(|| {
                             SessionError::Protocol("room vanished from the cache".into())
                         })?;
-                        let rec =
-                            apply_op(db, keys, &mut state, &signed, &root)?.map_err(op_error)?;
+                        let rec = apply_op(db, keys, &mut state, &signed, &root, clock.now_ms())?
+                            .map_err(op_error)?;
                         Ok((rec, RoomInfo::from_state(&state, &keys.username, None)))
                     })
                 })
@@ -907,7 +927,10 @@ impl Engine {
                 Err(e) => {
                     let text = format!("the relay sent a malformed membership change: {e}");
                     let r = room.to_owned();
-                    let rec = self.blocking(move |s, _| warn(&s.db(), &r, text)).await?;
+                    let clock = self.opts.clock;
+                    let rec = self
+                        .blocking(move |s, _| warn(&s.db(), &r, clock.now_ms(), text))
+                        .await?;
                     self.emit(SessionEvent::Message(rec));
                     return Ok(false);
                 }
@@ -930,9 +953,11 @@ impl Engine {
         roots: BTreeMap<String, RootPublicKey>,
     ) -> Result<bool, SessionError> {
         let r = room.to_owned();
+        let clock = self.opts.clock;
         let (records, moved) = self
             .blocking(move |s, keys| {
                 s.transaction(|db| -> Result<_, SessionError> {
+                    let now = clock.now_ms();
                     let mut records = Vec::new();
                     let mut state = load_state(db, &r)?;
                     let start = state.as_ref().map(|s| s.head_seq);
@@ -941,6 +966,7 @@ impl Engine {
                             records.push(warn(
                                 db,
                                 &r,
+                                now,
                                 "the relay sent a membership change of another room".into(),
                             )?);
                             break;
@@ -957,6 +983,7 @@ impl Engine {
                                         &s,
                                         op,
                                         &Change::Created,
+                                        now,
                                     )?);
                                     state = Some(s);
                                 }
@@ -964,6 +991,7 @@ impl Engine {
                                     records.push(warn(
                                         db,
                                         &r,
+                                        now,
                                         format!("rejected the room's first change: {e}"),
                                     )?);
                                     break;
@@ -979,6 +1007,7 @@ impl Engine {
                                         records.push(warn(
                                             db,
                                             &r,
+                                            now,
                                             format!(
                                                 "rejected a conflicting copy of membership \
                                                  change {} (replayed or forged by the relay)",
@@ -988,12 +1017,13 @@ impl Engine {
                                     }
                                     continue;
                                 }
-                                match apply_op(db, keys, st, op, root)? {
+                                match apply_op(db, keys, st, op, root, now)? {
                                     Ok(rec) => records.extend(rec),
                                     Err(e) => {
                                         records.push(warn(
                                             db,
                                             &r,
+                                            now,
                                             format!("rejected a membership change: {e}"),
                                         )?);
                                         break;
@@ -1029,8 +1059,9 @@ impl Engine {
             Ok(op) => op,
             Err(e) => {
                 let text = format!("rejected a malformed membership change: {e}");
+                let clock = self.opts.clock;
                 let rec = self
-                    .blocking(move |s, _| warn(&s.db(), &room, text))
+                    .blocking(move |s, _| warn(&s.db(), &room, clock.now_ms(), text))
                     .await?;
                 self.emit(SessionEvent::Message(rec));
                 return Ok(());
@@ -1053,8 +1084,9 @@ impl Engine {
                     "rejected a membership change by unknown user {}",
                     op.op.actor
                 );
+                let clock = self.opts.clock;
                 let rec = self
-                    .blocking(move |s, _| warn(&s.db(), &room, text))
+                    .blocking(move |s, _| warn(&s.db(), &room, clock.now_ms(), text))
                     .await?;
                 self.emit(SessionEvent::Message(rec));
                 return Ok(());
@@ -1083,6 +1115,7 @@ impl Engine {
     /// Remembers that a member claimed a log head we have not seen, and warns once.
     pub(crate) async fn note_behind(&self, room: &str, seq: u64) -> Result<(), SessionError> {
         let r = room.to_owned();
+        let clock = self.opts.clock;
         let rec = self
             .blocking(move |s, _| {
                 let db = s.db();
@@ -1094,6 +1127,7 @@ impl Engine {
                 Ok(Some(warn(
                     &db,
                     &r,
+                    clock.now_ms(),
                     format!(
                         "the relay is withholding membership changes of this room (a member \
                          is at change {seq}, the relay showed us {head}); sending here is \
@@ -1154,11 +1188,12 @@ impl Engine {
             // Same members, same devices as at the last reconciliation: only age and usage
             // can call for a new key, and checking them is O(1).
             let r = room.clone();
+            let clock = self.opts.clock;
             let fresh = self
                 .blocking(move |s, _| {
                     Ok(match s.db().blob(&sk_key(&r))? {
                         Some(b) => SenderKeyState::from_secret_bytes(&b)?
-                            .rotation_due(now_ms() / 1000)
+                            .rotation_due(clock.now_secs())
                             .is_none(),
                         None => false,
                     })
@@ -1172,10 +1207,11 @@ impl Engine {
         let targets = self.room_targets(state).await?;
         let r = room.clone();
         let t = targets.clone();
+        let clock = self.opts.clock;
         let missing: BTreeSet<Target> = self
             .blocking(move |s, keys| {
                 s.transaction(|db| -> Result<_, SessionError> {
-                    let now = now_ms() / 1000;
+                    let now = clock.now_secs();
                     let own = match db.blob(&sk_key(&r))? {
                         Some(b) => Some(SenderKeyState::from_secret_bytes(&b)?),
                         None => None,
@@ -1233,6 +1269,7 @@ impl Engine {
         for _ in 0..4 {
             let r = room.to_owned();
             let t = targets.clone();
+            let clock = self.opts.clock;
             let request = self
                 .blocking(move |s, _| {
                     s.transaction(|db| -> Result<_, SessionError> {
@@ -1247,7 +1284,7 @@ impl Engine {
                         let id = MessageId::random()?;
                         let sealed = envelope::seal(&Payload {
                             message_id: id,
-                            sent_at_ms: now_ms(),
+                            sent_at_ms: clock.now_ms(),
                             conversation: r.clone().into_bytes(),
                             kind: PayloadKind::Control(control),
                             timers: Timers::default(),

@@ -1053,6 +1053,43 @@ impl<'a> Db<'a> {
         Ok(n == 1)
     }
 
+    /// Records why a message of ours failed (replacing an earlier reason).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn set_failure(&self, message_id: &[u8; 16], reason: &str) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO message_failures (message_id, reason) VALUES (?1, ?2)
+                 ON CONFLICT (message_id) DO UPDATE SET reason = excluded.reason",
+            )?
+            .execute(params![message_id, reason])?;
+        Ok(())
+    }
+
+    /// Why a message of ours failed, if it did.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn failure(&self, message_id: &[u8; 16]) -> Result<Option<String>> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT reason FROM message_failures WHERE message_id = ?1")?
+            .query_row([message_id], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Forgets why a message failed (it is being retried).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub fn clear_failure(&self, message_id: &[u8; 16]) -> Result<()> {
+        self.0
+            .prepare_cached("DELETE FROM message_failures WHERE message_id = ?1")?
+            .execute([message_id])?;
+        Ok(())
+    }
+
     /// Sets the state of a message; returns `false` if there is no such message.
     ///
     /// Any transition is accepted: ordering receipts is the session engine's business.

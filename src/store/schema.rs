@@ -391,6 +391,20 @@ CREATE TRIGGER messages_after_text_update AFTER UPDATE OF text, sealed ON messag
 END;
 ";
 
+/// Schema version 4: why a message of ours failed. One row per failed message, written when
+/// the engine gives up on it (the relay refused it for good, or it is too large) and removed
+/// when it is retried or the message is deleted. The reason is our own sentence about the
+/// sending, never message content.
+const V4: &str = "
+CREATE TABLE message_failures (
+    message_id BLOB PRIMARY KEY CHECK (length(message_id) = 16),
+    reason TEXT NOT NULL
+) STRICT;
+CREATE TRIGGER message_failures_follow AFTER DELETE ON messages BEGIN
+    DELETE FROM message_failures WHERE message_id = OLD.message_id;
+END;
+";
+
 /// One migration step; `MIGRATIONS[i]` goes from version `i` to `i + 1`.
 type Step = fn(&Connection) -> Result<()>;
 
@@ -398,10 +412,11 @@ const MIGRATIONS: &[Step] = &[
     |c| Ok(c.execute_batch(V1)?),
     v2,
     |c| Ok(c.execute_batch(V3)?),
+    |c| Ok(c.execute_batch(V4)?),
 ];
 
 /// The schema version this build writes.
-pub(super) const VERSION: i64 = 3;
+pub(super) const VERSION: i64 = 4;
 
 /// Brings the schema up to [`VERSION`] in one transaction.
 ///

@@ -199,6 +199,16 @@ pub const COMMANDS: &[CommandSpec] = &[
         doc: "leave this room or group",
     },
     CommandSpec {
+        name: "retry",
+        args: "",
+        doc: "send the newest failed message of this conversation again",
+    },
+    CommandSpec {
+        name: "discard",
+        args: "",
+        doc: "delete the newest failed message of this conversation (it was never sent)",
+    },
+    CommandSpec {
         name: "members",
         args: "",
         doc: "show or hide the member list (topic, roles, warnings)",
@@ -258,6 +268,10 @@ pub type TimerChange = Option<Option<u32>>;
 pub enum Command {
     /// `/dm USER`
     Dm(String),
+    /// `/retry`: the newest failed message of this conversation, again.
+    Retry,
+    /// `/discard`: delete the newest failed message of this conversation.
+    Discard,
     /// `/room create NAME [USER...]`
     RoomCreate {
         /// The room's title.
@@ -437,6 +451,8 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
         "promote" | "op" => Ok(Command::Promote(one_user()?)),
         "demote" | "deop" => Ok(Command::Demote(one_user()?)),
         "leave" | "part" => Ok(Command::Leave),
+        "retry" | "resend" => Ok(Command::Retry),
+        "discard" => Ok(Command::Discard),
         "members" | "who" => Ok(Command::Members),
         "topic" => Ok(Command::Topic((!rest.is_empty()).then(|| rest.to_owned()))),
         "timer" | "timers" => parse_timer_args(&words),
@@ -555,6 +571,8 @@ mod tests {
                 .contains("needs a user")
         );
         assert_eq!(parse_command("leave"), Ok(Command::Leave));
+        assert_eq!(parse_command("retry"), Ok(Command::Retry));
+        assert_eq!(parse_command("discard"), Ok(Command::Discard));
         assert_eq!(parse_command("members"), Ok(Command::Members));
         assert_eq!(parse_command("topic"), Ok(Command::Topic(None)));
         assert_eq!(

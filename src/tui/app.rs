@@ -352,6 +352,10 @@ pub enum Effect {
     MarkRead(String),
     /// Search the cache.
     Search(String),
+    /// Put a failed message back into the outbox.
+    Retry([u8; 16]),
+    /// Delete a failed message.
+    Discard([u8; 16]),
     /// Ring the terminal bell.
     Bell,
     /// Desktop notification (OSC 777 / OSC 9).
@@ -889,6 +893,28 @@ impl App {
             Ok(Command::Promote(user)) => self.change_room(RoomChange::Promote(user)),
             Ok(Command::Demote(user)) => self.change_room(RoomChange::Demote(user)),
             Ok(Command::Leave) => self.change_room(RoomChange::Leave),
+            Ok(cmd @ (Command::Retry | Command::Discard)) => {
+                let failed = self.current().and_then(|c| {
+                    self.views.get(c).and_then(|v| {
+                        v.messages
+                            .iter()
+                            .rev()
+                            .find(|m| m.outgoing && m.state == MessageState::Failed)
+                            .map(|m| m.message_id)
+                    })
+                });
+                match (failed, cmd) {
+                    (None, _) => {
+                        self.say("no failed message in this conversation", true);
+                        Vec::new()
+                    }
+                    (Some(id), Command::Retry) => {
+                        self.say("sending it again…", false);
+                        vec![Effect::Retry(id)]
+                    }
+                    (Some(id), _) => vec![Effect::Discard(id)],
+                }
+            }
             Ok(Command::Topic(Some(text))) => self.change_room(RoomChange::Topic(text)),
             Ok(Command::Topic(None)) => {
                 match self.current_room().map(|r| r.description.clone()) {
@@ -1893,14 +1919,22 @@ impl App {
                             MessageState::Read => 3,
                             _ => 4,
                         };
-                        if rank(state) >= rank(m.state) || state == MessageState::Failed {
+                        // A failed message may go back to "sending" (a retry).
+                        if rank(state) >= rank(m.state)
+                            || state == MessageState::Failed
+                            || m.state == MessageState::Failed
+                        {
                             m.state = state;
                         }
                     }
                 }
-                if state == MessageState::Failed {
-                    self.say("a message could not be sent (see its ! mark)", true);
-                }
+                Vec::new()
+            }
+            SessionEvent::SendFailed { reason, .. } => {
+                self.say(
+                    format!("not sent: {reason} (/retry sends it again, /discard deletes it)"),
+                    true,
+                );
                 Vec::new()
             }
             SessionEvent::Message(m) => {
@@ -2133,6 +2167,58 @@ mod tests {
             kind: MessageKind::Text,
             timers: MessageTimers::default(),
         }
+    }
+
+    #[test]
+    fn a_failed_message_says_why_and_can_be_retried_or_discarded() {
+        let mut a = app("default");
+        a.update(Action::Run("/dm bob".into()));
+        a.update(Action::Run("/retry".into()));
+        assert!(
+            a.notice
+                .as_ref()
+                .is_some_and(|n| n.error && n.text.contains("no failed message")),
+            "nothing to retry yet"
+        );
+        let mut mine = msg("dm:alice:bob", "alice", "too big", 7);
+        mine.state = MessageState::Sending;
+        a.on_event(UiEvent::Queued(mine));
+        a.on_event(UiEvent::Session(SessionEvent::StateChanged {
+            message_id: [7; 16],
+            state: MessageState::Failed,
+        }));
+        a.on_event(UiEvent::Session(SessionEvent::SendFailed {
+            message_id: [7; 16],
+            conversation: "dm:alice:bob".into(),
+            reason: "message too large (1048700 bytes; the limit is 1048576)".into(),
+        }));
+        let notice = a.notice.as_ref().unwrap();
+        assert!(notice.error);
+        assert!(
+            notice.text.contains("message too large (1048700 bytes"),
+            "{}",
+            notice.text
+        );
+        assert!(notice.text.contains("/retry") && notice.text.contains("/discard"));
+        assert_eq!(
+            a.update(Action::Run("/retry".into())),
+            vec![Effect::Retry([7; 16])]
+        );
+        // The retry moves it back to "sending" (out of the failed state).
+        a.on_event(UiEvent::Session(SessionEvent::StateChanged {
+            message_id: [7; 16],
+            state: MessageState::Sending,
+        }));
+        let state = a.views["dm:alice:bob"].messages[0].state;
+        assert_eq!(state, MessageState::Sending);
+        a.on_event(UiEvent::Session(SessionEvent::StateChanged {
+            message_id: [7; 16],
+            state: MessageState::Failed,
+        }));
+        assert_eq!(
+            a.update(Action::Run("/discard".into())),
+            vec![Effect::Discard([7; 16])]
+        );
     }
 
     #[test]

@@ -366,6 +366,7 @@ fn spawn_effect(
                 reconnect_max: opts.reconnect_max,
                 ca_pem: None,
                 clock_offset_ms: 0,
+                clock: crate::clock::Clock::system(),
             };
             let tx2 = raw;
             tokio::spawn(async move {
@@ -546,6 +547,14 @@ async fn run_session_effect(h: &SessionHandle, fx: Effect) -> Result<Vec<UiEvent
         Effect::Search(q) => {
             let results = h.search(&q, 100).await.map_err(err)?;
             vec![UiEvent::SearchResults { query: q, results }]
+        }
+        Effect::Retry(id) => {
+            h.retry(id).await.map_err(err)?;
+            Vec::new()
+        }
+        Effect::Discard(id) => {
+            h.discard(id).await.map_err(err)?;
+            Vec::new()
         }
         Effect::Unlock(_)
         | Effect::Bell

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cinder::clock::Clock;
 use cinder::crypto::passphrase::KdfParams;
 use cinder::relay::{self, RelayConfig, RelayHandle};
 use cinder::session::register::{RegisterOptions, register};
@@ -49,6 +50,11 @@ impl TestRelay {
         format!("ws://{}", self.addr)
     }
 
+    /// Waits for a sweep that started at or after `at_ms` on the relay's clock.
+    pub async fn swept_since(&self, at_ms: u64) {
+        self.handle.as_ref().unwrap().swept_since(at_ms).await;
+    }
+
     /// Restarts on the same data dir and the same port (clients keep their URL).
     pub async fn restart(&mut self) {
         let mut last = None;
@@ -81,6 +87,10 @@ impl TestRelay {
 }
 
 pub async fn register_user(relay_url: &str, invite: &str, name: &str, dir: &Path) {
+    register_user_at(relay_url, invite, name, dir, Clock::system()).await;
+}
+
+pub async fn register_user_at(relay_url: &str, invite: &str, name: &str, dir: &Path, clock: Clock) {
     register(
         dir,
         RegisterOptions {
@@ -92,6 +102,7 @@ pub async fn register_user(relay_url: &str, invite: &str, name: &str, dir: &Path
             kdf: KdfParams::INSECURE_FOR_TESTS,
             allow_insecure_ws: false,
             ca_pem: None,
+            clock,
         },
     )
     .await
@@ -99,15 +110,44 @@ pub async fn register_user(relay_url: &str, invite: &str, name: &str, dir: &Path
 }
 
 pub fn engine(dir: &Path) -> SessionHandle {
+    engine_at(dir, Clock::system())
+}
+
+/// An engine reading `clock` (a virtual clock in the timer tests).
+pub fn engine_at(dir: &Path, clock: Clock) -> SessionHandle {
     let store = session::unlock(dir, PASS).unwrap();
-    session::spawn(store, EngineOptions::default()).unwrap()
+    session::spawn(
+        store,
+        EngineOptions {
+            clock,
+            ..EngineOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 /// Registers an admin and the given users; returns their profile dirs (admin first).
 pub async fn network(root: &Path, relay: &TestRelay, users: &[&str]) -> Vec<PathBuf> {
+    network_at(root, relay, users, Clock::system()).await
+}
+
+/// [`network`] with every registration and the admin's engine on `clock`.
+pub async fn network_at(
+    root: &Path,
+    relay: &TestRelay,
+    users: &[&str],
+    clock: Clock,
+) -> Vec<PathBuf> {
     let admin_dir = root.join("admin");
-    register_user(&relay.url(), &relay.admin_invite, "admin", &admin_dir).await;
-    let admin = engine(&admin_dir);
+    register_user_at(
+        &relay.url(),
+        &relay.admin_invite,
+        "admin",
+        &admin_dir,
+        clock,
+    )
+    .await;
+    let admin = engine_at(&admin_dir, clock);
     let mut dirs = vec![admin_dir];
     for u in users {
         let code = admin
@@ -115,7 +155,7 @@ pub async fn network(root: &Path, relay: &TestRelay, users: &[&str]) -> Vec<Path
             .await
             .unwrap();
         let dir = root.join(u);
-        register_user(&relay.url(), &code, u, &dir).await;
+        register_user_at(&relay.url(), &code, u, &dir, clock).await;
         dirs.push(dir);
     }
     admin.shutdown().await;
@@ -204,4 +244,52 @@ pub fn assert_same(got: &[String], want: &[String], what: &str) {
             want.get(first)
         );
     }
+}
+
+/// Moves virtual time forward by `d`: the relay and engines of a timer test read
+/// [`Clock::virtual_now`], so their wall clocks jump by `d` and every tokio timer that falls
+/// due in between fires. Time is paused only for the jump: the rest of the test does real
+/// network I/O, which must never race timers that a paused runtime would auto-advance to.
+/// Needs a `current_thread` runtime (the default of `#[tokio::test]`).
+pub async fn advance(d: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(d).await;
+    tokio::time::resume();
+}
+
+/// Waits for the first event that `pick` maps to `Some`. The 60 s limit only turns a hang
+/// into a failure naming `what`; nothing is timed.
+pub async fn wait_event<T>(
+    events: &mut broadcast::Receiver<SessionEvent>,
+    what: &str,
+    mut pick: impl FnMut(&SessionEvent) -> Option<T>,
+) -> T {
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let Some(t) = pick(&e) {
+                        return t;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("engine stopped: {what}"),
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("never happened: {what}"))
+}
+
+/// Waits until the engine behind `events` reports `id` shredded.
+pub async fn wait_shredded(
+    events: &mut broadcast::Receiver<SessionEvent>,
+    id: [u8; 16],
+    who: &str,
+) {
+    wait_event(events, &format!("{who} shreds the message"), |e| match e {
+        SessionEvent::Shredded { message_ids, .. } if message_ids.contains(&id) => Some(()),
+        _ => None,
+    })
+    .await;
 }
