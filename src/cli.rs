@@ -1,8 +1,8 @@
 //! The command layer: one function per subcommand, exit codes, passphrase sources.
 //!
 //! `main.rs` parses arguments with clap and calls [`run`]; everything here returns
-//! `anyhow::Result`, and [`exit_code`] maps the error chain to the stable exit codes of
-//! `ARCHITECTURE.md`: 0 success, 2 bad usage, 3 wrong passphrase or locked profile, 4 relay
+//! `anyhow::Result`, and [`exit_code`] maps the error chain to the stable exit codes (the
+//! README's "Exit codes"): 0 success, 2 bad usage, 3 wrong passphrase or locked profile, 4 relay
 //! unreachable, 5 refused by the relay, 1 anything else.
 
 pub mod commands;
