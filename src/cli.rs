@@ -1,16 +1,14 @@
-//! The command layer: one function per subcommand, exit codes, passphrase sources, durations.
+//! The command layer: one function per subcommand, exit codes, passphrase sources.
 //!
 //! `main.rs` parses arguments with clap and calls [`run`]; everything here returns
-//! `anyhow::Result`, and [`exit_code`] maps the error chain to the stable exit codes of
-//! `ARCHITECTURE.md`: 0 success, 2 bad usage, 3 wrong passphrase or locked profile, 4 relay
+//! `anyhow::Result`, and [`exit_code`] maps the error chain to the stable exit codes (the
+//! README's "Exit codes"): 0 success, 2 bad usage, 3 wrong passphrase or locked profile, 4 relay
 //! unreachable, 5 refused by the relay, 1 anything else.
 
 pub mod commands;
 pub mod demo;
 pub mod passphrase;
 pub mod rooms;
-
-use std::time::Duration;
 
 use crate::session::SessionError;
 use crate::store::StoreError;
@@ -61,48 +59,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     1
 }
 
-/// Parses `30s`, `5m`, `2h`, `7d` (a bare number means seconds).
-///
-/// # Errors
-/// [`UsageError`] naming the bad value.
-pub fn parse_duration(s: &str) -> Result<Duration, UsageError> {
-    let t = s.trim();
-    let bad = || {
-        UsageError(format!(
-            "not a duration: {s:?} (write e.g. 30s, 5m, 2h or 7d)"
-        ))
-    };
-    let (num, unit) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c),
-        Some(_) => (t, 's'),
-        None => return Err(bad()),
-    };
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let mult = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(mult).map(Duration::from_secs).ok_or_else(bad)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
-        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
-        for bad in ["", "s", "5x", "-1s", "1.5h", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn exit_codes() {

@@ -5,13 +5,17 @@
 //! (`<data>/profiles/<name>`, or any directory when the value contains a `/`). [`Config`] is the
 //! strict config file: every key has its default in exactly one place (the `Default` impls
 //! below), unknown keys are rejected with their name and line, and
-//! `assets/config.example.toml` documents every key with its default. This module imports no
+//! `assets/config.example.toml` documents every key with its default. [`parse_duration`] is the
+//! one duration grammar of every flag, config key and slash command. This module imports no
 //! other cinder module.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+mod duration;
+pub use duration::{parse_duration, parse_whole_seconds};
 
 /// Environment variable that picks the profile when `--profile` is not given.
 pub const PROFILE_ENV: &str = "CINDER_PROFILE";
@@ -49,6 +53,16 @@ pub enum ConfigError {
         path: PathBuf,
         /// What is wrong, with the line and the key where known.
         message: String,
+    },
+    /// A duration (of a flag, a config key or a command) is not in the duration grammar.
+    #[error(
+        "not a duration: {value:?} ({reason}); write e.g. 90s, 1h30m or 2days (a bare number is seconds)"
+    )]
+    Duration {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 
@@ -167,7 +181,9 @@ impl Default for UiConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
-    /// Upper bound of the reconnect backoff, in seconds (at least 1).
+    /// Upper bound of the reconnect backoff, in seconds (at least 1). The file may give it as a
+    /// number of seconds or as a duration string (`"2m"`).
+    #[serde(deserialize_with = "seconds_or_duration")]
     pub reconnect_max_seconds: u64,
 }
 
@@ -184,6 +200,30 @@ impl NetworkConfig {
     pub fn reconnect_max(&self) -> Duration {
         Duration::from_secs(self.reconnect_max_seconds)
     }
+}
+
+/// A key in seconds that also takes a duration string, so the one duration grammar works in the
+/// config file too (`reconnect_max_seconds = "2m"`) while existing numeric values keep working.
+fn seconds_or_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<u64, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a number of seconds or a duration such as \"2m\"")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom("a duration cannot be negative"))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<u64, E> {
+            parse_whole_seconds(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(Visitor)
 }
 
 /// `[logging]`: the log file.
@@ -322,6 +362,20 @@ mod tests {
         assert!(c.ui.mouse && c.ui.bell && c.ui.desktop_notifications);
         assert_eq!(c.network.reconnect_max(), Duration::from_secs(30));
         assert_eq!(c.logging.level, "info");
+    }
+
+    #[test]
+    fn second_keys_take_numbers_or_durations() {
+        let c = parse("[network]\nreconnect_max_seconds = 45\n").unwrap();
+        assert_eq!(c.network.reconnect_max(), Duration::from_secs(45));
+        let c = parse("[network]\nreconnect_max_seconds = \"1m30s\"\n").unwrap();
+        assert_eq!(c.network.reconnect_max(), Duration::from_secs(90));
+        let e = parse("[network]\nreconnect_max_seconds = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("not a duration"), "{e}");
+        assert!(parse("[network]\nreconnect_max_seconds = -3\n").is_err());
+        assert!(parse("[network]\nreconnect_max_seconds = \"0s\"\n").is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The cryptographic core: everything `PROTOCOL.md` sections 2-8 and 10 describe.
+//! The cryptographic core: everything `docs/crypto.md` sections 2-8 and 10 describe.
 //!
 //! This module is a pure leaf: it imports no other Cinder module, does no network I/O and never
 //! touches tokio. The only I/O it performs is over caller-supplied `Read`/`Write`/`Seek` values

@@ -5,26 +5,32 @@
 //!
 //! # Module map
 //!
+//! Bottom up; "may import" is the dependency table that `tests/architecture.rs` enforces and
+//! `docs/architecture.md` explains (with the data flow and how to add a command end to end).
+//!
 //! | module | role | may import |
 //! |---|---|---|
-//! | [`crypto`] | keys, certificates, handshake, ratchet, sender keys, envelope, chunked file encryption, safety numbers; no I/O beyond `Read`/`Write`, no tokio | - |
+//! | [`protocol`] | wire types generated from `docs/cinder.proto`, framing, error codes, names; no I/O | - |
+//! | [`crypto`] | keys, certificates, handshake, ratchet, envelope, sender keys, room membership log, chunked files, safety numbers, cache key wrap, hex; no I/O beyond `Read`/`Write`, no tokio | - |
 //! | [`clock`] | wall-clock milliseconds for timers, expiry and timestamps; system time, or virtual time driven by tokio's clock in tests | - |
-//! | [`config`] | XDG paths, profile directories, the strict TOML config file | - |
+//! | [`config`] | XDG paths, profile directories, the strict TOML config file, the one duration grammar | - |
 //! | [`logging`] | tracing setup: records go to a log file, never to the terminal | - |
 //! | [`store`] | the local encrypted cache (SQLCipher under a passphrase-wrapped key), synchronous | protocol, crypto |
-//! | [`relay`] | the server: accounts, devices, prekeys, store-and-forward mailboxes, rooms (routing by the signed membership log), expiry sweeps and the network policy over WebSocket (TLS optional), SQLite with group commit | protocol, config, clock, crypto (signature and membership-rule checks only) |
+//! | [`session`] | the async session engine: an actor per account that never waits for the network (round trips in child tasks), reached through `SessionHandle` | protocol, crypto, store, config, clock, logging |
+//! | [`tui`] | the ratatui + crossterm UI over a `SessionHandle` | session, protocol, config, logging |
+//! | [`relay`] | the server: accounts, prekeys, mailboxes, rooms, timers, network policy; SQLite | protocol, config, clock, logging, crypto (signatures, membership rules, hex only) |
+//! | [`cli`] | the command layer: one function per subcommand, passphrase sources, demo, exit codes | session, protocol, config, logging, store, crypto, relay, tui |
 //! | [`bench`] | `cinder bench` scenarios: load generators that print figures | everything |
 //!
-//! Modules that later issues add (`protocol`, `config`, `logging`, `store`, `media`, `session`,
-//! `tui`, `relay`, `admin`, `bot`, `rpc`) follow the table in `ARCHITECTURE.md`: the relay never
-//! imports the envelope or cache code, so it structurally cannot see plaintext, and the UI never
-//! touches crypto or the store directly. `tests/architecture.rs` scans `src/` and fails on an
-//! import that breaks these rules.
+//! Planned modules (`media`, `admin`, `bot`, `rpc`) already have rows in the table. The relay
+//! never imports the envelope or cache code, so it structurally cannot see plaintext, and the UI
+//! never touches crypto or the store directly.
 //!
 //! # House rules
-//! - Pure leaves, glue on top: `crypto` (and later `protocol`) do no network or disk I/O.
+//! - Pure leaves, glue on top: `crypto` and `protocol` do no network or disk I/O.
 //! - One `thiserror` enum per top module; `anyhow` only in `main.rs` and the command layer.
 //! - Secrets zeroize on drop and are never `Debug` or `Serialize`.
+//! - The cryptographic design is `docs/crypto.md`, the wire protocol `docs/protocol.md`.
 
 pub mod bench;
 pub mod cli;

@@ -114,8 +114,8 @@ struct ServeArgs {
     /// Most members of a room or group DM.
     #[arg(long, default_value_t = cinder::relay::DEFAULT_MAX_ROOM_MEMBERS)]
     max_room_members: u32,
-    /// Longest expiry timer on this network, e.g. 30d (s, m, h, d, w, y); replaces the
-    /// stored policy's value (default 1y).
+    /// Longest expiry timer on this network, e.g. 30d or 1y (any duration, whole seconds);
+    /// replaces the stored policy's value (default 1y).
     #[arg(long, value_name = "DUR")]
     max_expire: Option<String>,
     /// Longest burn-on-read timer on this network, e.g. 1d; replaces the stored policy's value
@@ -275,9 +275,9 @@ struct RecvArgs {
     /// Keep printing messages as they arrive (reconnecting as needed).
     #[arg(long)]
     follow: bool,
-    /// Wait this long for messages (30s, 5m, 2h, 7d; a bare number is seconds).
-    #[arg(long)]
-    timeout: Option<String>,
+    /// Wait this long for messages (e.g. 30s, 1h30m, 2days; a bare number is seconds).
+    #[arg(long, value_name = "DUR", value_parser = cinder::config::parse_duration)]
+    timeout: Option<Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -412,15 +412,15 @@ struct DmArgs {
     /// Offered load across all pairs, messages per second (open loop).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     rate: u32,
-    /// Measured time (30s, 5m; a bare number is seconds).
-    #[arg(long, default_value = "10s")]
-    duration: String,
+    /// Measured time (e.g. 30s, 5m, 1m30s; a bare number is seconds).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = cinder::config::parse_duration)]
+    duration: Duration,
     /// Unmeasured load before the measured time.
-    #[arg(long, default_value = "1s")]
-    warmup: String,
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = cinder::config::parse_duration)]
+    warmup: Duration,
     /// Longest wait for messages still in flight after the measured time.
-    #[arg(long, default_value = "5s")]
-    drain: String,
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = cinder::config::parse_duration)]
+    drain: Duration,
     /// Measure capacity: a closed loop with --window messages in flight per pair; reports
     /// delivered msgs/s against the 10,000 msgs/s target.
     #[arg(long)]
@@ -534,9 +534,9 @@ async fn run_dm_bench(a: &DmArgs) -> anyhow::Result<()> {
         .pairs
         .map_or(if a.saturate { 200 } else { 50 }, |p| p as usize);
     o.rate = f64::from(a.rate);
-    o.duration = cli::parse_duration(&a.duration)?;
-    o.warmup = cli::parse_duration(&a.warmup)?;
-    o.drain = cli::parse_duration(&a.drain)?;
+    o.duration = a.duration;
+    o.warmup = a.warmup;
+    o.drain = a.drain;
     o.saturate = a.saturate;
     o.window = a.window as usize;
     let report = bench::dm::run(&o).await.map_err(load_error)?;
@@ -638,7 +638,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             scenario: BenchScenario::Room(a),
         } => {
             let target = bench_target(a.relay.as_ref(), a.invite.as_ref(), a.relay_pid)?;
-            let o = a.options(target, cli::parse_duration)?;
+            let o = a.options(target);
             let r = bench::room::run(&o).await.map_err(load_error)?;
             bench::room::write(&r, a.json, &mut std::io::stdout().lock())?;
             Ok(())
@@ -825,9 +825,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .map(|PolicyCmd::ReadReceipts { state }| state == "on");
                     cinder::cli::rooms::cmd_admin_policy(&ctx, rr).await
                 }
-                Command::Recv(a) => {
-                    commands::cmd_recv(&ctx, a.json, a.follow, a.timeout.as_deref()).await
-                }
+                Command::Recv(a) => commands::cmd_recv(&ctx, a.json, a.follow, a.timeout).await,
                 Command::History(a) => {
                     commands::cmd_history(
                         &ctx,

@@ -2,7 +2,7 @@
 //!
 //! Clients speak [`crate::protocol`] frames over WebSocket (optionally TLS). The relay answers
 //! every connection with a `ServerHello` carrying a fresh challenge, authenticates devices by
-//! their signature over that challenge (`PROTOCOL.md` section 11), and then routes opaque
+//! their signature over that challenge (`docs/crypto.md` section 11), and then routes opaque
 //! ciphertext: one stored body and one key entry per recipient device, durable in the database
 //! before the sender is acknowledged, pushed live to connected devices and kept until each device
 //! acknowledges it. It checks signatures on device certificates and login challenges and nothing

@@ -823,6 +823,27 @@ impl SessionHandle {
     }
 }
 
+/// Unlocks a profile and starts its engine: what the UI uses, so that it never holds the
+/// cache itself. The cache is opened on the blocking pool (key derivation takes a while); a
+/// relay CA certificate saved at registration is used unless `opts` names one.
+///
+/// # Errors
+/// As [`unlock`] and [`spawn`].
+pub async fn open(
+    dir: &std::path::Path,
+    passphrase: zeroize::Zeroizing<Vec<u8>>,
+    mut opts: EngineOptions,
+) -> Result<SessionHandle, SessionError> {
+    let dir = dir.to_path_buf();
+    let store = tokio::task::spawn_blocking(move || unlock(&dir, &passphrase))
+        .await
+        .map_err(|_| SessionError::Stopped)??;
+    if opts.ca_pem.is_none() {
+        opts.ca_pem = store.db().blob("ca_cert")?.map(|b| b.to_vec());
+    }
+    spawn(store, opts)
+}
+
 /// Opens a profile's cache and checks it holds an account.
 ///
 /// # Errors

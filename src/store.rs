@@ -1,5 +1,5 @@
 //! The local encrypted cache of one profile: account keys, pinned root keys, ratchet sessions,
-//! the durable outbox, message history and relay bookkeeping (`PROTOCOL.md` section 12).
+//! the durable outbox, message history and relay bookkeeping (`docs/crypto.md` section 12).
 //!
 //! A profile directory holds `cache.header` (Argon2id parameters, salt and the wrapped DEK, see
 //! [`CacheHeader`]), `cache.db` (a SQLCipher database under a raw key derived from the DEK), an
@@ -22,7 +22,7 @@
 //! the conversation's counts forget it) and any outbox item still waiting to send it, then
 //! checkpoints and truncates the WAL. `PRAGMA secure_delete` zeroes the freed space; and should
 //! a copy of the ciphertext survive anyway (a stale WAL frame, a copy of the file), it is
-//! unreadable because its key is gone (`PROTOCOL.md` section 0, promise 5).
+//! unreadable because its key is gone (`docs/crypto.md` section 0, promise 5).
 //!
 //! Timed messages are deliberately not searchable: the FTS5 index keeps its own copy of every
 //! word, which no per-message key covers, so indexing them would leave their words readable

@@ -1,8 +1,11 @@
-//! Enforces the module dependency table of `ARCHITECTURE.md` by scanning `src/`.
+//! Enforces the module dependency table (explained in `docs/architecture.md`) by scanning `src/`
+//! and keeps the repository self-contained.
 //!
 //! Each top module (`src/<m>.rs` plus `src/<m>/**`) may reference only the crate modules its
 //! row allows. The relay must never reach the envelope, ratchet, sender-key, chunked-file or
-//! cache code, so it structurally cannot see plaintext; `crypto` and `protocol` stay pure.
+//! cache code, so it structurally cannot see plaintext; `crypto` and `protocol` stay pure. The
+//! table in `docs/architecture.md` must be this one, and no file may point at design notes
+//! outside the repository.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -145,7 +148,7 @@ fn every_module_is_in_the_table() {
     for module in module_files().keys() {
         assert!(
             TABLE.iter().any(|(m, _)| m == module),
-            "src/{module} is not in the dependency table of ARCHITECTURE.md"
+            "src/{module} is not in the dependency table of docs/architecture.md"
         );
     }
 }
@@ -280,4 +283,162 @@ fn no_secret_type_derives_debug_or_serialize() {
             }
         }
     }
+}
+
+/// The rows of the table between the markers of `docs/architecture.md`.
+fn documented_table() -> Vec<(String, Vec<String>)> {
+    let doc =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md"))
+            .unwrap();
+    let begin = doc
+        .find("<!-- dependency-table:begin")
+        .expect("begin marker");
+    let end = doc
+        .find("<!-- dependency-table:end -->")
+        .expect("end marker");
+    let names = |cell: &str| -> Vec<String> {
+        cell.split(',')
+            .map(|n| n.trim().trim_matches('`').to_string())
+            .filter(|n| !n.is_empty() && n != "-")
+            .collect()
+    };
+    doc[begin..end]
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.trim().trim_matches('|').split('|').collect();
+            let module = cells.first()?.trim();
+            (cells.len() == 2 && module.starts_with('`'))
+                .then(|| (module.trim_matches('`').to_string(), names(cells[1])))
+        })
+        .collect()
+}
+
+#[test]
+fn the_documented_table_is_the_enforced_one() {
+    let want: Vec<(String, Vec<String>)> = TABLE
+        .iter()
+        .map(|(m, a)| (m.to_string(), a.iter().map(|x| x.to_string()).collect()))
+        .collect();
+    assert_eq!(
+        documented_table(),
+        want,
+        "docs/architecture.md's dependency table differs from TABLE in tests/architecture.rs"
+    );
+}
+
+/// Every file of the repository outside build output (`target/`) and git's own data.
+fn repository_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        if name == "target" || name == ".git" {
+            continue;
+        }
+        if p.is_dir() {
+            repository_files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn nothing_refers_to_design_notes_outside_the_repository() {
+    // Built at run time so that this file does not match itself.
+    let outside = [
+        format!("..{}shared{}", '/', '/'),
+        format!("{}.md", "ARCHITECTURE"),
+        format!("{}.md", "PROTOCOL"),
+        format!("{}.md", "PRODUCT"),
+        format!("{}-NOTES", "REFERENCE"),
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    repository_files(root, &mut files);
+    assert!(files.len() > 50, "found only {} files", files.len());
+    let mut found = Vec::new();
+    for f in files {
+        let Ok(bytes) = fs::read(&f) else { continue };
+        let text = String::from_utf8_lossy(&bytes);
+        for (i, line) in text.lines().enumerate() {
+            for needle in &outside {
+                if line.contains(needle.as_str()) {
+                    let rel = f.strip_prefix(root).unwrap_or(&f);
+                    found.push(format!("{}:{}: {needle}", rel.display(), i + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the repository must be self-contained (docs/ holds the design); these refer outside it:\n{}",
+        found.join("\n")
+    );
+}
+
+/// The `session` functions visible outside it (`pub`, `pub(crate)`) whose signature hands out
+/// or takes a cache: what the UI must never name, since through them it would hold a `Store`
+/// without importing `store`.
+fn session_items_carrying_a_store() -> Vec<String> {
+    let mut out = Vec::new();
+    for f in module_files().get("session").into_iter().flatten() {
+        let text = fs::read_to_string(f).unwrap();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("fn ") {
+            let line_start = rest[..i].rfind('\n').map_or(0, |n| n + 1);
+            let visible = rest[line_start..i].contains("pub");
+            let after = &rest[i + 3..];
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if visible && carries_store(after.split('{').next().unwrap_or("")) {
+                out.push(name);
+            }
+            rest = after;
+        }
+    }
+    out
+}
+
+fn carries_store(signature: &str) -> bool {
+    signature
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .any(|w| w == "Store" || w == "Db")
+}
+
+#[test]
+fn the_ui_cannot_reach_a_store_through_the_session() {
+    let carriers = session_items_carrying_a_store();
+    // The scanner sees them: `unlock` returns the cache, `spawn` takes it.
+    assert!(carriers.contains(&"unlock".to_owned()), "{carriers:?}");
+    assert!(carriers.contains(&"spawn".to_owned()), "{carriers:?}");
+    assert!(!carriers.contains(&"open".to_owned()), "{carriers:?}");
+    let files = module_files();
+    let mut bad = Vec::new();
+    for f in files.get("tui").into_iter().flatten() {
+        let text = fs::read_to_string(f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for c in &carriers {
+                if code.contains(&format!("session::{c}(")) {
+                    bad.push(format!("{}:{}: session::{c}", f.display(), n + 1));
+                }
+            }
+            if code
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .any(|w| w == "Store")
+            {
+                bad.push(format!("{}:{}: names a Store", f.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "the UI reaches the cache:\n{}",
+        bad.join("\n")
+    );
 }

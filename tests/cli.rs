@@ -494,6 +494,48 @@ async fn a_client_killed_after_queuing_delivers_after_restart() {
     .unwrap();
 }
 
+/// Every duration flag takes the one grammar (humantime's, a bare number being seconds):
+/// `recv --timeout 1h30m` was refused while `send --expire 1h30m` worked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duration_flags_share_one_grammar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let env = Env {
+        root: tmp.path().to_path_buf(),
+    };
+    let (url, invite) = (relay.url(), relay.admin_invite.clone());
+    tokio::task::spawn_blocking(move || {
+        setup(&env, &url, &invite);
+        env.ok(
+            "alice",
+            &["send", "--to", "bob", "--expire", "1h30m", "timed hello"],
+        );
+        // A message is waiting, so `recv --timeout` returns as soon as it has printed it.
+        let out = env.ok("bob", &["recv", "--json", "--timeout", "1h30m"]);
+        assert!(out.contains("timed hello"), "{out}");
+        assert!(out.contains("\"expire_after\":5400"), "{out}");
+        env.ok("alice", &["send", "--to", "bob", "second"]);
+        let out = env.ok("bob", &["recv", "--timeout", "2days"]);
+        assert!(out.contains("second"), "{out}");
+        env.ok("alice", &["send", "--to", "bob", "third"]);
+        let out = env.ok("bob", &["recv", "--timeout", "90"]);
+        assert!(out.contains("third"), "{out}");
+        for args in [
+            &["recv", "--timeout", "1h30x"][..],
+            &["recv", "--timeout", "soon"],
+            &["send", "--to", "bob", "--expire", "soon", "x"],
+            &["bench", "dm", "--duration", "1m30x"],
+        ] {
+            let o = env.run("bob", args);
+            assert_eq!(o.status.code(), Some(2), "{args:?}");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("not a duration"), "{args:?}: {err}");
+        }
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recv_timeout_and_follow_see_live_messages() {
     let tmp = tempfile::tempdir().unwrap();

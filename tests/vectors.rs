@@ -98,7 +98,7 @@ fn rfc7748_6_1_diffie_hellman() {
 }
 
 /// Not an RFC vector: the all-zero u-coordinate is a low-order point, so X25519 yields zero and
-/// the wrapper must refuse it (PROTOCOL.md section 2, "non-contributory results rejected").
+/// the wrapper must refuse it (docs/crypto.md section 2, "non-contributory results rejected").
 #[test]
 fn x25519_low_order_point_is_rejected() {
     let alice = DhKeyPair::from_secret_bytes(h32(
@@ -416,7 +416,7 @@ fn gcm_spec_test_case_16() {
     );
 }
 
-/// `Aead::from_slice` accepts only 256-bit keys (AES-256-GCM only, PROTOCOL.md section 2).
+/// `Aead::from_slice` accepts only 256-bit keys (AES-256-GCM only, docs/crypto.md section 2).
 #[test]
 fn aead_rejects_non_256_bit_keys() {
     for len in [0usize, 16, 24, 31, 33, 64] {

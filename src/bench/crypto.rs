@@ -1,4 +1,4 @@
-//! `cinder bench crypto`: the crypto core's costs, per `PROTOCOL.md` targets.
+//! `cinder bench crypto`: the crypto core's costs, per `docs/crypto.md` targets.
 //!
 //! Figures: envelope seal + open per message; a ratchet step with and without a DH step;
 //! a room send (envelope + sender key) for 2 and for 500 members; a sender-key rotation for a

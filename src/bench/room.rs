@@ -144,21 +144,21 @@ pub struct Args {
     /// Room members, the creator included (one device and one connection each).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(3..=1001))]
     pub members: u32,
-    /// Measured time of the latency run at --rate (30s, 5m; a bare number is seconds).
-    #[arg(long, default_value = "10s")]
-    pub duration: String,
+    /// Measured time of the latency run at --rate (e.g. 30s, 5m; a bare number is seconds).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub duration: Duration,
     /// Room messages per second offered in the latency run (open loop).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub rate: u32,
     /// Measured time of each saturation run (members counting, then members decrypting).
-    #[arg(long, default_value = "5s")]
-    pub saturate_duration: String,
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = crate::config::parse_duration)]
+    pub saturate_duration: Duration,
     /// Unmeasured load before each measured run.
-    #[arg(long, default_value = "1s")]
-    pub warmup: String,
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = crate::config::parse_duration)]
+    pub warmup: Duration,
     /// Longest wait for messages still in flight after each run.
-    #[arg(long, default_value = "10s")]
-    pub drain: String,
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub drain: Duration,
     /// Room messages in flight at saturation (sent but not yet received by every member); keep
     /// it below the relay's per-connection push queue (64) so no push is dropped.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1_000))]
@@ -184,27 +184,20 @@ pub struct Args {
 }
 
 impl Args {
-    /// The scenario's options, with durations parsed by `parse`.
-    ///
-    /// # Errors
-    /// Whatever `parse` returns for a malformed duration.
-    pub fn options<E>(
-        &self,
-        relay: RelayTarget,
-        parse: impl Fn(&str) -> Result<Duration, E>,
-    ) -> Result<Options, E> {
-        Ok(Options {
+    /// The scenario's options (clap already parsed the durations with the one grammar).
+    pub fn options(&self, relay: RelayTarget) -> Options {
+        Options {
             members: self.members as usize,
-            duration: parse(&self.duration)?,
+            duration: self.duration,
             rate: f64::from(self.rate),
-            saturate_duration: parse(&self.saturate_duration)?,
-            warmup: parse(&self.warmup)?,
-            drain: parse(&self.drain)?,
+            saturate_duration: self.saturate_duration,
+            warmup: self.warmup,
+            drain: self.drain,
             window: self.window as usize,
             rotating_senders: self.rotating_senders as usize,
             text_len: self.text_len as usize,
             relay,
-        })
+        }
     }
 }
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use serde_json::json;
 
+use super::UsageError;
 use super::passphrase::{self, Sources};
-use super::{UsageError, parse_duration};
 use crate::config::Config;
 use crate::crypto::hex;
 use crate::crypto::passphrase::{CacheHeader, KdfParams};
@@ -318,9 +318,8 @@ pub async fn cmd_recv(
     ctx: &Context,
     json_mode: bool,
     follow: bool,
-    timeout: Option<&str>,
+    timeout: Option<Duration>,
 ) -> anyhow::Result<()> {
-    let timeout = timeout.map(parse_duration).transpose()?;
     let handle = open_engine(ctx, follow).await?;
     let me = handle.account().username.clone();
     let mut events = handle.subscribe();

@@ -1,4 +1,4 @@
-//! C2SP chunked encryption for files and voice clips (`PROTOCOL.md` section 8).
+//! C2SP chunked encryption for files and voice clips (`docs/crypto.md` section 8).
 //!
 //! The AES-256-GCM instantiation of <https://c2sp.org/chunked-encryption> with HKDF-SHA-512:
 //! `key(32) || base_nonce(12) || commitment(32) = HKDF-Expand(PRK = input key,

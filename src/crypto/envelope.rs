@@ -1,4 +1,4 @@
-//! The envelope: a fresh random AES-256-GCM content key for every message (`PROTOCOL.md` s. 6).
+//! The envelope: a fresh random AES-256-GCM content key for every message (`docs/crypto.md` s. 6).
 //!
 //! For each message a random 32-byte key `K` is drawn; `key || nonce = HKDF(K, "cinder/v1/body")`
 //! encrypts the padded payload, and `commitment = HKDF(K, "cinder/v1/commit")` is stored in the

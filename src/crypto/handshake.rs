@@ -1,4 +1,4 @@
-//! PQXDH-style session setup between two devices (`PROTOCOL.md` section 4).
+//! PQXDH-style session setup between two devices (`docs/crypto.md` section 4).
 //!
 //! The initiator verifies the responder's bundle, makes an ephemeral key `EK_A` and computes
 //! `DH1 = DH(DIK_A, SPK_B)`, `DH2 = DH(EK_A, DIK_B)`, `DH3 = DH(EK_A, SPK_B)`,

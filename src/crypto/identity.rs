@@ -1,4 +1,4 @@
-//! User root keys, device keys, device certificates and revocations (`PROTOCOL.md` section 3).
+//! User root keys, device keys, device certificates and revocations (`docs/crypto.md` section 3).
 //!
 //! A user's root key (URK) signs one certificate per device, binding the device's signing key
 //! (DSK) and X25519 identity key (DIK) to the user. Clients pin the URK on first contact and

@@ -1,4 +1,4 @@
-//! Passphrase-derived protection of the local cache key (`PROTOCOL.md` section 12).
+//! Passphrase-derived protection of the local cache key (`docs/crypto.md` section 12).
 //!
 //! `passphrase -> Argon2id (16-byte salt; default m = 256 MiB, t = 3, p = 4) -> KEK ->
 //! AES-256-GCM unwrap of a random DEK`. The DEK is the SQLCipher raw key and the root of the

@@ -1,4 +1,4 @@
-//! Prekeys and prekey bundles (`PROTOCOL.md` sections 3 and 4).
+//! Prekeys and prekey bundles (`docs/crypto.md` sections 3 and 4).
 //!
 //! A device publishes a signed X25519 prekey (rotated every 7 days, the old private half kept 30
 //! days so late initial messages still decrypt), a batch of one-time X25519 prekeys (upload 100,

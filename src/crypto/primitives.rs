@@ -1,6 +1,6 @@
 //! Thin, misuse-resistant wrappers over the audited primitive crates.
 //!
-//! Everything above this file goes through these functions, so the rules of `PROTOCOL.md`
+//! Everything above this file goes through these functions, so the rules of `docs/crypto.md`
 //! section 2 are enforced in one place: AES-256-GCM only, X25519 results must be contributory,
 //! Ed25519 always verifies with `verify_strict`, secrets zeroize on drop and have no `Debug`.
 

@@ -1,4 +1,4 @@
-//! The pairwise Double Ratchet (`PROTOCOL.md` section 5), spec-literal except for the AEAD.
+//! The pairwise Double Ratchet (`docs/crypto.md` section 5), spec-literal except for the AEAD.
 //!
 //! - `KDF_RK`: HKDF-SHA-256(salt = RK, ikm = DH output, info "cinder/v1/dr/rk") -> RK' || CK.
 //! - `KDF_CK`: MK = HMAC-SHA-256(CK, 0x01), CK' = HMAC-SHA-256(CK, 0x02).

@@ -1,4 +1,4 @@
-//! Safety numbers and their QR payload (`PROTOCOL.md` section 10).
+//! Safety numbers and their QR payload (`docs/crypto.md` section 10).
 //!
 //! Signal's numeric fingerprint over the two users' root keys: for each user,
 //! `hash = SHA-512(version(2) || URK || user_id)`, then 5,200 times `hash = SHA-512(hash || URK)`;

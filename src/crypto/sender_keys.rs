@@ -1,4 +1,4 @@
-//! Sender Keys for rooms (`PROTOCOL.md` section 7).
+//! Sender Keys for rooms (`docs/crypto.md` section 7).
 //!
 //! Each sending device keeps, per room, a distribution id, a chain key, an iteration counter and
 //! a fresh Ed25519 signing key, and hands them to every other member device once in a

@@ -132,47 +132,25 @@ pub fn format_duration(secs: u64) -> String {
     out
 }
 
-/// Parses `30s`, `5m`, `2h`, `1d`, `1w`, `1y`, combinations like `1h30m`, or plain seconds;
-/// `off`/`0` mean no timer. Between one second and a year.
+/// Parses a message timer: a duration in the one grammar of [`crate::config::parse_duration`]
+/// (`30s`, `1h30m`, `2days`, `1y`, a bare number of seconds), whole seconds from one second to
+/// a year; `off`, `none` or `0` mean no timer.
 ///
 /// # Errors
 /// One sentence naming what was wrong.
 pub fn parse_timer(s: &str) -> Result<Option<u32>, String> {
-    let s = s.trim().to_ascii_lowercase();
-    if s == "off" || s == "none" || s == "0" {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") || t == "0" {
         return Ok(None);
     }
-    let bad = || format!("not a duration: {s:?} (use e.g. 30s, 5m, 2h, 1d, 1w, 1y or off)");
-    let mut total: u64 = 0;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
-            'y' => 365 * 86_400,
-            _ => return Err(bad()),
-        };
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        total = total.saturating_add(n.saturating_mul(unit));
-        num.clear();
+    let secs = crate::config::parse_whole_seconds(t).map_err(|e| format!("{e}, or off"))?;
+    if secs == 0 {
+        return Err(format!("{t:?} is no timer: use at least 1s, or off"));
     }
-    if !num.is_empty() {
-        total = total.saturating_add(num.parse::<u64>().map_err(|_| bad())?);
+    match u32::try_from(secs) {
+        Ok(secs) if secs <= MAX_TIMER_SECS => Ok(Some(secs)),
+        _ => Err(format!("{t} is longer than the longest timer (1 year)")),
     }
-    if total == 0 {
-        return Err(bad());
-    }
-    if total > u64::from(MAX_TIMER_SECS) {
-        return Err(format!("{s} is longer than the longest timer (1 year)"));
-    }
-    Ok(Some(total as u32))
 }
 
 #[cfg(test)]
@@ -227,11 +205,40 @@ mod tests {
         assert_eq!(parse_timer("1d").unwrap(), Some(86_400));
         assert_eq!(parse_timer("90").unwrap(), Some(90));
         assert_eq!(parse_timer("off").unwrap(), None);
-        assert!(parse_timer("2y").is_err());
-        assert!(parse_timer("abc").is_err());
+        assert_eq!(parse_timer("1y").unwrap(), Some(MAX_TIMER_SECS));
+        assert_eq!(parse_timer("2days").unwrap(), Some(2 * 86_400));
+        assert_eq!(parse_timer("OFF").unwrap(), None);
+        assert!(parse_timer("2y").unwrap_err().contains("longest timer"));
+        assert!(parse_timer("366d").is_err());
+        assert!(parse_timer("0s").is_err());
+        assert!(parse_timer("1500ms").is_err());
+        assert!(
+            parse_timer("abc")
+                .unwrap_err()
+                .starts_with("not a duration")
+        );
         assert_eq!(format_duration(5400), "1h30m");
         assert_eq!(format_duration(86_400), "1d");
         assert_eq!(format_duration(45), "45s");
         assert_eq!(format_duration(90_061), "1d1h");
+    }
+
+    #[test]
+    fn printed_durations_read_back_as_the_same_timer() {
+        for secs in [
+            1,
+            45,
+            60,
+            90,
+            3600,
+            5400,
+            86_400,
+            90_000,
+            7 * 86_400,
+            MAX_TIMER_SECS,
+        ] {
+            let text = format_duration(u64::from(secs));
+            assert_eq!(parse_timer(&text).unwrap(), Some(secs), "{text}");
+        }
     }
 }

@@ -371,39 +371,13 @@ fn spawn_effect(
             let tx2 = raw;
             tokio::spawn(async move {
                 let pass = Zeroizing::new(pass.into_bytes());
-                let opened =
-                    tokio::task::spawn_blocking(move || session::unlock(&dir, &pass)).await;
-                match opened {
-                    Ok(Ok(store)) => {
-                        let ca_pem = store
-                            .db()
-                            .blob("ca_cert")
-                            .ok()
-                            .flatten()
-                            .map(|b| b.to_vec());
-                        match session::spawn(
-                            store,
-                            EngineOptions {
-                                ca_pem,
-                                clock_offset_ms: 0,
-                                ..engine_opts
-                            },
-                        ) {
-                            Ok(h) => {
-                                let sub = h.subscribe();
-                                let _ = tx2.send(LoopMsg::Unlocked(h, sub));
-                            }
-                            Err(e) => {
-                                let _ = tx2.send(LoopMsg::Ui(UiEvent::UnlockFailed(e.to_string())));
-                            }
-                        }
+                match session::open(&dir, pass, engine_opts).await {
+                    Ok(h) => {
+                        let sub = h.subscribe();
+                        let _ = tx2.send(LoopMsg::Unlocked(h, sub));
                     }
-                    Ok(Err(e)) => {
+                    Err(e) => {
                         let _ = tx2.send(LoopMsg::Ui(UiEvent::UnlockFailed(e.to_string())));
-                    }
-                    Err(_) => {
-                        let _ =
-                            tx2.send(LoopMsg::Ui(UiEvent::UnlockFailed("unlock crashed".into())));
                     }
                 }
             });
