@@ -45,8 +45,8 @@ use crate::crypto::passphrase::{CacheHeader, KdfParams};
 use crate::crypto::primitives::{Secret32, hkdf_sha256};
 
 pub use db::{
-    AccountRecord, ConversationSummary, Db, DeviceSession, MessageKind, MessageRecord,
-    MessageState, MessageTimers, OutboxItem, OutboxKind,
+    AccountRecord, ConversationSummary, Db, DeviceSession, KeyHolder, MessageKind, MessageRecord,
+    MessageState, MessageTimers, OutboxItem, OutboxKind, ReceivedSenderKeyRecord,
 };
 
 /// File name of the header that wraps the DEK.
@@ -911,7 +911,6 @@ mod tests {
         }
         let s = Store::open(&dir, b"pw").unwrap();
         assert_eq!(user_version(&s.conn), schema::VERSION);
-        assert_eq!(schema::VERSION, 3);
         let db = s.db();
         let history = db.history("dm:alice:bob", 10).unwrap();
         assert_eq!(
@@ -1173,5 +1172,187 @@ mod tests {
         assert!(!in_files(&key), "the key is gone from the file");
         assert!(!in_files(&sealed), "the ciphertext is gone from the file");
         assert_eq!(db.history("c", 100).unwrap().len(), 58);
+    }
+
+    /// The key `rooms/op/<room>/<seq>` as version 4 wrote it.
+    fn v4_op_key(room: &str, seq: u64) -> String {
+        format!("rooms/op/{room}/{seq:020}")
+    }
+
+    #[test]
+    fn a_version_4_cache_moves_rooms_ops_sender_keys_and_previous_sessions_into_tables() {
+        use crate::crypto::hex;
+        use crate::crypto::wire::Writer;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p");
+        let room = format!("room:{}", "ab".repeat(16));
+        let group = format!("group:{}", "cd".repeat(16));
+        let (alice_dev, bob_dev, carol_dev) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+        let (dist1, dist2) = ([0x11u8; 16], [0x22u8; 16]);
+        let received = |user: &str, secret: &[u8]| {
+            let mut w = Writer::with_capacity(64);
+            w.bytes(user.as_bytes()).bytes(secret);
+            w.into_vec()
+        };
+        {
+            let s = Store::create_at(&dir, b"pw", P, 4).unwrap();
+            assert_eq!(user_version(&s.conn), 4);
+            let db = s.db();
+            // History of both rooms and a DM, which the migration must not touch.
+            db.insert_message(&MessageRecord {
+                message_id: [9; 16],
+                conversation: room.clone(),
+                outgoing: false,
+                sender: "bob".into(),
+                sender_device: bob_dev,
+                sent_at_ms: 1_000,
+                received_at_ms: 1_010,
+                text: "hello room".into(),
+                state: MessageState::Received,
+                kind: MessageKind::Text,
+                timers: MessageTimers::default(),
+            })
+            .unwrap();
+            // Written exactly as the version 4 session code wrote them.
+            for (r, state) in [(&room, b"room state".as_slice()), (&group, b"group state")] {
+                db.put_blob(&format!("rooms/state/{r}"), state).unwrap();
+            }
+            for seq in 1..=3u64 {
+                db.put_blob(&v4_op_key(&room, seq), &[u8::try_from(seq).unwrap(); 32])
+                    .unwrap();
+            }
+            db.put_blob(&v4_op_key(&group, 1), &[0xee; 32]).unwrap();
+            db.put_blob(&format!("rooms/behind/{room}"), &7u64.to_be_bytes())
+                .unwrap();
+            db.put_blob(&format!("rooms/sk/{room}"), b"our chain")
+                .unwrap();
+            let mut w = Writer::with_capacity(64);
+            w.u32(2)
+                .bytes(b"bob")
+                .fixed(&bob_dev)
+                .bytes(b"carol")
+                .fixed(&carol_dev);
+            db.put_blob(&format!("rooms/skdist/{room}"), &w.into_vec())
+                .unwrap();
+            for (dev, dist, user, secret) in [
+                (&bob_dev, &dist1, "bob", b"bob chain".as_slice()),
+                (&bob_dev, &dist2, "bob", b"bob chain 2"),
+                (&carol_dev, &dist1, "carol", b"carol chain"),
+            ] {
+                db.put_blob(
+                    &format!(
+                        "rooms/rsk/{room}/{}/{}",
+                        hex::encode(dev),
+                        hex::encode(dist)
+                    ),
+                    &received(user, secret),
+                )
+                .unwrap();
+            }
+            db.put_blob(
+                &format!("prevsession/bob/{}", hex::encode(&bob_dev)),
+                b"old session",
+            )
+            .unwrap();
+            db.put_blob(
+                &format!("prevsession/alice/{}", hex::encode(&alice_dev)),
+                b"older session",
+            )
+            .unwrap();
+            // Not ours to move: other blobs, and a row no version 4 could have written.
+            db.put_blob("prekeys", b"prekeys").unwrap();
+            db.put_blob("rooms/op/x/notanumber", &[0; 32]).unwrap();
+        }
+
+        let s = Store::open(&dir, b"pw").unwrap();
+        assert_eq!(user_version(&s.conn), schema::VERSION);
+        let db = s.db();
+        assert_eq!(db.room_state(&room).unwrap().unwrap(), b"room state");
+        assert_eq!(
+            db.room_states().unwrap(),
+            [b"group state".to_vec(), b"room state".to_vec()]
+        );
+        assert_eq!(
+            db.room_ops(&room).unwrap(),
+            [(1, [1; 32]), (2, [2; 32]), (3, [3; 32])]
+        );
+        assert_eq!(db.room_op_hash(&group, 1).unwrap(), Some([0xee; 32]));
+        assert_eq!(db.room_op_hash(&group, 2).unwrap(), None);
+        assert_eq!(db.room_claimed_head(&room).unwrap(), Some(7));
+        assert_eq!(db.room_claimed_head(&group).unwrap(), None);
+        assert_eq!(
+            db.own_sender_key(&room).unwrap().unwrap().as_slice(),
+            b"our chain"
+        );
+        assert!(db.own_sender_key(&group).unwrap().is_none());
+        assert_eq!(
+            db.sender_key_holders(&room).unwrap(),
+            [("bob".to_owned(), bob_dev), ("carol".to_owned(), carol_dev)]
+        );
+        for (dev, dist, user, secret) in [
+            (&bob_dev, &dist1, "bob", b"bob chain".as_slice()),
+            (&bob_dev, &dist2, "bob", b"bob chain 2"),
+            (&carol_dev, &dist1, "carol", b"carol chain"),
+        ] {
+            let k = db.received_sender_key(&room, dev, dist).unwrap().unwrap();
+            assert_eq!((k.sender.as_str(), k.state.as_slice()), (user, secret));
+        }
+        assert!(
+            db.received_sender_key(&room, &carol_dev, &dist2)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            db.previous_session("bob", &bob_dev)
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            b"old session"
+        );
+        assert_eq!(
+            db.previous_session("alice", &alice_dev)
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            b"older session"
+        );
+        // The moved rows left `blobs`; the others stayed.
+        assert!(db.blobs_with_prefix("rooms/state/").unwrap().is_empty());
+        assert!(db.blobs_with_prefix("rooms/rsk/").unwrap().is_empty());
+        assert!(db.blobs_with_prefix("prevsession/").unwrap().is_empty());
+        let left: Vec<String> = db
+            .blobs_with_prefix("")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(left, ["prekeys", "rooms/op/x/notanumber"]);
+        // History is intact.
+        let history = db.history(&room, 10).unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].text, "hello room");
+
+        // And the typed methods keep working on the upgraded cache.
+        db.delete_received_sender_keys_of(&room, "bob").unwrap();
+        assert!(
+            db.received_sender_key(&room, &bob_dev, &dist1)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            db.received_sender_key(&room, &carol_dev, &dist1)
+                .unwrap()
+                .is_some()
+        );
+        db.forget_room_keys(&room).unwrap();
+        assert!(db.own_sender_key(&room).unwrap().is_none());
+        assert!(db.sender_key_holders(&room).unwrap().is_empty());
+        assert!(
+            db.received_sender_key(&room, &carol_dev, &dist1)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(db.room_ops(&room).unwrap().len(), 3, "the log is kept");
     }
 }

@@ -38,6 +38,26 @@ pub fn is_encoding_of_len(s: &str, len: usize) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The `N` bytes whose [`encode`] is `s`, or `None` if `s` is not exactly that (wrong length,
+/// uppercase or other characters).
+pub fn decode_array<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if !is_encoding_of_len(s, N) {
+        return None;
+    }
+    let nibble = |b: u8| {
+        if b.is_ascii_digit() {
+            b - b'0'
+        } else {
+            b - b'a' + 10
+        }
+    };
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        *o = (nibble(pair[0]) << 4) | nibble(pair[1]);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -74,5 +94,14 @@ mod tests {
             assert!(!is_encoding_of_len(bad, 1), "{bad}");
         }
         assert!(!is_encoding_of_len("abcd", 1));
+    }
+
+    #[test]
+    fn decode_array_inverts_encode_and_nothing_else() {
+        let bytes: [u8; 16] = std::array::from_fn(|i| (i * 17) as u8);
+        assert_eq!(decode_array::<16>(&encode(&bytes)), Some(bytes));
+        assert_eq!(decode_array::<1>("AB"), None);
+        assert_eq!(decode_array::<2>("abc"), None);
+        assert_eq!(decode_array::<0>(""), Some([]));
     }
 }

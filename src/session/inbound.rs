@@ -13,7 +13,6 @@ use super::{Inbound, Keys, SessionError, SessionEvent, rooms, timers};
 use crate::crypto::CryptoError;
 use crate::crypto::envelope::{self, KeyPackage, MessageId, PayloadKind, ReceiptKind};
 use crate::crypto::handshake::{self, PairwiseMessage, Session};
-use crate::crypto::hex;
 use crate::crypto::identity::RootPublicKey;
 use crate::protocol::{self, DeliveryKind, frame::Body, names};
 use crate::store::{Db, MessageKind, MessageRecord, MessageState, Store};
@@ -100,10 +99,6 @@ fn apply_receipt(
 type Attempt = Option<Result<(Session, Vec<u8>), CryptoError>>;
 
 /// Where the session a peer device replaced is kept (see [`decrypt_into`]).
-pub(crate) fn previous_session_key(user: &str, device: &[u8; 16]) -> String {
-    format!("prevsession/{user}/{}", hex::encode(device))
-}
-
 fn decrypt_into(
     db: &Db<'_>,
     keys: &Keys,
@@ -126,7 +121,7 @@ fn decrypt_into(
     // we replaced, and switching to whichever the peer is actually using, lets them converge
     // without losing a message.
     let existing = db.session(user, &sender_device)?;
-    let previous = db.blob(&previous_session_key(user, &sender_device))?;
+    let previous = db.previous_session(user, &sender_device)?;
     let attempt = |bytes: Option<&zeroize::Zeroizing<Vec<u8>>>| -> Result<Attempt, SessionError> {
         let Some(b) = bytes else { return Ok(None) };
         let mut s = Session::from_secret_bytes(b)?;
@@ -181,7 +176,7 @@ fn decrypt_into(
     };
     let session = Some(session);
     if let Some(old) = demoted {
-        db.put_blob(&previous_session_key(user, &sender_device), &old)?;
+        db.put_previous_session(user, &sender_device, &old)?;
     }
     // The ratchet step authenticated: keep it even if the body turns out to be bad, since
     // that message key is spent either way.

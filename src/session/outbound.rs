@@ -452,9 +452,7 @@ impl Engine {
                     for (old, _) in db.sessions_for(user)? {
                         if !devices.contains(&old) {
                             db.delete_session(user, &old)?;
-                            db.delete_blobs_with_prefix(&super::inbound::previous_session_key(
-                                user, &old,
-                            ))?;
+                            db.delete_previous_session(user, &old)?;
                         }
                     }
                     db.set_devices(user, devices)?;

@@ -9,12 +9,13 @@
 //! message carries the sender's view of the log head inside its signed ciphertext, so a member
 //! whose relay withholds a change (a dropped removal) notices when the next message arrives.
 //!
-//! Cache layout (the SQLCipher `blobs` table), all under `rooms/`:
-//! `state/<room>` the verified `RoomState`; `op/<room>/<seq>` the hash of each accepted change
-//! (to tell a harmless redelivery from a forged or replayed one); `sk/<room>` our sender key,
-//! `skdist/<room>` the devices that hold it; `rsk/<room>/<device>/<distribution>` received
-//! sender keys with their (authenticated) sender; `behind/<room>` a log head a member claimed
-//! that the relay did not show us.
+//! Cache layout (typed tables of the SQLCipher cache, schema version 5, through `Db`): `rooms`
+//! the verified `RoomState` of each room; `room_ops` the hash of each accepted change by room
+//! and sequence number (to tell a harmless redelivery from a forged or replayed one);
+//! `own_sender_keys` our sender key, `sender_key_holders` the devices that hold it;
+//! `received_sender_keys` other devices' sender keys by room, device and distribution, with
+//! their (authenticated) sender; `room_claimed_heads` a log head a member claimed that the
+//! relay did not show us.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,7 +26,6 @@ use super::{Keys, SessionError, SessionEvent};
 use crate::crypto::CryptoError;
 use crate::crypto::envelope::{self, KeyPackage, MessageId, Payload, PayloadKind, Timers};
 use crate::crypto::handshake::Session;
-use crate::crypto::hex;
 use crate::crypto::identity::{DeviceId, RootPublicKey};
 use crate::crypto::membership::{
     self, Change, MembershipError, OpKind, Role, RoomKind, RoomState, RoomTimers, SignedOp,
@@ -136,49 +136,20 @@ pub fn is_room(conversation: &str) -> bool {
     membership::room_kind_of(conversation).is_some()
 }
 
-fn state_key(room: &str) -> String {
-    format!("rooms/state/{room}")
-}
-fn op_key(room: &str, seq: u64) -> String {
-    format!("rooms/op/{room}/{seq:020}")
-}
-fn sk_key(room: &str) -> String {
-    format!("rooms/sk/{room}")
-}
-fn skdist_key(room: &str) -> String {
-    format!("rooms/skdist/{room}")
-}
-fn rsk_prefix(room: &str) -> String {
-    format!("rooms/rsk/{room}/")
-}
-fn rsk_key(room: &str, device: &[u8; 16], distribution: &[u8; 16]) -> String {
-    format!(
-        "rooms/rsk/{room}/{}/{}",
-        hex::encode(device),
-        hex::encode(distribution)
-    )
-}
-fn behind_key(room: &str) -> String {
-    format!("rooms/behind/{room}")
-}
-
 pub(crate) fn load_state(db: &Db<'_>, room: &str) -> Result<Option<RoomState>, SessionError> {
-    match db.blob(&state_key(room))? {
+    match db.room_state(room)? {
         Some(b) => Ok(Some(RoomState::decode(&b)?)),
         None => Ok(None),
     }
 }
 
 fn save_state(db: &Db<'_>, s: &RoomState) -> Result<(), SessionError> {
-    db.put_blob(&state_key(&s.room_id), &s.encode())?;
+    db.put_room_state(&s.room_id, &s.encode())?;
     Ok(())
 }
 
 fn behind(db: &Db<'_>, room: &str) -> Result<Option<u64>, SessionError> {
-    Ok(db
-        .blob(&behind_key(room))?
-        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-        .map(u64::from_be_bytes))
+    Ok(db.room_claimed_head(room)?)
 }
 
 /// Whether a member claimed a membership change the relay has not shown us.
@@ -192,9 +163,9 @@ pub(crate) const WITHHELD: &str =
 
 /// Every room in the cache, deleted ones included.
 pub(crate) fn all_states(db: &Db<'_>) -> Result<Vec<RoomState>, SessionError> {
-    db.blobs_with_prefix("rooms/state/")?
+    db.room_states()?
         .into_iter()
-        .map(|(_, b)| Ok(RoomState::decode(&b)?))
+        .map(|b| Ok(RoomState::decode(&b)?))
         .collect()
 }
 
@@ -383,28 +354,20 @@ fn after_change(
 ) -> Result<Option<MessageRecord>, SessionError> {
     let room = state.room_id.as_str();
     save_state(db, state)?;
-    db.put_blob(&op_key(room, op.op.seq), &op.hash())?;
+    db.put_room_op(room, op.op.seq, &op.hash())?;
     let gone: Vec<String> = match change {
         Change::Removed(users) => users.clone(),
         Change::Left(u) => vec![u.clone()],
         _ => Vec::new(),
     };
-    if !gone.is_empty() {
-        // Sender keys of people who left are useless to keep and must not decrypt anything
-        // the relay might still inject under their name.
-        for (key, value) in db.blobs_with_prefix(&rsk_prefix(room))? {
-            if let Ok((user, _)) = decode_rsk(&value)
-                && gone.contains(&user)
-            {
-                db.delete_blobs_with_prefix(&key)?;
-            }
-        }
+    // Sender keys of people who left are useless to keep and must not decrypt anything the
+    // relay might still inject under their name.
+    for user in &gone {
+        db.delete_received_sender_keys_of(room, user)?;
     }
     let me_gone = gone.contains(&keys.username);
     if me_gone || matches!(change, Change::Deleted) {
-        db.delete_blobs_with_prefix(&sk_key(room))?;
-        db.delete_blobs_with_prefix(&skdist_key(room))?;
-        db.delete_blobs_with_prefix(&rsk_prefix(room))?;
+        db.forget_room_keys(room)?;
     }
     if let Change::TimersSet(t) = change {
         db.set_conversation_timers(room, t.expire_after, t.burn_after)?;
@@ -412,7 +375,7 @@ fn after_change(
     if let Some(b) = behind(db, room)?
         && b <= state.head_seq
     {
-        db.delete_blobs_with_prefix(&behind_key(room))?;
+        db.clear_room_claimed_head(room)?;
     }
     if matches!(change, Change::Deleted) {
         db.delete_conversation(room)?;
@@ -426,43 +389,7 @@ fn after_change(
     Ok(db.insert_message(&rec)?.then_some(rec))
 }
 
-fn encode_rsk(user: &str, key: &ReceivedSenderKey) -> zeroize::Zeroizing<Vec<u8>> {
-    let secret = key.to_secret_bytes();
-    let mut w = Writer::with_capacity(secret.len() + 40);
-    w.bytes(user.as_bytes()).bytes(&secret);
-    zeroize::Zeroizing::new(w.into_vec())
-}
-
-fn decode_rsk(bytes: &[u8]) -> Result<(String, ReceivedSenderKey), CryptoError> {
-    let mut r = Reader::new(bytes, "received sender key");
-    let user = r.string(64)?.to_owned();
-    let key = ReceivedSenderKey::from_secret_bytes(r.bytes(1 << 20)?)?;
-    r.finish()?;
-    Ok((user, key))
-}
-
 type Target = (String, [u8; 16]);
-
-fn encode_targets(t: &BTreeSet<Target>) -> Vec<u8> {
-    let mut w = Writer::with_capacity(t.len() * 40 + 4);
-    w.u32(u32::try_from(t.len()).unwrap_or(u32::MAX));
-    for (u, d) in t {
-        w.bytes(u.as_bytes()).fixed(d);
-    }
-    w.into_vec()
-}
-
-fn decode_targets(b: &[u8]) -> Result<BTreeSet<Target>, CryptoError> {
-    let mut r = Reader::new(b, "sender key recipients");
-    let n = r.u32()?;
-    let mut out = BTreeSet::new();
-    for _ in 0..n {
-        let u = r.string(64)?.to_owned();
-        out.insert((u, r.array::<16>()?));
-    }
-    r.finish()?;
-    Ok(out)
-}
 
 /// Stores a sender key distribution that arrived over an authenticated pairwise session from
 /// `user`'s device `device`. A distribution already held is kept (a repeated one must not
@@ -484,10 +411,18 @@ pub(crate) fn store_distribution(
             "sender key distribution for another room or device".into()
         ));
     }
-    let key = rsk_key(conversation, &device, &d.distribution_id);
-    if db.blob(&key)?.is_none() {
+    if db
+        .received_sender_key(conversation, &device, &d.distribution_id)?
+        .is_none()
+    {
         let rsk = ReceivedSenderKey::from_distribution(&d);
-        db.put_blob(&key, &encode_rsk(user, &rsk))?;
+        db.put_received_sender_key(
+            conversation,
+            &device,
+            &d.distribution_id,
+            user,
+            &rsk.to_secret_bytes(),
+        )?;
     }
     Ok(Ok(()))
 }
@@ -525,15 +460,16 @@ pub(crate) fn decrypt_room_message(
     if msg.room_id != room.as_bytes() || msg.sender_device.0.as_slice() != d.sender_device {
         return bad("a room message spliced from another room or device");
     }
-    let key = rsk_key(room, &msg.sender_device.0, &msg.distribution_id);
-    let Some(stored) = db.blob(&key)? else {
+    let Some(stored) = db.received_sender_key(room, &msg.sender_device.0, &msg.distribution_id)?
+    else {
         return Ok(RoomInbound::Missing(
             "no sender key for this message (it was sent before this device joined or after \
              it left)"
                 .into(),
         ));
     };
-    let (user, mut rsk) = decode_rsk(&stored)?;
+    let user = stored.sender;
+    let mut rsk = ReceivedSenderKey::from_secret_bytes(&stored.state)?;
     if !state.is_member(&user) {
         return bad("a room message from someone who is not a member");
     }
@@ -543,7 +479,13 @@ pub(crate) fn decrypt_room_message(
         Err(e) => return Ok(RoomInbound::Undecryptable(e.to_string())),
     };
     // The chain moved: keep it even if the body is bad (that key is spent either way).
-    db.put_blob(&key, &encode_rsk(&user, &rsk))?;
+    db.put_received_sender_key(
+        room,
+        &msg.sender_device.0,
+        &msg.distribution_id,
+        &user,
+        &rsk.to_secret_bytes(),
+    )?;
     let (package, head_seq, head_hash) = match decode_meta(&meta) {
         Ok(x) => x,
         Err(e) => return Ok(RoomInbound::Undecryptable(e.to_string())),
@@ -1000,10 +942,8 @@ impl Engine {
                             Some(st) => {
                                 if op.op.seq <= st.head_seq {
                                     // Already applied: harmless only if it is the same change.
-                                    let ours = db.blob(&op_key(&r, op.op.seq))?;
-                                    if ours.as_deref().map(|h| h.as_slice())
-                                        != Some(op.hash().as_slice())
-                                    {
+                                    let ours = db.room_op_hash(&r, op.op.seq)?;
+                                    if ours != Some(op.hash()) {
                                         records.push(warn(
                                             db,
                                             &r,
@@ -1122,7 +1062,7 @@ impl Engine {
                 if behind(&db, &r)?.is_some_and(|o| o >= seq) {
                     return Ok(None);
                 }
-                db.put_blob(&behind_key(&r), &seq.to_be_bytes())?;
+                db.set_room_claimed_head(&r, seq)?;
                 let head = load_state(&db, &r)?.map_or(0, |s| s.head_seq);
                 Ok(Some(warn(
                     &db,
@@ -1191,7 +1131,7 @@ impl Engine {
             let clock = self.opts.clock;
             let fresh = self
                 .blocking(move |s, _| {
-                    Ok(match s.db().blob(&sk_key(&r))? {
+                    Ok(match s.db().own_sender_key(&r)? {
                         Some(b) => SenderKeyState::from_secret_bytes(&b)?
                             .rotation_due(clock.now_secs())
                             .is_none(),
@@ -1212,27 +1152,24 @@ impl Engine {
             .blocking(move |s, keys| {
                 s.transaction(|db| -> Result<_, SessionError> {
                     let now = clock.now_secs();
-                    let own = match db.blob(&sk_key(&r))? {
+                    let own = match db.own_sender_key(&r)? {
                         Some(b) => Some(SenderKeyState::from_secret_bytes(&b)?),
                         None => None,
                     };
-                    let dist = match db.blob(&skdist_key(&r))? {
-                        Some(b) => decode_targets(&b)?,
-                        None => BTreeSet::new(),
-                    };
+                    let dist: BTreeSet<Target> = db.sender_key_holders(&r)?.into_iter().collect();
                     let stale = dist.iter().any(|d| !t.contains(d));
                     let due = own.as_ref().and_then(|o| o.rotation_due(now));
-                    let (own, dist) = match own {
-                        Some(o) if !stale && due.is_none() => (o, dist),
+                    let dist = match own {
+                        Some(_) if !stale && due.is_none() => dist,
                         _ => {
                             tracing::debug!(room = %r, stale, ?due, "new sender key");
                             let fresh =
                                 SenderKeyState::new(r.as_bytes(), DeviceId(keys.device_id), now)?;
-                            (fresh, BTreeSet::new())
+                            db.put_own_sender_key(&r, &fresh.to_secret_bytes())?;
+                            db.clear_sender_key_holders(&r)?;
+                            BTreeSet::new()
                         }
                     };
-                    db.put_blob(&sk_key(&r), &own.to_secret_bytes())?;
-                    db.put_blob(&skdist_key(&r), &encode_targets(&dist))?;
                     Ok(t.difference(&dist).cloned().collect())
                 })
             })
@@ -1274,7 +1211,7 @@ impl Engine {
                 .blocking(move |s, _| {
                     s.transaction(|db| -> Result<_, SessionError> {
                         let own = db
-                            .blob(&sk_key(&r))?
+                            .own_sender_key(&r)?
                             .ok_or_else(|| SessionError::Protocol("no sender key".into()))?;
                         let own = SenderKeyState::from_secret_bytes(&own)?;
                         let skdm = own.distribution().encode();
@@ -1329,12 +1266,7 @@ impl Engine {
                     let r = room.to_owned();
                     self.blocking(move |s, _| {
                         s.transaction(|db| -> Result<_, SessionError> {
-                            let mut dist = match db.blob(&skdist_key(&r))? {
-                                Some(b) => decode_targets(&b)?,
-                                None => BTreeSet::new(),
-                            };
-                            dist.extend(targets);
-                            db.put_blob(&skdist_key(&r), &encode_targets(&dist))?;
+                            db.add_sender_key_holders(&r, &targets)?;
                             Ok(())
                         })
                     })
@@ -1458,12 +1390,12 @@ impl Engine {
                     reply_to: None,
                 })?;
                 let own = db
-                    .blob(&sk_key(&conversation))?
+                    .own_sender_key(&conversation)?
                     .ok_or_else(|| SessionError::Protocol("no sender key".into()))?;
                 let mut own = SenderKeyState::from_secret_bytes(&own)?;
                 let meta = encode_meta(&package, &state);
                 let msg = own.encrypt(&meta, &package.body_hash)?;
-                db.put_blob(&sk_key(&conversation), &own.to_secret_bytes())?;
+                db.put_own_sender_key(&conversation, &own.to_secret_bytes())?;
                 let request = protocol::RoomSend {
                     message_id: message_id.to_vec(),
                     room_id: conversation.clone(),
@@ -1480,3 +1412,4 @@ impl Engine {
         .await
     }
 }
+

@@ -20,6 +20,10 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRe
 use rusqlite::{Connection, OptionalExtension as _, Row, ToSql, params};
 use zeroize::Zeroizing;
 
+mod rooms;
+
+pub use rooms::{KeyHolder, ReceivedSenderKeyRecord};
+
 use super::schema::{self, COUNT_MESSAGE, INDEX_MESSAGE, INSERT_MESSAGE};
 use super::{Result, StoreError};
 use crate::crypto::primitives::{Aead, Secret32, derive_key_nonce};

@@ -17,6 +17,9 @@
 //!   read mark, so the conversation list costs one row per conversation however long the
 //!   history is.
 //!
+//! Version 5 moves rooms, room ops, sender keys and previous sessions out of `blobs` into tables
+//! of their own (see [`V5`] and [`v5`]).
+//!
 //! Version 3 adds ephemeral messages (see [`V3`]): timers and a `sealed` ciphertext column on
 //! `messages`, the per-message keys in `message_keys`, per-conversation timer defaults, and
 //! typed outbox items.
@@ -29,9 +32,12 @@
 //! savepoint's whole in-memory journal (quadratic in the batch size). A plain single-row
 //! insert needs neither.
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+use zeroize::Zeroizing;
 
 use super::{Result, StoreError};
+use crate::crypto::hex;
+use crate::crypto::wire::Reader;
 
 /// Schema version 1.
 ///
@@ -405,6 +411,247 @@ CREATE TRIGGER message_failures_follow AFTER DELETE ON messages BEGIN
 END;
 ";
 
+/// Schema version 5, part one: rooms and the keys of rooms and sessions in tables of their own,
+/// instead of rows of `blobs` under `format!`-built keys. Ids and sequence numbers are columns;
+/// only serialized crypto state (a verified `RoomState`, a sender key chain, a ratchet session)
+/// stays an opaque blob. [`v5`] then moves the version 4 rows over (see there).
+///
+/// - `rooms`: each room's verified state, by room id.
+/// - `room_ops`: the hash of each accepted membership change, by room and sequence number, to
+///   tell a harmless redelivery from a conflicting copy.
+/// - `room_claimed_heads`: a log head a member claimed that the relay has not shown us (kept
+///   apart from `rooms`: the claim can arrive before the room does).
+/// - `own_sender_keys` and `sender_key_holders`: our sender key per room and the member
+///   devices we gave it to.
+/// - `received_sender_keys`: the sender keys of other devices, by room, device and
+///   distribution, with the user whose authenticated session delivered them.
+/// - `previous_sessions`: the pairwise session we last replaced with each device, kept so two
+///   sides that started sessions at the same moment converge.
+const V5: &str = "
+CREATE TABLE rooms (
+    room_id TEXT PRIMARY KEY,
+    state   BLOB NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE room_ops (
+    room_id TEXT    NOT NULL,
+    seq     INTEGER NOT NULL CHECK (seq >= 0),
+    hash    BLOB    NOT NULL CHECK (length(hash) = 32),
+    PRIMARY KEY (room_id, seq)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE room_claimed_heads (
+    room_id  TEXT    PRIMARY KEY,
+    head_seq INTEGER NOT NULL CHECK (head_seq >= 0)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE own_sender_keys (
+    room_id TEXT PRIMARY KEY,
+    state   BLOB NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE sender_key_holders (
+    room_id TEXT NOT NULL,
+    user    TEXT NOT NULL,
+    device  BLOB NOT NULL CHECK (length(device) = 16),
+    PRIMARY KEY (room_id, user, device)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE received_sender_keys (
+    room_id      TEXT NOT NULL,
+    device       BLOB NOT NULL CHECK (length(device) = 16),
+    distribution BLOB NOT NULL CHECK (length(distribution) = 16),
+    sender       TEXT NOT NULL,
+    state        BLOB NOT NULL,
+    PRIMARY KEY (room_id, device, distribution)
+) STRICT, WITHOUT ROWID;
+-- Forgetting the keys of members who left.
+CREATE INDEX received_sender_keys_by_sender ON received_sender_keys (room_id, sender);
+
+CREATE TABLE previous_sessions (
+    user   TEXT NOT NULL,
+    device BLOB NOT NULL CHECK (length(device) = 16),
+    state  BLOB NOT NULL,
+    PRIMARY KEY (user, device)
+) STRICT, WITHOUT ROWID;
+";
+
+/// Where one version 4 `blobs` row goes in version 5, parsed from its key exactly as version 4
+/// wrote it (`src/session/rooms.rs` and `src/session/inbound.rs` of that release):
+/// `rooms/state/<room>`, `rooms/op/<room>/<seq, 20 digits>`, `rooms/behind/<room>` (a
+/// big-endian `u64`), `rooms/sk/<room>`, `rooms/skdist/<room>` (a count and `(user, device)`
+/// pairs), `rooms/rsk/<room>/<device hex>/<distribution hex>` (the sender's username and the
+/// key's state, both length-prefixed) and `prevsession/<user>/<device hex>`.
+enum V4Blob<'k> {
+    State(&'k str),
+    Op(&'k str, u64),
+    Behind(&'k str),
+    OwnKey(&'k str),
+    Holders(&'k str),
+    Received(&'k str, [u8; 16], [u8; 16]),
+    Previous(&'k str, [u8; 16]),
+}
+
+impl<'k> V4Blob<'k> {
+    /// The destination of `key`, or `None` for a key this migration does not move (prekeys,
+    /// the CA certificate, or a row version 4 could not have written).
+    fn parse(key: &'k str) -> Option<Self> {
+        let nonempty = |s: &'k str| (!s.is_empty()).then_some(s);
+        if let Some(rest) = key.strip_prefix("prevsession/") {
+            let (user, device) = rest.rsplit_once('/')?;
+            return Some(Self::Previous(nonempty(user)?, hex::decode_array(device)?));
+        }
+        let rest = key.strip_prefix("rooms/")?;
+        let (kind, rest) = rest.split_once('/')?;
+        Some(match kind {
+            "state" => Self::State(nonempty(rest)?),
+            "behind" => Self::Behind(nonempty(rest)?),
+            "sk" => Self::OwnKey(nonempty(rest)?),
+            "skdist" => Self::Holders(nonempty(rest)?),
+            "op" => {
+                let (room, seq) = rest.rsplit_once('/')?;
+                if seq.len() != 20 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                Self::Op(nonempty(room)?, seq.parse().ok()?)
+            }
+            "rsk" => {
+                let (rest, distribution) = rest.rsplit_once('/')?;
+                let (room, device) = rest.rsplit_once('/')?;
+                Self::Received(
+                    nonempty(room)?,
+                    hex::decode_array(device)?,
+                    hex::decode_array(distribution)?,
+                )
+            }
+            _ => return None,
+        })
+    }
+
+    /// Writes the row for `value` into its version 5 table; `false` if the value is not what
+    /// version 4 wrote under such a key (the row then stays in `blobs`, as unreadable to
+    /// version 5 as it was to version 4).
+    fn move_into(&self, c: &Connection, value: &[u8]) -> Result<bool> {
+        let seq = |v: u64| i64::try_from(v).ok();
+        match *self {
+            Self::State(room) => {
+                c.execute(
+                    "INSERT INTO rooms (room_id, state) VALUES (?1, ?2)",
+                    params![room, value],
+                )?;
+            }
+            Self::Op(room, s) => {
+                let (Some(s), Ok(hash)) = (seq(s), <[u8; 32]>::try_from(value)) else {
+                    return Ok(false);
+                };
+                c.execute(
+                    "INSERT INTO room_ops (room_id, seq, hash) VALUES (?1, ?2, ?3)",
+                    params![room, s, hash],
+                )?;
+            }
+            Self::Behind(room) => {
+                let Some(s) = <[u8; 8]>::try_from(value)
+                    .ok()
+                    .and_then(|b| seq(u64::from_be_bytes(b)))
+                else {
+                    return Ok(false);
+                };
+                c.execute(
+                    "INSERT INTO room_claimed_heads (room_id, head_seq) VALUES (?1, ?2)",
+                    params![room, s],
+                )?;
+            }
+            Self::OwnKey(room) => {
+                c.execute(
+                    "INSERT INTO own_sender_keys (room_id, state) VALUES (?1, ?2)",
+                    params![room, value],
+                )?;
+            }
+            Self::Holders(room) => {
+                let Some(holders) = decode_v4_holders(value) else {
+                    return Ok(false);
+                };
+                let mut insert = c.prepare_cached(
+                    "INSERT OR IGNORE INTO sender_key_holders (room_id, user, device)
+                     VALUES (?1, ?2, ?3)",
+                )?;
+                for (user, device) in holders {
+                    insert.execute(params![room, user, device])?;
+                }
+            }
+            Self::Received(room, device, distribution) => {
+                let mut r = Reader::new(value, "received sender key");
+                let (Ok(sender), Ok(state)) = (r.string(64), r.bytes(1 << 20)) else {
+                    return Ok(false);
+                };
+                if r.finish().is_err() {
+                    return Ok(false);
+                }
+                c.execute(
+                    "INSERT INTO received_sender_keys (room_id, device, distribution, sender, state)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![room, device, distribution, sender, state],
+                )?;
+            }
+            Self::Previous(user, device) => {
+                c.execute(
+                    "INSERT INTO previous_sessions (user, device, state) VALUES (?1, ?2, ?3)",
+                    params![user, device, value],
+                )?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The `(user, device)` pairs of a version 4 `rooms/skdist/` value.
+fn decode_v4_holders(value: &[u8]) -> Option<Vec<(&str, [u8; 16])>> {
+    let mut r = Reader::new(value, "sender key recipients");
+    let n = r.u32().ok()?;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let user = r.string(64).ok()?;
+        out.push((user, r.array::<16>().ok()?));
+    }
+    r.finish().ok()?;
+    Some(out)
+}
+
+/// Step 4 to 5: creates [`V5`]'s tables and moves every room, op, claimed head, sender key,
+/// holder list and previous session out of `blobs` (see [`V4Blob`]), deleting each moved row.
+/// Values are read into wiped buffers, as `Db` reads them.
+fn v5(c: &Connection) -> Result<()> {
+    c.execute_batch(V5)?;
+    let keys: Vec<String> = c
+        .prepare(
+            "SELECT key FROM blobs
+             WHERE (key >= 'rooms/' AND key < 'rooms0')
+                OR (key >= 'prevsession/' AND key < 'prevsession0')
+             ORDER BY key",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut read = c.prepare("SELECT value FROM blobs WHERE key = ?1")?;
+    let mut delete = c.prepare("DELETE FROM blobs WHERE key = ?1")?;
+    for key in &keys {
+        let Some(dest) = V4Blob::parse(key) else {
+            continue;
+        };
+        let Some(value) = read
+            .query_row([key], |r| {
+                Ok(Zeroizing::new(r.get_ref(0)?.as_blob()?.to_vec()))
+            })
+            .optional()?
+        else {
+            continue;
+        };
+        if dest.move_into(c, &value)? {
+            delete.execute([key])?;
+        }
+    }
+    Ok(())
+}
+
 /// One migration step; `MIGRATIONS[i]` goes from version `i` to `i + 1`.
 type Step = fn(&Connection) -> Result<()>;
 
@@ -413,10 +660,11 @@ const MIGRATIONS: &[Step] = &[
     v2,
     |c| Ok(c.execute_batch(V3)?),
     |c| Ok(c.execute_batch(V4)?),
+    v5,
 ];
 
 /// The schema version this build writes.
-pub(super) const VERSION: i64 = 4;
+pub(super) const VERSION: i64 = 5;
 
 /// Brings the schema up to [`VERSION`] in one transaction.
 ///
@@ -477,8 +725,9 @@ mod tests {
             )
             .unwrap();
         // v1's eight, `conversations`, the search index with its three shadow tables, and
-        // v3's `message_keys` and `conversation_settings`.
-        assert_eq!(tables, 15);
+        // v3's `message_keys` and `conversation_settings`, v4's `message_failures`, and v5's
+        // seven room and key tables.
+        assert_eq!(tables, 23);
         conn.pragma_update(None, "user_version", VERSION + 1)
             .unwrap();
         assert!(matches!(migrate(&mut conn), Err(StoreError::Corrupt(_))));
