@@ -11,7 +11,7 @@ use super::engine::Engine;
 use super::{MAX_TIMER_SECS, RoomRequest, SessionError, SessionEvent, rooms};
 use crate::crypto::envelope::MessageId;
 use crate::crypto::membership::RoomTimers;
-use crate::protocol::names;
+use crate::protocol::names::{self, ConversationId};
 use crate::store::{MessageKind, MessageTimers, OutboxItem, OutboxKind};
 
 impl Engine {
@@ -150,7 +150,10 @@ impl Engine {
             .await?;
             return Ok(());
         }
-        let conversation = if conversation.starts_with("dm:") {
+        let conversation = if matches!(
+            ConversationId::parse(conversation),
+            Some(ConversationId::Dm { .. })
+        ) {
             conversation.to_owned()
         } else {
             let peer = names::canonical_username(conversation).ok_or_else(|| {

@@ -14,7 +14,8 @@ use crate::crypto::identity::{Revocation, RootPublicKey};
 use crate::crypto::prekeys::{
     self, DevicePrekeys, OneTimePrekey, PqPrekey, PrekeyBundle, SignedPrekey,
 };
-use crate::protocol::{self, ErrorCode, frame::Body, names};
+use crate::protocol::names::{self, ConversationId};
+use crate::protocol::{self, ErrorCode, frame::Body};
 use crate::store::{Db, MessageKind, MessageRecord, MessageState, OutboxItem, OutboxKind, Store};
 
 const PREKEYS_BLOB: &str = "prekeys";
@@ -109,15 +110,12 @@ impl Engine {
         text: &str,
         opts: SendOptions,
     ) -> Result<Queued, SessionError> {
-        let (conversation, to) = if rooms::is_room(to) {
+        let parsed = ConversationId::parse(to);
+        let (conversation, to) = if parsed.as_ref().is_some_and(ConversationId::is_room) {
             (to.to_owned(), to.to_owned())
         } else {
-            let peer = match to.strip_prefix("dm:") {
-                Some(pair) => pair
-                    .split(':')
-                    .find(|u| *u != self.keys.username)
-                    .unwrap_or(&self.keys.username)
-                    .to_owned(),
+            let peer = match &parsed {
+                Some(dm) => dm_recipient(dm, &self.keys.username),
                 None => to.to_owned(),
             };
             let peer = names::canonical_username(&peer)
@@ -228,12 +226,8 @@ impl Engine {
                         SessionError::Usage("no failed message of yours with that id".into())
                     })?;
                 // A room's messages go to the room; a direct message to the other user.
-                let recipient = match m.conversation.strip_prefix("dm:") {
-                    Some(pair) if !rooms::is_room(&m.conversation) => pair
-                        .split(':')
-                        .find(|u| *u != keys.username)
-                        .unwrap_or(&keys.username)
-                        .to_owned(),
+                let recipient = match ConversationId::parse(&m.conversation) {
+                    Some(dm @ ConversationId::Dm { .. }) => dm_recipient(&dm, &keys.username),
                     _ => m.conversation.clone(),
                 };
                 db.outbox_push(&OutboxItem {
@@ -753,5 +747,14 @@ impl Engine {
             conn.request(Body::UploadPrekeys(upload)).await?;
         }
         Ok(())
+    }
+}
+
+/// The user a direct message in `dm` goes to from `me`: the first member who is not `me`
+/// (`me` for a conversation with oneself); a room id is its own recipient.
+fn dm_recipient(dm: &ConversationId, me: &str) -> String {
+    match dm {
+        ConversationId::Dm { a, b } => if a == me { b } else { a }.clone(),
+        ConversationId::Room(id) => id.clone(),
     }
 }

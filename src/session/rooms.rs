@@ -133,7 +133,7 @@ impl RoomInfo {
 
 /// Whether a conversation id names a room or group DM.
 pub fn is_room(conversation: &str) -> bool {
-    membership::room_kind_of(conversation).is_some()
+    names::is_room_id(conversation)
 }
 
 pub(crate) fn load_state(db: &Db<'_>, room: &str) -> Result<Option<RoomState>, SessionError> {
@@ -1413,3 +1413,38 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// `protocol` may not import `crypto`, so `names::is_room_id` repeats the grammar of
+    /// `membership::room_kind_of`; this keeps the two in step.
+    #[test]
+    fn conversation_ids_and_the_membership_log_agree_on_room_ids() {
+        let room = membership::new_room_id(RoomKind::Room).unwrap();
+        let group = membership::new_room_id(RoomKind::Group).unwrap();
+        let samples = [
+            room.as_str(),
+            group.as_str(),
+            &room[..room.len() - 1],
+            &format!("{group}0"),
+            &room.to_uppercase(),
+            "room:",
+            "dm:alice:bob",
+            "alice",
+        ];
+        for s in samples {
+            assert_eq!(is_room(s), membership::room_kind_of(s).is_some(), "{s:?}");
+            let id = names::ConversationId::parse(s);
+            assert_eq!(
+                id.as_ref().is_some_and(|c| c.is_room()),
+                is_room(s),
+                "{s:?}"
+            );
+            if let Some(id) = id {
+                assert_eq!(id.to_string(), s);
+            }
+        }
+    }
+}

@@ -19,7 +19,7 @@ use super::action::{self, Action, Command, TimerChange};
 use super::complete;
 use super::keymap::{Keymap, Mode};
 use super::theme::Theme;
-use crate::protocol::names;
+use crate::protocol::names::{self, ConversationId};
 use crate::session::{self, Policy, Role, RoomInfo, RoomKind, SendOptions, SessionEvent};
 use crate::session::{
     ConversationSummary, MessageKind, MessageRecord, MessageState, MessageTimers,
@@ -44,12 +44,12 @@ pub enum ConvKind {
 impl ConvKind {
     /// The kind of a conversation id (`dm:...`, `group:...`, `room:...`).
     pub fn of(conversation: &str) -> Self {
-        if !session::is_room(conversation) {
-            ConvKind::Direct
-        } else if conversation.starts_with("group:") {
-            ConvKind::Group
-        } else {
-            ConvKind::Room
+        match ConversationId::parse(conversation) {
+            Some(ConversationId::Room(id)) if id.starts_with(names::GROUP_PREFIX) => {
+                ConvKind::Group
+            }
+            Some(ConversationId::Room(_)) => ConvKind::Room,
+            _ => ConvKind::Direct,
         }
     }
 
@@ -517,12 +517,16 @@ pub fn wall_clock_ms() -> u64 {
 }
 
 fn peer_of(conversation: &str, me: &str) -> String {
-    conversation
-        .strip_prefix("dm:")
-        .and_then(|rest| rest.split_once(':'))
-        .map(|(a, b)| if a == me { b } else { a })
-        .unwrap_or(conversation)
-        .to_owned()
+    match ConversationId::parse(conversation) {
+        Some(ConversationId::Dm { a, b }) => {
+            if a == me {
+                b
+            } else {
+                a
+            }
+        }
+        _ => conversation.to_owned(),
+    }
 }
 
 fn prev_boundary(s: &str, i: usize) -> usize {
