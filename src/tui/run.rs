@@ -26,6 +26,7 @@ use super::app::{App, Effect, PAGE, RoomChange, Settings, UiEvent};
 use super::keymap::{Keymap, Resolved};
 use super::theme::{self, Theme};
 use super::view;
+use crate::protocol::safe_text;
 use crate::session::{self, EngineOptions, RoomRequest, SessionHandle};
 use crate::session::{MessageKind, MessageRecord, MessageState};
 
@@ -106,7 +107,7 @@ impl Drop for TerminalGuard {
 /// Strips what could break out of an OSC sequence.
 fn osc_safe(s: &str) -> String {
     s.chars()
-        .filter(|c| !c.is_control() && *c != ';')
+        .filter(|c| !c.is_control() && !safe_text::is_unsafe(*c) && *c != ';')
         .take(200)
         .collect()
 }
