@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use super::TuiError;
 use super::action::Action;
-use super::app::{App, Effect, PAGE, RoomChange, Settings, UiEvent};
+use super::app::{App, Effect, PAGE, Passphrase, RoomChange, Settings, UiEvent};
 use super::keymap::{Keymap, Resolved};
 use super::theme::{self, Theme};
 use super::view;
@@ -219,7 +219,9 @@ pub async fn run(opts: TuiOptions) -> Result<(), TuiError> {
         if let Some(l) = &mut app.lock {
             l.busy = true;
         }
-        pending.push(Effect::Unlock(String::from_utf8_lossy(p).into_owned()));
+        pending.push(Effect::Unlock(Passphrase::new(
+            String::from_utf8_lossy(p).into_owned(),
+        )));
     }
     let mut events = EventStream::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -370,7 +372,7 @@ fn spawn_effect(
             };
             let tx2 = raw;
             tokio::spawn(async move {
-                let pass = Zeroizing::new(pass.into_bytes());
+                let pass = pass.into_bytes();
                 let opened =
                     tokio::task::spawn_blocking(move || session::unlock(&dir, &pass)).await;
                 match opened {
