@@ -370,6 +370,28 @@ async fn passphrase_change_and_sources() {
             .output()
             .unwrap();
         assert!(cmd.status.success());
+        // The command does not inherit CINDER_PASSPHRASE (nor CINDER_NEW_PASSPHRASE): it
+        // prints the passphrase only when neither is in its environment.
+        let clean = env
+            .cmd("admin")
+            .env("CINDER_NEW_PASSPHRASE", "leak")
+            .args([
+                "--passphrase-command",
+                &format!(
+                    "test -z \"$CINDER_PASSPHRASE$CINDER_NEW_PASSPHRASE\" && cat {}",
+                    file.display()
+                ),
+                "history",
+                "--with",
+                "bob",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            clean.status.success(),
+            "the passphrase command saw CINDER_PASSPHRASE: {}",
+            String::from_utf8_lossy(&clean.stderr)
+        );
         let none = env
             .cmd("admin")
             .env_remove("CINDER_PASSPHRASE")

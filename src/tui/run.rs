@@ -147,7 +147,11 @@ async fn run_editor(text: &str, mouse: bool) -> Result<String, String> {
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".to_owned());
     restore(mouse);
-    let status = tokio::process::Command::new("sh")
+    let mut command = tokio::process::Command::new("sh");
+    for var in crate::config::SECRET_ENV {
+        command.env_remove(var);
+    }
+    let status = command
         .arg("-c")
         .arg(format!("{editor} \"$1\""))
         .arg("sh")
