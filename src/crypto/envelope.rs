@@ -84,8 +84,27 @@ impl std::fmt::Debug for FilePointer {
             .field("input_key", &"<redacted>")
             .field("plaintext_len", &self.plaintext_len)
             .field("mime", &self.mime)
-            .field("name", &self.name)
+            .field(
+                "name",
+                &format_args!("<redacted, {} bytes>", self.name.len()),
+            )
             .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for PayloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Text(t) => write!(f, "Text(<redacted, {} bytes>)", t.len()),
+            Self::File(p) => f.debug_tuple("File").field(p).finish(),
+            Self::Clip(p) => f.debug_tuple("Clip").field(p).finish(),
+            Self::Receipt { kind, message_ids } => f
+                .debug_struct("Receipt")
+                .field("kind", kind)
+                .field("message_ids", message_ids)
+                .finish(),
+            Self::Control(b) => write!(f, "Control(<redacted, {} bytes>)", b.len()),
+        }
     }
 }
 
@@ -97,7 +116,9 @@ impl PartialEq for Secret32 {
 impl Eq for Secret32 {}
 
 /// What a payload carries.
-#[derive(Clone, PartialEq, Eq, Debug)]
+///
+/// `Debug` shows a text's and a control message's length, never their content.
+#[derive(Clone, PartialEq, Eq)]
 pub enum PayloadKind {
     /// A text message.
     Text(String),
@@ -467,6 +488,26 @@ mod tests {
             },
             reply_to: None,
         }
+    }
+
+    #[test]
+    fn debug_of_a_payload_hides_text_and_file_names() {
+        let shown = format!("{:?}", text("the launch code is 0000"));
+        assert!(!shown.contains("launch code"), "{shown}");
+        assert!(shown.contains("Text(<redacted, 23 bytes>)"), "{shown}");
+        let ptr = FilePointer {
+            blob_id: [1; 16],
+            input_key: Secret32::from_bytes([7; 32]),
+            ciphertext_len: 10,
+            plaintext_len: 3,
+            ciphertext_sha256: [0; 32],
+            mime: "text/plain".into(),
+            name: "secret-plans.txt".into(),
+            padding: 0,
+        };
+        let shown = format!("{:?}", PayloadKind::File(ptr));
+        assert!(!shown.contains("secret-plans"), "{shown}");
+        assert!(shown.contains("text/plain"), "{shown}");
     }
 
     #[test]

@@ -286,7 +286,10 @@ impl FromSql for MessageState {
 }
 
 /// One message of the history.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Debug` shows the text's length, not the text: records travel in events and errors that end
+/// up in logs and test output.
+#[derive(Clone, PartialEq, Eq)]
 pub struct MessageRecord {
     /// The message's id, unique in the cache.
     pub message_id: [u8; 16],
@@ -311,6 +314,33 @@ pub struct MessageRecord {
     /// Its disappearing-message timers; with any set, the text is sealed (see the module
     /// documentation).
     pub timers: MessageTimers,
+}
+
+impl std::fmt::Debug for MessageRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageRecord")
+            .field("message_id", &self.message_id)
+            .field("conversation", &self.conversation)
+            .field("outgoing", &self.outgoing)
+            .field("sender", &self.sender)
+            .field("sender_device", &self.sender_device)
+            .field("sent_at_ms", &self.sent_at_ms)
+            .field("received_at_ms", &self.received_at_ms)
+            .field("text", &Redacted(self.text.len()))
+            .field("state", &self.state)
+            .field("kind", &self.kind)
+            .field("timers", &self.timers)
+            .finish()
+    }
+}
+
+/// Stands for a redacted string of this many bytes in `Debug` output.
+struct Redacted(usize);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<redacted, {} bytes>", self.0)
+    }
 }
 
 /// One stored session: the peer device's id and its serialized state.
@@ -1655,6 +1685,16 @@ mod tests {
             kind: MessageKind::Text,
             timers: MessageTimers::default(),
         }
+    }
+
+    #[test]
+    fn debug_of_a_message_shows_its_length_not_its_text() {
+        let mut m = msg(1, "dm:alice:bob", 5);
+        m.text = "the launch code is 0000".into();
+        let shown = format!("{m:?} {m:#?}");
+        assert!(!shown.contains("launch code"), "{shown}");
+        assert!(shown.contains("<redacted, 23 bytes>"), "{shown}");
+        assert!(shown.contains("dm:alice:bob"), "{shown}");
     }
 
     #[test]
