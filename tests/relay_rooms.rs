@@ -33,7 +33,7 @@ impl Client {
     async fn submit(&mut self, op: &SignedOp) -> Body {
         self.request(Body::SubmitRoomOp(SubmitRoomOp {
             room_id: op.op.room_id.clone(),
-            op: op.encode(),
+            op: op.encode().unwrap(),
         }))
         .await
     }
@@ -92,7 +92,7 @@ impl Dev {
                 members: members.iter().map(|d| d.user.clone()).collect(),
             },
         };
-        let op = SignedOp::sign(op, &self.keys.signing);
+        let op = SignedOp::sign(op, &self.keys.signing).unwrap();
         let state = RoomState::genesis(&op, &self.root.public(), MAX_MEMBERS).unwrap();
         (op, state)
     }
@@ -100,7 +100,7 @@ impl Dev {
     /// The op after `state`'s head, signed by this device (not applied).
     fn next(&self, state: &RoomState, kind: OpKind) -> SignedOp {
         let op = state.next_op(&self.user, &self.certificate(), now_ms(), kind);
-        SignedOp::sign(op, &self.keys.signing)
+        SignedOp::sign(op, &self.keys.signing).unwrap()
     }
 
     /// As [`Self::next`], and applies it to `state` as a client would.
@@ -228,7 +228,7 @@ async fn a_new_room_reaches_every_member_device_and_its_log_only_members() {
         assert_eq!(item.room_id, room.room_id);
         assert_eq!(item.sender_user, "alice");
         assert_eq!(item.sender_device, n.alice.id.0.to_vec());
-        assert_eq!(item.payload, create.encode());
+        assert_eq!(item.payload, create.encode().unwrap());
         let fetched = client.fetch().await;
         assert_eq!(fetched, vec![item]);
     }
@@ -241,7 +241,7 @@ async fn a_new_room_reaches_every_member_device_and_its_log_only_members() {
     // The log, for members only.
     let log = room_log_of(b.room_log(&room.room_id, 0).await);
     assert_eq!(log.room_id, room.room_id);
-    assert_eq!(log.ops, vec![create.encode()]);
+    assert_eq!(log.ops, vec![create.encode().unwrap()]);
     assert!(!log.more);
     assert!(
         room_log_of(b.room_log(&room.room_id, 1).await)
@@ -283,7 +283,7 @@ async fn room_logs_are_paged_by_the_frame_limit() {
     let (bob, mut b) = n.user("bob").await;
     let (create, mut room) = n.alice.create(&[&bob]);
     n.a.submit_ok(&create).await;
-    let mut ops = vec![create.encode()];
+    let mut ops = vec![create.encode().unwrap()];
     for i in 0..12 {
         let op = n.alice.change(
             &mut room,
@@ -293,7 +293,7 @@ async fn room_logs_are_paged_by_the_frame_limit() {
             },
         );
         n.a.submit_ok(&op).await;
-        ops.push(op.encode());
+        ops.push(op.encode().unwrap());
     }
     let mut got = Vec::new();
     let mut pages = 0;
@@ -337,7 +337,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
         .expect_error(
             Body::SubmitRoomOp(SubmitRoomOp {
                 room_id: room.room_id.clone(),
-                op: invite.encode(),
+                op: invite.encode().unwrap(),
             }),
             ErrorCode::PermissionDenied,
         )
@@ -352,7 +352,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     b.expect_error(
         Body::SubmitRoomOp(SubmitRoomOp {
             room_id: room.room_id.clone(),
-            op: remove.encode(),
+            op: remove.encode().unwrap(),
         }),
         ErrorCode::PermissionDenied,
     )
@@ -368,7 +368,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     c.expect_error(
         Body::SubmitRoomOp(SubmitRoomOp {
             room_id: room.room_id.clone(),
-            op: carol_invites_herself.encode(),
+            op: carol_invites_herself.encode().unwrap(),
         }),
         ErrorCode::PermissionDenied,
     )
@@ -380,12 +380,12 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     as_alice.kind = OpKind::Invite {
         users: users(&[&carol]),
     };
-    let forged = SignedOp::sign(as_alice, &bob.keys.signing);
+    let forged = SignedOp::sign(as_alice, &bob.keys.signing).unwrap();
     let e = b
         .expect_error(
             Body::SubmitRoomOp(SubmitRoomOp {
                 room_id: room.room_id.clone(),
-                op: forged.encode(),
+                op: forged.encode().unwrap(),
             }),
             ErrorCode::PermissionDenied,
         )
@@ -400,7 +400,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     b.expect_error(
         Body::SubmitRoomOp(SubmitRoomOp {
             room_id: room.room_id.clone(),
-            op: alices.encode(),
+            op: alices.encode().unwrap(),
         }),
         ErrorCode::PermissionDenied,
     )
@@ -408,11 +408,12 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     let bad_sig = SignedOp::sign(
         room.next_op("bob", &bob.certificate(), now_ms(), OpKind::Leave),
         &carol.keys.signing,
-    );
+    )
+    .unwrap();
     b.expect_error(
         Body::SubmitRoomOp(SubmitRoomOp {
             room_id: room.room_id.clone(),
-            op: bad_sig.encode(),
+            op: bad_sig.encode().unwrap(),
         }),
         ErrorCode::BadRequest,
     )
@@ -447,7 +448,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
         n.a.expect_error(
             Body::SubmitRoomOp(SubmitRoomOp {
                 room_id: room.room_id.clone(),
-                op: invite.encode(),
+                op: invite.encode().unwrap(),
             }),
             ErrorCode::RoomChanged,
         )
@@ -456,7 +457,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     n.a.expect_error(
         Body::SubmitRoomOp(SubmitRoomOp {
             room_id: room.room_id.clone(),
-            op: create.encode(),
+            op: create.encode().unwrap(),
         }),
         ErrorCode::RoomChanged,
     )
@@ -472,7 +473,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     n.a.expect_error(
         Body::SubmitRoomOp(SubmitRoomOp {
             room_id: room.room_id.clone(),
-            op: ghost.encode(),
+            op: ghost.encode().unwrap(),
         }),
         ErrorCode::UnknownUser,
     )
@@ -499,8 +500,8 @@ async fn removed_members_learn_of_it_and_receive_nothing_after() {
     n.a.submit_ok(&remove).await;
     let d = c.push().await;
     assert_eq!(d.kind, DeliveryKind::RoomOp as i32);
-    assert_eq!(d.payload, remove.encode());
-    assert_eq!(b.push().await.payload, remove.encode());
+    assert_eq!(d.payload, remove.encode().unwrap());
+    assert_eq!(b.push().await.payload, remove.encode().unwrap());
 
     let ok = send_ok(
         n.a.request(room_send(1, &room, b"room body", b"sender key msg", 0))
@@ -557,7 +558,7 @@ async fn stale_heads_are_room_changed_and_full_rooms_room_full() {
         n.a.expect_error(
             Body::SubmitRoomOp(SubmitRoomOp {
                 room_id: too_big.op.room_id.clone(),
-                op: too_big.encode(),
+                op: too_big.encode().unwrap(),
             }),
             ErrorCode::RoomFull,
         )
@@ -583,7 +584,7 @@ async fn stale_heads_are_room_changed_and_full_rooms_room_full() {
         n.a.expect_error(
             Body::SubmitRoomOp(SubmitRoomOp {
                 room_id: room.room_id.clone(),
-                op: fourth.encode(),
+                op: fourth.encode().unwrap(),
             }),
             ErrorCode::RoomFull,
         )
@@ -948,7 +949,7 @@ async fn the_tamper_hook_drops_and_rewrites_what_the_relay_sends() {
     );
     n.a.submit_ok(&edit).await;
     let log = room_log_of(b.room_log(&room.room_id, 0).await);
-    assert_eq!(log.ops, vec![create.encode()]);
+    assert_eq!(log.ops, vec![create.encode().unwrap()]);
 }
 
 /// Fan-out cost at the design size: a room of 500 members with two devices each. Prints
@@ -996,7 +997,7 @@ async fn room_fanout_figures() {
             members: names,
         },
     };
-    let create = SignedOp::sign(op, &n.alice.keys.signing);
+    let create = SignedOp::sign(op, &n.alice.keys.signing).unwrap();
     let room = RoomState::genesis(&create, &n.alice.root.public(), MAX_MEMBERS).unwrap();
     let started = Instant::now();
     n.a.submit_ok(&create).await;

@@ -533,7 +533,7 @@ impl Identity {
             username: self.username.clone(),
             display_name: self.username.clone(),
             root_key: self.root.public().0.to_vec(),
-            device_certificate: self.cert.encode(),
+            device_certificate: self.cert.encode()?,
             signature: self.proof(hello),
             prekeys: Some(protocol::PrekeyUpload {
                 signed_prekey: Some(spk_msg(&spk)),

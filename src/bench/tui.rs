@@ -245,7 +245,7 @@ pub async fn startup(messages: u64, cache: Option<&Path>) -> Result<StartupRepor
                         root_secret: root.secret_bytes(),
                         device_signing_secret: dev.signing.secret_bytes(),
                         device_identity_secret: dev.identity.secret_bytes(),
-                        device_cert: cert.encode(),
+                        device_cert: cert.encode()?,
                         created_at: 1,
                         allow_insecure_ws: false,
                     })

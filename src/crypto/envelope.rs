@@ -195,7 +195,7 @@ impl Payload {
     ///
     /// # Security
     /// Holds message content and possibly file keys; zeroized on drop.
-    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+    pub fn encode(&self) -> Result<Zeroizing<Vec<u8>>> {
         let mut w = Writer::with_capacity(128);
         w.u8(1)
             .fixed(&self.message_id.0)
@@ -222,7 +222,7 @@ impl Payload {
                         ReceiptKind::Delivered => 0,
                         ReceiptKind::Read => 1,
                     })
-                    .u32(message_ids.len() as u32);
+                    .count(message_ids.len());
                 for id in message_ids {
                     w.fixed(&id.0);
                 }
@@ -231,7 +231,7 @@ impl Payload {
                 w.u8(5).bytes(c);
             }
         }
-        Zeroizing::new(w.into_vec())
+        Ok(Zeroizing::new(w.finish()?))
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -306,13 +306,13 @@ impl KeyPackage {
     ///
     /// # Security
     /// Contains the content key; zeroized on drop.
-    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+    pub fn encode(&self) -> Result<Zeroizing<Vec<u8>>> {
         let mut w = Writer::with_capacity(KEY_PACKAGE_LEN);
         w.u8(1)
             .fixed(self.key.expose())
             .fixed(&self.commitment)
             .fixed(&self.body_hash);
-        Zeroizing::new(w.into_vec())
+        Ok(Zeroizing::new(w.finish()?))
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -396,7 +396,7 @@ fn unpad(data: &mut Vec<u8>) -> Result<()> {
 /// # Errors
 /// [`CryptoError::Limit`] for a payload above [`MAX_PAYLOAD`], [`CryptoError::Rng`].
 pub fn seal(payload: &Payload) -> Result<(KeyPackage, Vec<u8>)> {
-    let plain = payload.encode();
+    let plain = payload.encode()?;
     if plain.len() > MAX_PAYLOAD {
         return Err(CryptoError::Limit("payload size"));
     }
@@ -460,7 +460,7 @@ pub fn open(package: &KeyPackage, body: &[u8]) -> Result<Payload> {
 /// # Errors
 /// As [`Session::encrypt`].
 pub fn wrap_key(session: &mut Session, package: &KeyPackage) -> Result<PairwiseMessage> {
-    session.encrypt(&package.encode())
+    session.encrypt(&package.encode()?)
 }
 
 /// Unwraps a key package received through a pairwise session.
@@ -518,7 +518,7 @@ mod tests {
         assert_ne!(k1.key.expose(), k2.key.expose());
         assert_ne!(b1, b2);
         assert_eq!(open(&k1, &b1).unwrap(), p);
-        let k = KeyPackage::decode(&k1.encode()).unwrap();
+        let k = KeyPackage::decode(&k1.encode().unwrap()).unwrap();
         assert_eq!(open(&k, &b1).unwrap(), p);
     }
 
@@ -588,7 +588,7 @@ mod tests {
             let mut p = text("");
             p.kind = kind;
             p.reply_to = Some(MessageId([4; 16]));
-            assert_eq!(Payload::decode(&p.encode()).unwrap(), p);
+            assert_eq!(Payload::decode(&p.encode().unwrap()).unwrap(), p);
         }
     }
 }

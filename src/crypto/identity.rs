@@ -126,7 +126,7 @@ impl UserRootKey {
             role,
             signature: [0u8; 64],
         };
-        cert.signature = self.key.sign(&cert.signed_bytes());
+        cert.signature = self.key.sign(&cert.signed_bytes()?);
         Ok(cert)
     }
 
@@ -149,7 +149,7 @@ impl UserRootKey {
             revoked_at,
             signature: [0u8; 64],
         };
-        r.signature = self.key.sign(&r.signed_bytes());
+        r.signature = self.key.sign(&r.signed_bytes()?);
         Ok(r)
     }
 }
@@ -200,7 +200,7 @@ pub struct DeviceCertificate {
 }
 
 impl DeviceCertificate {
-    fn signed_bytes(&self) -> Vec<u8> {
+    fn signed_bytes(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(200);
         w.fixed(DEVCERT_CONTEXT)
             .bytes(self.user_id.as_bytes())
@@ -209,7 +209,7 @@ impl DeviceCertificate {
             .fixed(&self.dik_public)
             .u64(self.created_at)
             .u8(self.role.to_byte());
-        w.into_vec()
+        w.finish()
     }
 
     /// Verifies the certificate against the user's pinned root key.
@@ -217,13 +217,23 @@ impl DeviceCertificate {
     /// # Errors
     /// [`CryptoError::BadChain`] if the signature does not verify under `root`.
     pub fn verify(&self, root: &RootPublicKey) -> Result<()> {
-        primitives::verify_signature(&root.0, &self.signed_bytes(), &self.signature)
+        primitives::verify_signature(&root.0, &self.signed_bytes()?, &self.signature)
             .map_err(|_| CryptoError::BadChain)
     }
 
     /// Fixed binary encoding.
-    pub fn encode(&self) -> Vec<u8> {
+    ///
+    /// # Errors
+    /// [`CryptoError::Limit`] when the user id is 4 GiB or longer.
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(220);
+        self.write(&mut w);
+        w.finish()
+    }
+
+    /// Writes [`Self::encode`]'s output into `w` (a field that does not fit fails `w`'s
+    /// `finish`, so an enclosing encoding stays infallible until then).
+    pub(crate) fn write(&self, w: &mut Writer) {
         w.u8(1)
             .bytes(self.user_id.as_bytes())
             .fixed(&self.device_id.0)
@@ -232,7 +242,6 @@ impl DeviceCertificate {
             .u64(self.created_at)
             .u8(self.role.to_byte())
             .fixed(&self.signature);
-        w.into_vec()
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -263,8 +272,11 @@ impl DeviceCertificate {
     }
 
     /// SHA-256 of the encoding, used in the handshake's associated data.
-    pub fn hash(&self) -> [u8; 32] {
-        primitives::sha256(&[&self.encode()])
+    ///
+    /// # Errors
+    /// [`CryptoError::Limit`] when the certificate cannot be encoded (see [`Self::encode`]).
+    pub fn hash(&self) -> Result<[u8; 32]> {
+        Ok(primitives::sha256(&[&self.encode()?]))
     }
 }
 
@@ -282,13 +294,13 @@ pub struct Revocation {
 }
 
 impl Revocation {
-    fn signed_bytes(&self) -> Vec<u8> {
+    fn signed_bytes(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(120);
         w.fixed(REVOKE_CONTEXT)
             .bytes(self.user_id.as_bytes())
             .fixed(&self.device_id.0)
             .u64(self.revoked_at);
-        w.into_vec()
+        w.finish()
     }
 
     /// Verifies the revocation against the user's root key.
@@ -296,18 +308,18 @@ impl Revocation {
     /// # Errors
     /// [`CryptoError::BadSignature`].
     pub fn verify(&self, root: &RootPublicKey) -> Result<()> {
-        primitives::verify_signature(&root.0, &self.signed_bytes(), &self.signature)
+        primitives::verify_signature(&root.0, &self.signed_bytes()?, &self.signature)
     }
 
     /// Fixed binary encoding.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(140);
         w.u8(1)
             .bytes(self.user_id.as_bytes())
             .fixed(&self.device_id.0)
             .u64(self.revoked_at)
             .fixed(&self.signature);
-        w.into_vec()
+        w.finish()
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -380,7 +392,7 @@ mod tests {
     fn certificate_round_trips_and_verifies() {
         let urk = UserRootKey::generate().unwrap();
         let (_, cert) = device(&urk, "alice");
-        let decoded = DeviceCertificate::decode(&cert.encode()).unwrap();
+        let decoded = DeviceCertificate::decode(&cert.encode().unwrap()).unwrap();
         assert_eq!(decoded, cert);
         verify_device(&urk.public(), "alice", &decoded, &[]).unwrap();
     }
@@ -415,7 +427,7 @@ mod tests {
         let urk = UserRootKey::generate().unwrap();
         let (_, cert) = device(&urk, "alice");
         let rev = urk.revoke("alice", cert.device_id, 1_700_000_100).unwrap();
-        let rev = Revocation::decode(&rev.encode()).unwrap();
+        let rev = Revocation::decode(&rev.encode().unwrap()).unwrap();
         assert!(matches!(
             verify_device(&urk.public(), "alice", &cert, &[rev]),
             Err(CryptoError::Revoked)
@@ -431,7 +443,7 @@ mod tests {
     fn decoder_rejects_truncations_and_versions() {
         let urk = UserRootKey::generate().unwrap();
         let (_, cert) = device(&urk, "alice");
-        let bytes = cert.encode();
+        let bytes = cert.encode().unwrap();
         for n in 0..bytes.len() {
             assert!(DeviceCertificate::decode(&bytes[..n]).is_err());
         }

@@ -132,7 +132,7 @@ async fn register_with_store(
             username: username.to_owned(),
             display_name: display_name.clone(),
             root_key: root.public().0.to_vec(),
-            device_certificate: cert.encode(),
+            device_certificate: cert.encode()?,
             signature: signature.to_vec(),
             prekeys: Some(protocol::PrekeyUpload {
                 signed_prekey: Some(spk_msg(&spk)),
@@ -159,7 +159,7 @@ async fn register_with_store(
         root_secret: root.secret_bytes(),
         device_signing_secret: device.signing.secret_bytes(),
         device_identity_secret: device.identity.secret_bytes(),
-        device_cert: cert.encode(),
+        device_cert: cert.encode()?,
         created_at: now,
         allow_insecure_ws: o.allow_insecure_ws,
     };
