@@ -237,11 +237,7 @@ pub(super) async fn get_room_log(
         .room_log(auth.username.clone(), g.room_id, g.from_seq, max_bytes)
         .await?
         .ok_or_else(unknown_room)?;
-    let log = match &shared.tamper {
-        Some(t) => t.room_log(&auth.username, log),
-        None => log,
-    };
-    Ok(Body::RoomLog(log))
+    Ok(Body::RoomLog(shared.outgoing_room_log(&auth.username, log)))
 }
 
 /// `RoomSend`: one body and one sender-key message for every other member device.

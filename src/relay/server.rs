@@ -24,10 +24,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "test-hooks")]
+use super::Tamper;
 use super::network::Network;
 use super::registry::Registry;
 use super::store::{RelayStore, StoredPolicy};
-use super::{DRAIN_TIMEOUT, RelayConfig, RelayError, Tamper, conn};
+use super::{DRAIN_TIMEOUT, RelayConfig, RelayError, conn};
+use crate::protocol::{Delivery, RoomLog};
 
 /// How long the TLS handshake and the WebSocket upgrade may take together.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,7 +55,8 @@ pub(crate) struct Shared {
     pub(crate) invite_validity: Duration,
     pub(crate) max_mailbox_fetch: u32,
     pub(crate) max_room_members: u32,
-    pub(crate) tamper: Option<Arc<dyn Tamper>>,
+    #[cfg(feature = "test-hooks")]
+    tamper: Option<Arc<dyn Tamper>>,
     /// Serialises policy changes so the cached copy ends as the last committed one.
     pub(crate) policy_lock: tokio::sync::Mutex<()>,
     policy: Mutex<StoredPolicy>,
@@ -93,6 +97,7 @@ impl Shared {
             invite_validity: config.invite_validity,
             max_mailbox_fetch: config.max_mailbox_fetch,
             max_room_members: config.max_room_members,
+            #[cfg(feature = "test-hooks")]
             tamper: config.tamper.clone(),
             policy_lock: tokio::sync::Mutex::new(()),
             policy: Mutex::new(policy),
@@ -115,6 +120,32 @@ impl Shared {
     /// Records a newly committed policy.
     pub(crate) fn set_policy(&self, policy: StoredPolicy) {
         *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    /// What is sent for one delivery to `to_device` of `to_user`: the delivery itself, or what a
+    /// test's tamper hook makes of it (only with the `test-hooks` feature).
+    pub(crate) fn outgoing_delivery(
+        &self,
+        to_user: &str,
+        to_device: &[u8; 16],
+        d: Delivery,
+    ) -> Vec<Delivery> {
+        #[cfg(feature = "test-hooks")]
+        if let Some(t) = &self.tamper {
+            return t.delivery(to_user, to_device, d);
+        }
+        let _ = (to_user, to_device);
+        vec![d]
+    }
+
+    /// What is sent for one `RoomLog` answer to `to_user` (see [`Self::outgoing_delivery`]).
+    pub(crate) fn outgoing_room_log(&self, to_user: &str, log: RoomLog) -> RoomLog {
+        #[cfg(feature = "test-hooks")]
+        if let Some(t) = &self.tamper {
+            return t.room_log(to_user, log);
+        }
+        let _ = to_user;
+        log
     }
 }
 
