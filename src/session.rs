@@ -18,6 +18,7 @@ mod engine;
 mod ephemeral;
 mod inbound;
 mod outbound;
+mod policy;
 pub mod register;
 mod rooms;
 mod timers;

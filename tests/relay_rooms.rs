@@ -10,13 +10,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cinder::crypto::identity::PolicyFields;
 use cinder::crypto::membership::{
     MembershipOp, OpKind, RoomKind, RoomState, SignedOp, new_room_id,
 };
 use cinder::protocol::frame::Body;
 use cinder::protocol::{
     CreateInvite, Delivery, DeliveryKind, ErrorCode, GetPolicy, GetRoomLog, Policy, RoomLog,
-    RoomSend, Send, SetPolicy, SubmitRoomOp,
+    RoomSend, Send, ServerHello, SetPolicy, SubmitRoomOp,
 };
 use cinder::relay::{RelayConfig, RelayHandle, Tamper};
 use common::raw::{
@@ -806,6 +807,28 @@ async fn timers_above_the_network_maximum_are_refused() {
     );
 }
 
+/// The policy without its signature, to compare the fields.
+fn unsigned(p: &Policy) -> Policy {
+    Policy {
+        signature: Vec::new(),
+        ..p.clone()
+    }
+}
+
+/// Whether `p` verifies under the network admin key and network id of `hello`.
+fn signed_by_nak(hello: &ServerHello, p: &Policy) -> bool {
+    let nak: [u8; 32] = hello.network_admin_key.as_slice().try_into().unwrap();
+    PolicyFields {
+        network_id: &hello.network_id,
+        read_receipts: p.read_receipts,
+        max_expire_secs: p.max_expire_secs,
+        max_burn_secs: p.max_burn_secs,
+        max_room_members: p.max_room_members,
+    }
+    .verify(&nak, &p.signature)
+    .is_ok()
+}
+
 #[tokio::test]
 async fn the_policy_has_defaults_admins_change_it_everyone_hears_and_it_persists() {
     let mut n = Net::new(|_| {}).await;
@@ -825,14 +848,17 @@ async fn the_policy_has_defaults_admins_change_it_everyone_hears_and_it_persists
     let (mut b, auth) = register(&n.url, &bob, &code).await;
     let year = 365 * 86_400;
     assert_eq!(
-        auth.policy,
+        auth.policy.as_ref().map(unsigned),
         Some(Policy {
             read_receipts: true,
             max_expire_secs: year,
             max_burn_secs: year,
             max_room_members: 500,
+            signature: Vec::new(),
         })
     );
+    // Signed by the network admin key the hello announced, for this network.
+    assert!(signed_by_nak(&b.hello, auth.policy.as_ref().unwrap()));
     assert_eq!(
         policy_of(b.request(Body::GetPolicy(GetPolicy {})).await),
         auth.policy.clone().unwrap()
@@ -857,6 +883,7 @@ async fn the_policy_has_defaults_admins_change_it_everyone_hears_and_it_persists
         .await,
     );
     assert!(!changed.read_receipts);
+    assert!(signed_by_nak(&b.hello, &changed));
     assert_eq!(changed.max_burn_secs, 600);
     assert_eq!(changed.max_expire_secs, year);
     assert_eq!(policy_of(b.next_push().await), changed);
@@ -883,8 +910,11 @@ async fn the_policy_has_defaults_admins_change_it_everyone_hears_and_it_persists
         max_expire_secs: 86_400,
         max_burn_secs: 600,
         max_room_members: 50,
+        signature: Vec::new(),
     };
-    assert_eq!(auth.policy, Some(expected.clone()));
+    assert_eq!(auth.policy.as_ref().map(unsigned), Some(expected.clone()));
+    assert!(signed_by_nak(&b.hello, auth.policy.as_ref().unwrap()));
+    let expected = auth.policy.clone().unwrap();
     assert_eq!(
         policy_of(b.request(Body::GetPolicy(GetPolicy {})).await),
         expected

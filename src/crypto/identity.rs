@@ -13,6 +13,7 @@ use super::{CryptoError, Result};
 
 const DEVCERT_CONTEXT: &[u8] = b"cinder/v1/devcert";
 const REVOKE_CONTEXT: &[u8] = b"cinder/v1/devrevoke";
+const POLICY_CONTEXT: &[u8] = b"cinder/v1/policy";
 /// Longest user id accepted in certificates (usernames are far shorter).
 pub const MAX_USER_ID: usize = 64;
 
@@ -370,9 +371,98 @@ pub fn verify_device(
     Ok(())
 }
 
+/// The fields of the network policy that the network admin key (NAK) signs. The network id is
+/// part of the signed bytes, so a policy signed for one network never verifies for another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyFields<'a> {
+    /// The network's id.
+    pub network_id: &'a str,
+    /// Read receipts in 1:1 conversations.
+    pub read_receipts: bool,
+    /// Longest expiry timer, seconds.
+    pub max_expire_secs: u64,
+    /// Longest burn-on-read timer, seconds.
+    pub max_burn_secs: u64,
+    /// Most members of a room or group DM.
+    pub max_room_members: u32,
+}
+
+impl PolicyFields<'_> {
+    fn signed_bytes(&self) -> Result<Vec<u8>> {
+        let mut w = Writer::with_capacity(64);
+        w.fixed(POLICY_CONTEXT)
+            .bytes(self.network_id.as_bytes())
+            .u8(u8::from(self.read_receipts))
+            .u64(self.max_expire_secs)
+            .u64(self.max_burn_secs)
+            .u32(self.max_room_members);
+        w.finish()
+    }
+
+    /// Signs the policy with the network admin key.
+    ///
+    /// # Errors
+    /// [`CryptoError::Limit`] when the network id cannot be encoded.
+    pub fn sign(&self, nak: &SigningKeyPair) -> Result<[u8; 64]> {
+        Ok(nak.sign(&self.signed_bytes()?))
+    }
+
+    /// Checks `signature` against the network admin key pinned at registration.
+    ///
+    /// # Errors
+    /// [`CryptoError::BadSignature`] (a signature of the wrong length included).
+    pub fn verify(&self, nak: &[u8; 32], signature: &[u8]) -> Result<()> {
+        let signature: &[u8; 64] = signature
+            .try_into()
+            .map_err(|_| CryptoError::BadSignature)?;
+        primitives::verify_signature(nak, &self.signed_bytes()?, signature)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_verifies_only_unchanged_under_its_admin_key_and_network() {
+        let nak = SigningKeyPair::generate().unwrap();
+        let other = SigningKeyPair::generate().unwrap();
+        let p = PolicyFields {
+            network_id: "net-a",
+            read_receipts: true,
+            max_expire_secs: 86_400,
+            max_burn_secs: 60,
+            max_room_members: 500,
+        };
+        let sig = p.sign(&nak).unwrap();
+        p.verify(&nak.public(), &sig).unwrap();
+        assert!(p.verify(&other.public(), &sig).is_err());
+        assert!(p.verify(&nak.public(), &sig[..63]).is_err());
+        for changed in [
+            PolicyFields {
+                network_id: "net-b",
+                ..p
+            },
+            PolicyFields {
+                read_receipts: false,
+                ..p
+            },
+            PolicyFields {
+                max_expire_secs: 86_401,
+                ..p
+            },
+            PolicyFields {
+                max_burn_secs: 0,
+                ..p
+            },
+            PolicyFields {
+                max_room_members: 501,
+                ..p
+            },
+        ] {
+            assert!(changed.verify(&nak.public(), &sig).is_err(), "{changed:?}");
+        }
+    }
 
     fn device(urk: &UserRootKey, user: &str) -> (DeviceKeys, DeviceCertificate) {
         let keys = DeviceKeys::generate().unwrap();

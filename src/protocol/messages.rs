@@ -626,6 +626,11 @@ pub struct Policy {
     /// Most members of a room or group DM.
     #[prost(uint32, tag = "4")]
     pub max_room_members: u32,
+    /// Ed25519 signature by the network admin key over the policy's fixed encoding
+    /// (`crypto::identity::PolicyFields`); clients check it against the key pinned at
+    /// registration and keep their previous policy when it does not verify.
+    #[prost(bytes = "vec", tag = "5")]
+    pub signature: Vec<u8>,
 }
 
 /// Change the network policy (admins only); unset fields stay as they are.

@@ -30,6 +30,7 @@ use super::network::Network;
 use super::registry::Registry;
 use super::store::{RelayStore, StoredPolicy};
 use super::{DRAIN_TIMEOUT, RelayConfig, RelayError, conn};
+use crate::crypto::primitives::SigningKeyPair;
 use crate::protocol::{Delivery, RoomLog};
 
 /// How long the TLS handshake and the WebSocket upgrade may take together.
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) network_id: String,
     pub(crate) network_name: String,
     pub(crate) admin_key: [u8; 32],
+    /// Signs the policy (see `rooms::policy_message`).
+    pub(crate) admin: SigningKeyPair,
     pub(crate) max_frame: usize,
     pub(crate) max_connections: usize,
     pub(crate) rate_per_sec: u32,
@@ -90,6 +93,7 @@ impl Shared {
             network_id: net.network_id,
             network_name: net.network_name,
             admin_key: net.admin_key,
+            admin: net.admin,
             max_frame: config.max_frame,
             max_connections: config.max_connections,
             rate_per_sec: config.rate_per_sec,
@@ -376,6 +380,7 @@ mod tests {
             network_name: String::new(),
             relay_id: Vec::new(),
             admin_key: [0; 32],
+            admin: SigningKeyPair::generate().unwrap(),
             created_invite: None,
         };
         let policy = store.policy().await.unwrap();

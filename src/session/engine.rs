@@ -27,8 +27,11 @@ pub(crate) struct Engine {
     next_attempt: Option<Instant>,
     pub(crate) prekey_counts: Option<(u32, u32)>,
     connected: Arc<std::sync::atomic::AtomicBool>,
-    /// The network policy from the last login or push.
+    /// The network policy from the last login or push whose signature verified.
     pub(crate) policy: Option<protocol::Policy>,
+    /// The network admin key pinned at registration; it signs the policy.
+    admin_key: Option<[u8; 32]>,
+    network_id: String,
     policy_shared: Arc<Mutex<Option<protocol::Policy>>>,
     /// When the next timed message must be shredded.
     pub(crate) next_shred: Option<Instant>,
@@ -56,6 +59,13 @@ pub fn spawn(mut store: Store, opts: EngineOptions) -> Result<SessionHandle, Ses
     }
     super::check_url(&account.server_url, account.allow_insecure_ws)?;
     let keys = Arc::new(Keys::from_account(&account)?);
+    let admin_key = super::policy::pinned(
+        store
+            .db()
+            .blob(super::policy::NAK_BLOB)?
+            .as_deref()
+            .map(|b| b.as_slice()),
+    );
     let profile_dir = Arc::new(PathBuf::from(store.dir()));
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (events, _) = broadcast::channel(4096);
@@ -76,6 +86,8 @@ pub fn spawn(mut store: Store, opts: EngineOptions) -> Result<SessionHandle, Ses
         prekey_counts: None,
         connected: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         policy: None,
+        admin_key,
+        network_id: account.network_id.clone(),
         policy_shared: Arc::new(Mutex::new(None)),
         next_shred: None,
         devices_epoch: 0,
@@ -360,7 +372,16 @@ impl Engine {
         self.schedule_shred().await;
     }
 
-    pub(crate) fn set_policy(&mut self, p: protocol::Policy) {
+    /// Takes a policy from the relay if its signature verifies; false (and the previous policy
+    /// stays) when it does not.
+    pub(crate) fn set_policy(&mut self, p: protocol::Policy) -> bool {
+        if !super::policy::verifies(self.admin_key.as_ref(), &self.network_id, &p) {
+            tracing::warn!(
+                "ignored a network policy whose signature does not verify against the pinned \
+                 network admin key; keeping the previous one"
+            );
+            return false;
+        }
         if let Ok(mut shared) = self.policy_shared.lock() {
             *shared = Some(p.clone());
         }
@@ -369,6 +390,7 @@ impl Engine {
         if changed {
             self.emit(SessionEvent::PolicyChanged(p));
         }
+        true
     }
 
     async fn set_read_receipts(&mut self, on: bool) -> Result<protocol::Policy, SessionError> {
@@ -383,8 +405,13 @@ impl Engine {
             .await?
         {
             Body::Policy(p) => {
-                self.set_policy(p.clone());
-                Ok(p)
+                if self.set_policy(p.clone()) {
+                    Ok(p)
+                } else {
+                    Err(SessionError::Protocol(
+                        "the relay's policy is not signed by the network admin key".into(),
+                    ))
+                }
             }
             _ => Err(SessionError::Protocol(
                 "unexpected answer to SetPolicy".into(),
@@ -433,7 +460,9 @@ impl Engine {
                     Err(e) => tracing::warn!("could not process delivery: {e}"),
                 }
             }
-            Push::Policy(p) => self.set_policy(p),
+            Push::Policy(p) => {
+                self.set_policy(p);
+            }
             Push::Bye(reason) => self.lost(format!("relay is going away: {reason}")),
             Push::Closed => self.lost("connection closed".into()),
         }
@@ -510,6 +539,9 @@ impl Engine {
         if !self.relay_id.is_empty() && hello.relay_id != self.relay_id {
             return Err(SessionError::WrongRelay);
         }
+        if self.admin_key.is_none() {
+            self.pin_admin_key(&hello.network_admin_key)?;
+        }
         let msg = protocol::login_message(&hello.challenge, &hello.relay_id);
         let signature = self.keys.device.signing.sign(&msg).to_vec();
         let auth = conn
@@ -527,6 +559,21 @@ impl Engine {
         if let Some(p) = a.policy {
             self.set_policy(p);
         }
+        Ok(())
+    }
+
+    /// Pins the network admin key of a profile registered before policies were signed, from
+    /// the relay it already trusts (its relay id matched); registration pins it otherwise.
+    fn pin_admin_key(&mut self, key: &[u8]) -> Result<(), SessionError> {
+        let Some(key) = super::policy::pinned(Some(key)) else {
+            return Ok(());
+        };
+        self.store
+            .lock()
+            .map_err(|_| SessionError::Stopped)?
+            .db()
+            .put_blob(super::policy::NAK_BLOB, &key)?;
+        self.admin_key = Some(key);
         Ok(())
     }
 }

@@ -166,6 +166,7 @@ async fn register_with_store(
     let ca = o.ca_pem.clone();
     let own_root = root.public().0;
     let user = auth.username.clone();
+    let admin_key = hello.network_admin_key.clone();
     let dir = tokio::task::spawn_blocking(move || -> Result<PathBuf, SessionError> {
         let mut store = store;
         store.transaction(|db| -> Result<_, SessionError> {
@@ -173,6 +174,8 @@ async fn register_with_store(
             save_prekeys(db, &pre)?;
             db.pin_root_key(&user, &own_root, now)?;
             db.set_devices(&user, &[account.device_id])?;
+            // The key that signs the network policy, pinned with the relay id.
+            db.put_blob(super::policy::NAK_BLOB, &admin_key)?;
             if let Some(ca) = &ca {
                 db.put_blob("ca_cert", ca)?;
             }
