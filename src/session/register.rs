@@ -156,7 +156,9 @@ async fn register_with_store(
         network_name: hello.network_name.clone(),
         relay_id: hello.relay_id.clone(),
         is_admin: auth.is_admin,
-        root_secret: root.secret_bytes(),
+        root_public: root.public().0,
+        // The first device holds the account's root role, so it keeps the root secret.
+        root_secret: Some(root.secret_bytes()),
         device_signing_secret: device.signing.secret_bytes(),
         device_identity_secret: device.identity.secret_bytes(),
         device_cert: cert.encode()?,
