@@ -92,6 +92,10 @@ pub enum StoreError {
     /// A message id the caller gave (e.g. a paging anchor) is not in the cache.
     #[error("no such message in the cache")]
     UnknownMessage,
+    /// An operation needs the user's root key, which only a device holding the account's root
+    /// role keeps.
+    #[error("this device does not hold your account's root key")]
+    NoRootKey,
 }
 
 /// Result alias for the store.
@@ -911,7 +915,7 @@ mod tests {
         }
         let s = Store::open(&dir, b"pw").unwrap();
         assert_eq!(user_version(&s.conn), schema::VERSION);
-        assert_eq!(schema::VERSION, 3);
+        assert_eq!(schema::VERSION, 5);
         let db = s.db();
         let history = db.history("dm:alice:bob", 10).unwrap();
         assert_eq!(

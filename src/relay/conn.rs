@@ -284,13 +284,13 @@ where
                 let Some(body) = push.into_body(now) else {
                     continue;
                 };
-                let bodies = match (&shared.tamper, body) {
-                    (Some(t), Body::Delivery(d)) => t
-                        .delivery(&auth.username, &auth.device, d)
+                let bodies = match body {
+                    Body::Delivery(d) => shared
+                        .outgoing_delivery(&auth.username, &auth.device, d)
                         .into_iter()
                         .map(Body::Delivery)
                         .collect(),
-                    (_, body) => vec![body],
+                    body => vec![body],
                 };
                 for body in bodies {
                     let frame = Frame {
@@ -514,12 +514,12 @@ async fn handle_bytes(shared: &Shared, sess: &mut Session, bytes: &[u8]) -> Acti
         }
     };
     // The test hook may hold this answer back; the connection carries on meanwhile.
-    match (action, &shared.tamper, &sess.auth) {
-        (Action::Reply(frame), Some(t), Some(auth)) => match t.hold(&auth.username, kind) {
+    match (action, &sess.auth) {
+        (Action::Reply(frame), Some(auth)) => match shared.held_reply(&auth.username, kind) {
             Some(delay) => Action::Later(frame, delay),
             None => Action::Reply(frame),
         },
-        (action, _, _) => action,
+        (action, _) => action,
     }
 }
 
@@ -853,12 +853,10 @@ async fn fetch(shared: &Shared, sess: &Session, f: Fetch) -> Result<Body, RelayE
     };
     let max_bytes = shared.max_frame.saturating_sub(DELIVERIES_OVERHEAD);
     let mut deliveries = shared.store.fetch(auth.device, limit, max_bytes).await?;
-    if let Some(t) = &shared.tamper {
-        deliveries.items = std::mem::take(&mut deliveries.items)
-            .into_iter()
-            .flat_map(|d| t.delivery(&auth.username, &auth.device, d))
-            .collect();
-    }
+    deliveries.items = std::mem::take(&mut deliveries.items)
+        .into_iter()
+        .flat_map(|d| shared.outgoing_delivery(&auth.username, &auth.device, d))
+        .collect();
     Ok(Body::Deliveries(deliveries))
 }
 

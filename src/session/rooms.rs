@@ -170,7 +170,7 @@ pub(crate) fn load_state(db: &Db<'_>, room: &str) -> Result<Option<RoomState>, S
 }
 
 fn save_state(db: &Db<'_>, s: &RoomState) -> Result<(), SessionError> {
-    db.put_blob(&state_key(&s.room_id), &s.encode())?;
+    db.put_blob(&state_key(&s.room_id), &s.encode()?)?;
     Ok(())
 }
 
@@ -328,11 +328,11 @@ fn system_record(
     }
 }
 
-fn op_record_id(op: &SignedOp) -> [u8; 16] {
-    let h = op.hash();
+fn op_record_id(op: &SignedOp) -> Result<[u8; 16], CryptoError> {
+    let h = op.hash()?;
     let mut id = [0u8; 16];
     id.copy_from_slice(&h[..16]);
-    id
+    Ok(id)
 }
 
 /// Records a security warning as a system line at `now` (ms) and returns it.
@@ -383,7 +383,7 @@ fn after_change(
 ) -> Result<Option<MessageRecord>, SessionError> {
     let room = state.room_id.as_str();
     save_state(db, state)?;
-    db.put_blob(&op_key(room, op.op.seq), &op.hash())?;
+    db.put_blob(&op_key(room, op.op.seq), &op.hash()?)?;
     let gone: Vec<String> = match change {
         Change::Removed(users) => users.clone(),
         Change::Left(u) => vec![u.clone()],
@@ -422,15 +422,25 @@ fn after_change(
     if me_gone && op.op.actor != keys.username {
         text = format!("{text} \u{2014} you can no longer read or send messages here");
     }
-    let rec = system_record(room, op_record_id(op), &op.op.actor, op.op.at_ms, now, text);
+    let rec = system_record(
+        room,
+        op_record_id(op)?,
+        &op.op.actor,
+        op.op.at_ms,
+        now,
+        text,
+    );
     Ok(db.insert_message(&rec)?.then_some(rec))
 }
 
-fn encode_rsk(user: &str, key: &ReceivedSenderKey) -> zeroize::Zeroizing<Vec<u8>> {
-    let secret = key.to_secret_bytes();
+fn encode_rsk(
+    user: &str,
+    key: &ReceivedSenderKey,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+    let secret = key.to_secret_bytes()?;
     let mut w = Writer::with_capacity(secret.len() + 40);
     w.bytes(user.as_bytes()).bytes(&secret);
-    zeroize::Zeroizing::new(w.into_vec())
+    Ok(zeroize::Zeroizing::new(w.finish()?))
 }
 
 fn decode_rsk(bytes: &[u8]) -> Result<(String, ReceivedSenderKey), CryptoError> {
@@ -443,13 +453,13 @@ fn decode_rsk(bytes: &[u8]) -> Result<(String, ReceivedSenderKey), CryptoError> 
 
 type Target = (String, [u8; 16]);
 
-fn encode_targets(t: &BTreeSet<Target>) -> Vec<u8> {
+fn encode_targets(t: &BTreeSet<Target>) -> Result<Vec<u8>, CryptoError> {
     let mut w = Writer::with_capacity(t.len() * 40 + 4);
-    w.u32(u32::try_from(t.len()).unwrap_or(u32::MAX));
+    w.count(t.len());
     for (u, d) in t {
         w.bytes(u.as_bytes()).fixed(d);
     }
-    w.into_vec()
+    w.finish()
 }
 
 fn decode_targets(b: &[u8]) -> Result<BTreeSet<Target>, CryptoError> {
@@ -487,7 +497,7 @@ pub(crate) fn store_distribution(
     let key = rsk_key(conversation, &device, &d.distribution_id);
     if db.blob(&key)?.is_none() {
         let rsk = ReceivedSenderKey::from_distribution(&d);
-        db.put_blob(&key, &encode_rsk(user, &rsk))?;
+        db.put_blob(&key, &encode_rsk(user, &rsk)?)?;
     }
     Ok(Ok(()))
 }
@@ -543,7 +553,7 @@ pub(crate) fn decrypt_room_message(
         Err(e) => return Ok(RoomInbound::Undecryptable(e.to_string())),
     };
     // The chain moved: keep it even if the body is bad (that key is spent either way).
-    db.put_blob(&key, &encode_rsk(&user, &rsk))?;
+    db.put_blob(&key, &encode_rsk(&user, &rsk)?)?;
     let (package, head_seq, head_hash) = match decode_meta(&meta) {
         Ok(x) => x,
         Err(e) => return Ok(RoomInbound::Undecryptable(e.to_string())),
@@ -602,11 +612,14 @@ pub(crate) fn decrypt_room_message(
 
 /// The plaintext a room message's sender-key ciphertext carries: the body's key package and
 /// the sender's view of the membership log head.
-pub fn encode_meta(package: &KeyPackage, state: &RoomState) -> zeroize::Zeroizing<Vec<u8>> {
-    let p = package.encode();
+pub fn encode_meta(
+    package: &KeyPackage,
+    state: &RoomState,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+    let p = package.encode()?;
     let mut w = Writer::with_capacity(p.len() + 48);
     w.bytes(&p).u64(state.head_seq).fixed(&state.head_hash);
-    zeroize::Zeroizing::new(w.into_vec())
+    Ok(zeroize::Zeroizing::new(w.finish()?))
 }
 
 /// Reads [`encode_meta`]'s output: (key package, log head sequence, log head hash).
@@ -675,7 +688,7 @@ impl Engine {
         match conn
             .request(Body::SubmitRoomOp(protocol::SubmitRoomOp {
                 room_id: op.op.room_id.clone(),
-                op: op.encode(),
+                op: op.encode()?,
             }))
             .await?
         {
@@ -727,7 +740,7 @@ impl Engine {
                 members: canon,
             },
         };
-        let signed = SignedOp::sign(op, &self.keys.device.signing);
+        let signed = SignedOp::sign(op, &self.keys.device.signing)?;
         let root = RootPublicKey(self.keys.root);
         let state = RoomState::genesis(&signed, &root, self.max_members()).map_err(op_error)?;
         self.submit_op(&signed).await?;
@@ -775,7 +788,7 @@ impl Engine {
             }
             let now = self.opts.clock.now_ms();
             let op = state.next_op(&self.keys.username, &self.keys.cert, now, kind);
-            let signed = SignedOp::sign(op, &self.keys.device.signing);
+            let signed = SignedOp::sign(op, &self.keys.device.signing)?;
             let root = RootPublicKey(self.keys.root);
             // Checked locally first so the user gets the precise reason without a round trip.
             state
@@ -1002,7 +1015,7 @@ impl Engine {
                                     // Already applied: harmless only if it is the same change.
                                     let ours = db.blob(&op_key(&r, op.op.seq))?;
                                     if ours.as_deref().map(|h| h.as_slice())
-                                        != Some(op.hash().as_slice())
+                                        != Some(op.hash()?.as_slice())
                                     {
                                         records.push(warn(
                                             db,
@@ -1231,8 +1244,8 @@ impl Engine {
                             (fresh, BTreeSet::new())
                         }
                     };
-                    db.put_blob(&sk_key(&r), &own.to_secret_bytes())?;
-                    db.put_blob(&skdist_key(&r), &encode_targets(&dist))?;
+                    db.put_blob(&sk_key(&r), &own.to_secret_bytes()?)?;
+                    db.put_blob(&skdist_key(&r), &encode_targets(&dist)?)?;
                     Ok(t.difference(&dist).cloned().collect())
                 })
             })
@@ -1277,7 +1290,7 @@ impl Engine {
                             .blob(&sk_key(&r))?
                             .ok_or_else(|| SessionError::Protocol("no sender key".into()))?;
                         let own = SenderKeyState::from_secret_bytes(&own)?;
-                        let skdm = own.distribution().encode();
+                        let skdm = own.distribution().encode()?;
                         let mut control = Vec::with_capacity(skdm.len() + 1);
                         control.push(CONTROL_SKDM);
                         control.extend_from_slice(&skdm);
@@ -1291,7 +1304,7 @@ impl Engine {
                             reply_to: None,
                         });
                         let (package, body) = sealed?;
-                        let wrapped = package.encode();
+                        let wrapped = package.encode()?;
                         let mut entries = Vec::with_capacity(t.len());
                         let mut recipients: Vec<String> = Vec::new();
                         for (user, dev) in &t {
@@ -1302,11 +1315,11 @@ impl Engine {
                             })?;
                             let mut session = Session::from_secret_bytes(&bytes)?;
                             let msg = session.encrypt(&wrapped)?;
-                            db.put_session(user, dev, &session.to_secret_bytes())?;
+                            db.put_session(user, dev, &session.to_secret_bytes()?)?;
                             entries.push(protocol::KeyEntry {
                                 recipient_user: user.clone(),
                                 recipient_device: dev.to_vec(),
-                                payload: msg.encode(),
+                                payload: msg.encode()?,
                             });
                             if !recipients.contains(user) {
                                 recipients.push(user.clone());
@@ -1334,7 +1347,7 @@ impl Engine {
                                 None => BTreeSet::new(),
                             };
                             dist.extend(targets);
-                            db.put_blob(&skdist_key(&r), &encode_targets(&dist))?;
+                            db.put_blob(&skdist_key(&r), &encode_targets(&dist)?)?;
                             Ok(())
                         })
                     })
@@ -1461,19 +1474,19 @@ impl Engine {
                     .blob(&sk_key(&conversation))?
                     .ok_or_else(|| SessionError::Protocol("no sender key".into()))?;
                 let mut own = SenderKeyState::from_secret_bytes(&own)?;
-                let meta = encode_meta(&package, &state);
+                let meta = encode_meta(&package, &state)?;
                 let msg = own.encrypt(&meta, &package.body_hash)?;
-                db.put_blob(&sk_key(&conversation), &own.to_secret_bytes())?;
+                db.put_blob(&sk_key(&conversation), &own.to_secret_bytes()?)?;
                 let request = protocol::RoomSend {
                     message_id: message_id.to_vec(),
                     room_id: conversation.clone(),
                     body,
-                    key_message: msg.encode(),
+                    key_message: msg.encode()?,
                     head_seq: state.head_seq,
                     ttl_ms: timers.expire_after.map_or(0, |s| u64::from(s) * 1000),
                 }
                 .encode_to_vec();
-                db.outbox_set_request(id, &request, &package.encode())?;
+                db.outbox_set_request(id, &request, &package.encode()?)?;
                 Ok(request)
             })
         })
