@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use futures_util::StreamExt as _;
 use prost::Message as _;
 
 use super::engine::Engine;
@@ -647,6 +648,9 @@ fn op_error(e: MembershipError) -> SessionError {
     }
 }
 
+/// How many key lookups (`GetUser`, `FetchKeys`) run at once for one room change or send.
+const LOOKUP_CONCURRENCY: usize = 8;
+
 fn unknown_user(u: &str, e: SessionError) -> SessionError {
     match e {
         SessionError::Relay {
@@ -658,6 +662,19 @@ fn unknown_user(u: &str, e: SessionError) -> SessionError {
 }
 
 impl Engine {
+    /// Pins the root keys of `users` (first use), [`LOOKUP_CONCURRENCY`] lookups at a time: a
+    /// 500-member room costs a few round trips of latency, not 499.
+    async fn pin_roots(&self, users: &[String]) -> Result<(), SessionError> {
+        // Owned items: a closure over borrowed ones is not `Send` for every lifetime.
+        let mut lookups = futures_util::stream::iter(users.to_vec())
+            .map(|u: String| async move { self.root_of(&u).await.map_err(|e| unknown_user(&u, e)) })
+            .buffer_unordered(LOOKUP_CONCURRENCY);
+        while let Some(r) = lookups.next().await {
+            r?;
+        }
+        Ok(())
+    }
+
     /// Makes sure `user`'s root key is pinned (first use) and returns it.
     pub(crate) async fn root_of(&self, user: &str) -> Result<RootPublicKey, SessionError> {
         let u = user.to_owned();
@@ -723,9 +740,7 @@ impl Engine {
             }
         }
         self.ensure_connected().await?;
-        for u in &canon {
-            self.root_of(u).await.map_err(|e| unknown_user(u, e))?;
-        }
+        self.pin_roots(&canon).await?;
         let op = membership::MembershipOp {
             room_id: membership::new_room_id(kind)?,
             seq: 0,
@@ -782,9 +797,7 @@ impl Engine {
             }
             let kind = make(&state);
             if let OpKind::Invite { users } = &kind {
-                for u in users.clone() {
-                    self.root_of(&u).await.map_err(|e| unknown_user(&u, e))?;
-                }
+                self.pin_roots(users).await?;
             }
             let now = self.opts.clock.now_ms();
             let op = state.next_op(&self.keys.username, &self.keys.cert, now, kind);
@@ -1257,6 +1270,29 @@ impl Engine {
         // The relay wants every device of an addressed user covered, so a user with any new
         // device gets the distribution on all of them (a repeat is ignored by the receiver).
         let users: BTreeSet<String> = missing.iter().map(|(u, _)| u.clone()).collect();
+        // Sessions with every missing device first, several users at a time (key fetches are
+        // round trips); the loop below then finds them in place.
+        {
+            let work: Vec<(String, Vec<[u8; 16]>)> = users
+                .iter()
+                .map(|u| {
+                    let ids = targets
+                        .iter()
+                        .filter(|(x, _)| x == u)
+                        .map(|(_, d)| *d)
+                        .collect();
+                    (u.clone(), ids)
+                })
+                .collect();
+            let mut fetches = futures_util::stream::iter(work)
+                .map(|(u, ids): (String, Vec<[u8; 16]>)| async move {
+                    self.ensure_sessions_pub(&u, &ids).await
+                })
+                .buffer_unordered(LOOKUP_CONCURRENCY);
+            while let Some(r) = fetches.next().await {
+                r?;
+            }
+        }
         let mut batch: Vec<Target> = Vec::new();
         for u in users {
             let devs: Vec<Target> = targets.iter().filter(|(x, _)| *x == u).cloned().collect();

@@ -152,6 +152,9 @@ pub struct ConvView {
     /// Whether the newest page was loaded (a view that only holds messages that arrived live
     /// still needs its history).
     pub loaded: bool,
+    /// The next newest page replaces the loaded messages instead of merging into them: events
+    /// were missed, so what is loaded may hold messages that are gone.
+    pub resync: bool,
     /// Wrapped heights of messages at the last drawn width, so lines scrolled past are
     /// counted without wrapping them again (drawing stays proportional to the window).
     pub heights: RefCell<HeightCache>,
@@ -446,6 +449,9 @@ pub enum UiEvent {
     Unlocked,
     /// Unlocking failed.
     UnlockFailed(String),
+    /// Session events were missed (the subscriber lagged): reload everything shown from the
+    /// cache.
+    Resync,
     /// The conversation list.
     Conversations(Vec<ConversationSummary>),
     /// A page of history (oldest first).
@@ -1743,6 +1749,19 @@ impl App {
                     .unwrap_or(0);
                 self.select(idx)
             }
+            UiEvent::Resync => {
+                let mut fx = vec![Effect::LoadConversations, Effect::LoadRooms];
+                for (id, v) in &mut self.views {
+                    if v.loaded {
+                        v.resync = true;
+                        fx.push(Effect::LoadHistory {
+                            conversation: id.clone(),
+                            before: None,
+                        });
+                    }
+                }
+                fx
+            }
             UiEvent::History {
                 conversation,
                 older,
@@ -1763,6 +1782,9 @@ impl App {
                     page.append(&mut v.messages);
                     v.messages = page;
                     v.new_marker = v.new_marker.map(|i| i + added);
+                } else if std::mem::take(&mut v.resync) {
+                    v.messages = messages;
+                    v.new_marker = None;
                 } else {
                     // Messages that arrived live before the first page loaded are kept, and
                     // the "new messages" marker stays on the message it marked.
@@ -2882,6 +2904,36 @@ mod tests {
         let v = &a.views["dm:alice:bob"];
         assert_eq!(v.messages.len(), 5);
         assert_eq!(v.new_marker, Some(3), "still on message 4");
+    }
+
+    #[test]
+    fn missed_events_reload_every_shown_conversation_from_the_cache() {
+        let mut a = app("default");
+        a.update(Action::Run("/dm bob".into()));
+        a.on_event(UiEvent::History {
+            conversation: "dm:alice:bob".into(),
+            older: false,
+            messages: vec![
+                msg("dm:alice:bob", "bob", "one", 1),
+                msg("dm:alice:bob", "bob", "gone", 2),
+            ],
+        });
+        let fx = a.on_event(UiEvent::Resync);
+        assert!(fx.contains(&Effect::LoadConversations));
+        assert!(fx.iter().any(|e| matches!(e, Effect::LoadHistory { conversation, before: None } if conversation == "dm:alice:bob")));
+        // The reloaded page replaces what was shown: a message shredded while events were
+        // missed disappears instead of lingering.
+        a.on_event(UiEvent::History {
+            conversation: "dm:alice:bob".into(),
+            older: false,
+            messages: vec![msg("dm:alice:bob", "bob", "one", 1)],
+        });
+        let texts: Vec<&str> = a.views["dm:alice:bob"]
+            .messages
+            .iter()
+            .map(|m| m.text.as_str())
+            .collect();
+        assert_eq!(texts, vec!["one"]);
     }
 
     #[test]

@@ -314,8 +314,10 @@ pub async fn run(opts: TuiOptions) -> Result<(), TuiError> {
                                     }
                                 }
                                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                                    // Missed events: reload what is shown.
-                                    let _ = t.send(LoopMsg::Ui(UiEvent::Error("some updates were missed; reopen the conversation to refresh".into())));
+                                    // Missed events: reload what is shown from the cache.
+                                    if t.send(LoopMsg::Ui(UiEvent::Resync)).is_err() {
+                                        break;
+                                    }
                                 }
                                 Err(_) => break,
                             }
