@@ -109,6 +109,10 @@ impl RelayError {
     }
 }
 
+/// What a held answer waits for (see [`Tamper::hold`]).
+#[cfg(feature = "test-hooks")]
+pub type Release = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// A hook that lets a test play a malicious relay: it sees every delivery the relay is about to
 /// send and every room log it answers, and may drop, duplicate or rewrite them.
 ///
@@ -130,9 +134,10 @@ pub trait Tamper: Send + Sync + 'static {
     }
 
     /// Called for every answer to a request of `from_user`, named by its kind (`"send"`,
-    /// `"set_policy"`, ...); `Some(delay)` holds the answer back that long while the connection
-    /// goes on serving pushes and other requests (a slow relay, for tests of the client).
-    fn hold(&self, from_user: &str, request: &str) -> Option<std::time::Duration> {
+    /// `"set_policy"`, ...); `Some(release)` holds the answer back until `release` completes,
+    /// while the connection goes on serving pushes and other requests (a slow relay, for tests
+    /// of the client).
+    fn hold(&self, from_user: &str, request: &str) -> Option<Release> {
         let _ = (from_user, request);
         None
     }

@@ -65,7 +65,10 @@ enum Action {
     /// Answer, then close the connection.
     Close(Frame, CloseCode),
     /// Answer after a delay, serving the connection meanwhile (the test hook's held reply).
-    Later(Frame, std::time::Duration),
+    Later(
+        Frame,
+        std::pin::Pin<Box<dyn std::future::Future<Output = ()> + std::marker::Send>>,
+    ),
 }
 
 /// Why the connection loop woke up.
@@ -309,11 +312,11 @@ where
         Event::Incoming(Some(Ok(Message::Binary(bytes)))) => {
             match handle_bytes(shared, sess, &bytes).await {
                 Action::Reply(frame) => send_frame(ws, &frame).await.is_ok(),
-                Action::Later(frame, delay) => {
+                Action::Later(frame, release) => {
                     if let Some(auth) = &sess.auth {
                         let outbox = Arc::clone(&auth.outbox);
                         tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
+                            release.await;
                             outbox.offer(Push::Reply(Box::new(frame)));
                         });
                     }
@@ -516,7 +519,7 @@ async fn handle_bytes(shared: &Shared, sess: &mut Session, bytes: &[u8]) -> Acti
     // The test hook may hold this answer back; the connection carries on meanwhile.
     match (action, &sess.auth) {
         (Action::Reply(frame), Some(auth)) => match shared.held_reply(&auth.username, kind) {
-            Some(delay) => Action::Later(frame, delay),
+            Some(release) => Action::Later(frame, release),
             None => Action::Reply(frame),
         },
         (action, _) => action,

@@ -155,7 +155,11 @@ impl Shared {
 
     /// How long to hold back the answer to a request of `from_user` (named by its kind): a
     /// test's tamper hook can play a slow relay (only with the `test-hooks` feature).
-    pub(crate) fn held_reply(&self, from_user: &str, request: &str) -> Option<Duration> {
+    pub(crate) fn held_reply(
+        &self,
+        from_user: &str,
+        request: &str,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
         #[cfg(feature = "test-hooks")]
         if let Some(t) = &self.tamper {
             return t.hold(from_user, request);
