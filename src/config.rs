@@ -23,6 +23,11 @@ pub const PROFILE_ENV: &str = "CINDER_PROFILE";
 pub const DEFAULT_PROFILE: &str = "default";
 /// File name of the config file inside [`Paths::config_dir`].
 pub const CONFIG_FILE: &str = "config.toml";
+/// Environment variables that carry a passphrase. Every child process cinder starts (the
+/// `--passphrase-command`, `$EDITOR`, the bench's relay) is started without them: a child has
+/// no business with the cache passphrase, and an editor plugin or a logging shell would see
+/// it. Removing them from cinder's own environment would need `unsafe` `remove_var`.
+pub const SECRET_ENV: &[&str] = &["CINDER_PASSPHRASE", "CINDER_NEW_PASSPHRASE"];
 
 /// Everything that can go wrong finding paths or loading the config.
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@
 pub mod framing;
 pub mod messages;
 pub mod names;
+pub mod safe_text;
 
 pub use framing::{FrameError, decode_frame, encode_frame};
 pub use messages::*;

@@ -42,7 +42,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::clock::Clock;
 use crate::crypto::CryptoError;
-use crate::protocol::{DEFAULT_MAX_FRAME, Delivery, ErrorCode, RoomLog};
+use crate::protocol::{DEFAULT_MAX_FRAME, ErrorCode};
+#[cfg(feature = "test-hooks")]
+use crate::protocol::{Delivery, RoomLog};
 
 pub use store::RelayStore;
 
@@ -107,12 +109,21 @@ impl RelayError {
     }
 }
 
+/// What a held answer waits for (see [`Tamper::hold`]).
+#[cfg(feature = "test-hooks")]
+pub type Release = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// A hook that lets a test play a malicious relay: it sees every delivery the relay is about to
 /// send and every room log it answers, and may drop, duplicate or rewrite them.
 ///
 /// Only for tests of client-side detection (injected, replayed or dropped membership changes,
 /// tampered ciphertext); `cinder serve` never sets it. When [`RelayConfig::tamper`] is `None`
 /// nothing is called and nothing is copied.
+///
+/// Compiled only with the `test-hooks` feature, which the crate's own tests turn on (a
+/// dev-dependency on itself): a release build of the relay has no code that could rewrite
+/// what it sends.
+#[cfg(feature = "test-hooks")]
 #[doc(hidden)]
 pub trait Tamper: Send + Sync + 'static {
     /// Called for every delivery on its way to `to_device` of `to_user`, in `Fetch` pages and
@@ -123,9 +134,10 @@ pub trait Tamper: Send + Sync + 'static {
     }
 
     /// Called for every answer to a request of `from_user`, named by its kind (`"send"`,
-    /// `"set_policy"`, ...); `Some(delay)` holds the answer back that long while the connection
-    /// goes on serving pushes and other requests (a slow relay, for tests of the client).
-    fn hold(&self, from_user: &str, request: &str) -> Option<std::time::Duration> {
+    /// `"set_policy"`, ...); `Some(release)` holds the answer back until `release` completes,
+    /// while the connection goes on serving pushes and other requests (a slow relay, for tests
+    /// of the client).
+    fn hold(&self, from_user: &str, request: &str) -> Option<Release> {
         let _ = (from_user, request);
         None
     }
@@ -174,7 +186,8 @@ pub struct RelayConfig {
     /// much more than that).
     pub sweep_interval: Duration,
     /// Test-only hook that rewrites what the relay sends; see [`Tamper`]. Always `None` in
-    /// `cinder serve`.
+    /// `cinder serve`; only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub tamper: Option<Arc<dyn Tamper>>,
     /// Where wall time comes from for expiry, delete-by times and server timestamps: the
@@ -184,8 +197,8 @@ pub struct RelayConfig {
 
 impl std::fmt::Debug for RelayConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayConfig")
-            .field("listen", &self.listen)
+        let mut d = f.debug_struct("RelayConfig");
+        d.field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("network_name", &self.network_name)
             .field("tls", &self.tls)
@@ -199,9 +212,10 @@ impl std::fmt::Debug for RelayConfig {
             .field("max_expire_secs", &self.max_expire_secs)
             .field("max_burn_secs", &self.max_burn_secs)
             .field("sweep_interval", &self.sweep_interval)
-            .field("tamper", &self.tamper.is_some())
-            .field("clock", &self.clock)
-            .finish()
+            .field("clock", &self.clock);
+        #[cfg(feature = "test-hooks")]
+        d.field("tamper", &self.tamper.is_some());
+        d.finish()
     }
 }
 
@@ -223,6 +237,7 @@ impl RelayConfig {
             max_expire_secs: None,
             max_burn_secs: None,
             sweep_interval: Duration::from_secs(1),
+            #[cfg(feature = "test-hooks")]
             tamper: None,
             clock: Clock::system(),
         }

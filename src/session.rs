@@ -18,6 +18,7 @@ mod engine;
 mod ephemeral;
 mod inbound;
 mod outbound;
+mod policy;
 pub mod register;
 mod rooms;
 mod timers;
@@ -236,12 +237,10 @@ pub(crate) struct Keys {
 impl Keys {
     pub(crate) fn from_account(a: &AccountRecord) -> Result<Self, SessionError> {
         let cert = DeviceCertificate::decode(&a.device_cert)?;
-        let root = crate::crypto::identity::UserRootKey::from_secret_bytes(&a.root_secret)
-            .public()
-            .0;
         Ok(Self {
             username: a.username.clone(),
-            root,
+            // The public key only: a linked device will not hold the root secret.
+            root: a.root_public,
             device_id: a.device_id,
             device: DeviceKeys {
                 signing: SigningKeyPair::from_secret_bytes(&a.device_signing_secret),

@@ -92,6 +92,10 @@ pub enum StoreError {
     /// A message id the caller gave (e.g. a paging anchor) is not in the cache.
     #[error("no such message in the cache")]
     UnknownMessage,
+    /// An operation needs the user's root key, which only a device holding the account's root
+    /// role keeps.
+    #[error("this device does not hold your account's root key")]
+    NoRootKey,
 }
 
 /// Result alias for the store.
@@ -1193,7 +1197,7 @@ mod tests {
         let received = |user: &str, secret: &[u8]| {
             let mut w = Writer::with_capacity(64);
             w.bytes(user.as_bytes()).bytes(secret);
-            w.into_vec()
+            w.finish().unwrap()
         };
         {
             let s = Store::create_at(&dir, b"pw", P, 4).unwrap();
@@ -1233,7 +1237,7 @@ mod tests {
                 .fixed(&bob_dev)
                 .bytes(b"carol")
                 .fixed(&carol_dev);
-            db.put_blob(&format!("rooms/skdist/{room}"), &w.into_vec())
+            db.put_blob(&format!("rooms/skdist/{room}"), &w.finish().unwrap())
                 .unwrap();
             for (dev, dist, user, secret) in [
                 (&bob_dev, &dist1, "bob", b"bob chain".as_slice()),

@@ -442,3 +442,66 @@ fn the_ui_cannot_reach_a_store_through_the_session() {
         bad.join("\n")
     );
 }
+
+/// The relay's tamper hook exists only with the `test-hooks` feature, which is off by default:
+/// every declaration of the `Tamper` trait, a `tamper` field or its initialiser, and every
+/// call of the hook sits under `#[cfg(feature = "test-hooks")]`, so `cargo build --release`
+/// compiles none of it.
+#[test]
+fn the_tamper_hook_is_compiled_only_for_tests() {
+    const GATE: &str = "#[cfg(feature = \"test-hooks\")]";
+    let manifest =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    let features = manifest
+        .split("[features]")
+        .nth(1)
+        .expect("Cargo.toml has a [features] table")
+        .split("\n[")
+        .next()
+        .unwrap();
+    assert!(features.contains("test-hooks = []"), "{features}");
+    assert!(
+        !features
+            .lines()
+            .any(|l| l.trim_start().starts_with("default") && l.contains("test-hooks")),
+        "test-hooks must not be a default feature"
+    );
+    let mut seen = 0;
+    for f in module_files().remove("relay").unwrap() {
+        let text = fs::read_to_string(&f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let code = line.split("//").next().unwrap_or("").trim();
+            let declares = code.contains("trait Tamper")
+                || code.starts_with("tamper:")
+                || code.starts_with("pub tamper:")
+                || code.contains("use super::Tamper")
+                || code.contains(".tamper");
+            if !declares {
+                continue;
+            }
+            seen += 1;
+            // The gate is on the item itself or on the `if`/`use` just above, past doc
+            // comments and other attributes.
+            let gated = lines[..i]
+                .iter()
+                .rev()
+                .take_while(|l| {
+                    let t = l.trim_start();
+                    t.starts_with("///") || t.starts_with("#[") || t.is_empty()
+                })
+                .any(|l| l.trim() == GATE)
+                || lines[..i].last().is_some_and(|l| l.trim() == GATE);
+            assert!(
+                gated,
+                "{}:{}: tamper hook outside {GATE}: {line}",
+                f.display(),
+                i + 1
+            );
+        }
+    }
+    assert!(
+        seen >= 5,
+        "the checks found only {seen} tamper declarations"
+    );
+}

@@ -142,6 +142,50 @@ async fn scripting_with_send_recv_json_and_history() {
     .unwrap();
 }
 
+/// A peer's text cannot drive the reader's terminal: escape sequences (an OSC 52 clipboard
+/// write, a line erase) and a carriage return that would draw a fake line from another sender
+/// come out of `recv` and `history` as visible symbols, and a newline in the body starts an
+/// indented continuation line, never a line that passes for a new sender. `--json` keeps the
+/// exact text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_text_cannot_inject_terminal_escapes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = TestRelay::start(tmp.path()).await;
+    let env = Env {
+        root: tmp.path().to_path_buf(),
+    };
+    let (url, invite) = (relay.url(), relay.admin_invite.clone());
+    tokio::task::spawn_blocking(move || {
+        setup(&env, &url, &invite);
+        let evil = "hi\x1b]52;c;SGVsbG8=\x07\r\x1b[2Kmallory: fake\u{202e}\u{9b}\nadmin: also fake";
+        env.ok("alice", &["send", "--to", "bob", evil]);
+        let check = |out: &str| {
+            assert!(
+                !out.contains(['\x1b', '\r', '\x07', '\u{202e}', '\u{9b}']),
+                "{out:?}"
+            );
+            assert!(
+                out.contains("␛]52;c;SGVsbG8=␇␍␛[2Kmallory: fake"),
+                "{out:?}"
+            );
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines.len(), 2, "{out:?}");
+            assert!(
+                lines[0].starts_with('[') && lines[0].contains("] alice: hi"),
+                "{out:?}"
+            );
+            assert_eq!(lines[1], "    admin: also fake", "{out:?}");
+        };
+        check(&env.ok("bob", &["recv"]));
+        check(&env.ok("bob", &["history", "--with", "alice"]));
+        let json = env.ok("bob", &["history", "--with", "alice", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+        assert_eq!(v["text"], evil);
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_and_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
@@ -326,6 +370,28 @@ async fn passphrase_change_and_sources() {
             .output()
             .unwrap();
         assert!(cmd.status.success());
+        // The command does not inherit CINDER_PASSPHRASE (nor CINDER_NEW_PASSPHRASE): it
+        // prints the passphrase only when neither is in its environment.
+        let clean = env
+            .cmd("admin")
+            .env("CINDER_NEW_PASSPHRASE", "leak")
+            .args([
+                "--passphrase-command",
+                &format!(
+                    "test -z \"$CINDER_PASSPHRASE$CINDER_NEW_PASSPHRASE\" && cat {}",
+                    file.display()
+                ),
+                "history",
+                "--with",
+                "bob",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            clean.status.success(),
+            "the passphrase command saw CINDER_PASSPHRASE: {}",
+            String::from_utf8_lossy(&clean.stderr)
+        );
         let none = env
             .cmd("admin")
             .env_remove("CINDER_PASSPHRASE")

@@ -111,7 +111,7 @@ fn build_fixtures() -> Fixtures {
     let mut bundle_no_otk = bundle.clone();
     bundle_no_otk.one_time_prekey = None;
     bundle_no_otk.pq_prekey = bob_pre.current_last_resort(&bob_keys.signing).unwrap();
-    let fresh_pre = bob_pre.to_secret_bytes().to_vec();
+    let fresh_pre = bob_pre.to_secret_bytes().unwrap().to_vec();
 
     let mut alice_session = handshake::initiate(
         &alice_keys,
@@ -124,7 +124,7 @@ fn build_fixtures() -> Fixtures {
     )
     .unwrap();
     let initial = alice_session.encrypt(b"hello bob").unwrap();
-    let pending_session = alice_session.to_secret_bytes().to_vec();
+    let pending_session = alice_session.to_secret_bytes().unwrap().to_vec();
     let PairwiseMessage::Initial(init) = &initial else {
         panic!("first message must carry the handshake");
     };
@@ -187,7 +187,7 @@ fn build_fixtures() -> Fixtures {
     // Sender keys with one skipped key on the receiving side.
     let mut sks = SenderKeyState::new(b"room-1", DeviceId([1; 16]), NOW).unwrap();
     let mut rsk = ReceivedSenderKey::from_distribution(&sks.distribution());
-    let distribution = sks.distribution().encode().to_vec();
+    let distribution = sks.distribution().encode().unwrap().to_vec();
     let h = [5u8; 32];
     let _s0 = sks.encrypt(b"zero", &h).unwrap();
     let s1 = sks.encrypt(b"one", &h).unwrap();
@@ -222,10 +222,11 @@ fn build_fixtures() -> Fixtures {
             },
         },
         &alice_keys.signing,
-    );
+    )
+    .unwrap();
     let mut room = RoomState::genesis(&create, &alice_urk.public(), 100).unwrap();
-    let mut membership_ops = vec![create.encode()];
-    let mut room_states = vec![room.encode()];
+    let mut membership_ops = vec![create.encode().unwrap()];
+    let mut room_states = vec![room.encode().unwrap()];
     for kind in [
         OpKind::Invite {
             users: vec!["carol".into(), "dave".into()],
@@ -249,34 +250,41 @@ fn build_fixtures() -> Fixtures {
         let op = SignedOp::sign(
             room.next_op("alice", &alice_cert, NOW * 1000, kind),
             &alice_keys.signing,
-        );
+        )
+        .unwrap();
         room.apply(&op, &alice_urk.public(), 100).unwrap();
-        membership_ops.push(op.encode());
+        membership_ops.push(op.encode().unwrap());
     }
-    room_states.push(room.encode());
+    room_states.push(room.encode().unwrap());
 
     Fixtures {
-        cert: alice_cert.encode(),
-        revocation: revocation.encode(),
-        bundles: vec![bundle.encode(), bundle_no_otk.encode()],
-        pq_prekey: pq[0].encode(),
-        device_prekeys: vec![fresh_pre, bob_pre.to_secret_bytes().to_vec()],
-        ratchet_message: ratchet_message.encode(),
-        ratchet_states: vec![ra.to_secret_bytes().to_vec(), rb.to_secret_bytes().to_vec()],
-        pairwise: vec![initial.encode(), normal.encode()],
+        cert: alice_cert.encode().unwrap(),
+        revocation: revocation.encode().unwrap(),
+        bundles: vec![bundle.encode().unwrap(), bundle_no_otk.encode().unwrap()],
+        pq_prekey: pq[0].encode().unwrap(),
+        device_prekeys: vec![fresh_pre, bob_pre.to_secret_bytes().unwrap().to_vec()],
+        ratchet_message: ratchet_message.encode().unwrap(),
+        ratchet_states: vec![
+            ra.to_secret_bytes().unwrap().to_vec(),
+            rb.to_secret_bytes().unwrap().to_vec(),
+        ],
+        pairwise: vec![initial.encode().unwrap(), normal.encode().unwrap()],
         sessions: vec![
             pending_session,
-            alice_session.to_secret_bytes().to_vec(),
-            bob_session.to_secret_bytes().to_vec(),
+            alice_session.to_secret_bytes().unwrap().to_vec(),
+            bob_session.to_secret_bytes().unwrap().to_vec(),
         ],
-        payloads: payloads.iter().map(|p| p.encode().to_vec()).collect(),
+        payloads: payloads
+            .iter()
+            .map(|p| p.encode().unwrap().to_vec())
+            .collect(),
         payload,
         key_package,
         body,
         distribution,
-        sender_key_message: s1.encode(),
-        received_sender_key: rsk.to_secret_bytes().to_vec(),
-        sender_key_state: sks.to_secret_bytes().to_vec(),
+        sender_key_message: s1.encode().unwrap(),
+        received_sender_key: rsk.to_secret_bytes().unwrap().to_vec(),
+        sender_key_state: sks.to_secret_bytes().unwrap().to_vec(),
         cache_header: cache_header.encode(),
         chunked,
         chunked_plain,
@@ -335,41 +343,47 @@ fn stable<T>(
 }
 
 fn check_cert(b: &[u8]) -> Check {
-    canonical("certificate", b, DeviceCertificate::decode, |v| v.encode())
+    canonical("certificate", b, DeviceCertificate::decode, |v| {
+        v.encode().unwrap()
+    })
 }
 
 fn check_revocation(b: &[u8]) -> Check {
-    canonical("revocation", b, Revocation::decode, |v| v.encode())
+    canonical("revocation", b, Revocation::decode, |v| v.encode().unwrap())
 }
 
 fn check_bundle(b: &[u8]) -> Check {
-    canonical("prekey bundle", b, PrekeyBundle::decode, |v| v.encode())
+    canonical("prekey bundle", b, PrekeyBundle::decode, |v| {
+        v.encode().unwrap()
+    })
 }
 
 fn check_pq_prekey(b: &[u8]) -> Check {
-    canonical("pq prekey", b, PqPrekey::decode, |v| v.encode())
+    canonical("pq prekey", b, PqPrekey::decode, |v| v.encode().unwrap())
 }
 
 fn check_device_prekeys(b: &[u8]) -> Check {
     // Not canonical: duplicate ids collapse and one-time keys come back sorted by id.
     stable("device prekeys", b, DevicePrekeys::from_secret_bytes, |v| {
-        v.to_secret_bytes().to_vec()
+        v.to_secret_bytes().unwrap().to_vec()
     })
 }
 
 fn check_ratchet_message(b: &[u8]) -> Check {
-    canonical("ratchet message", b, RatchetMessage::decode, |v| v.encode())
+    canonical("ratchet message", b, RatchetMessage::decode, |v| {
+        v.encode().unwrap()
+    })
 }
 
 fn check_ratchet_state(b: &[u8]) -> Check {
     canonical("ratchet state", b, RatchetState::from_secret_bytes, |v| {
-        v.to_secret_bytes().to_vec()
+        v.to_secret_bytes().unwrap().to_vec()
     })
 }
 
 fn check_pairwise(b: &[u8]) -> Check {
     canonical("pairwise message", b, PairwiseMessage::decode, |v| {
-        v.encode()
+        v.encode().unwrap()
     })
 }
 
@@ -377,24 +391,29 @@ fn check_session(b: &[u8]) -> Check {
     // Not canonical: the one-time prekey id of a pending handshake is ignored (and re-encoded
     // as 0) when its presence byte is 0.
     stable("session", b, Session::from_secret_bytes, |v| {
-        v.to_secret_bytes().to_vec()
+        v.to_secret_bytes().unwrap().to_vec()
     })
 }
 
 fn check_payload(b: &[u8]) -> Check {
-    canonical("payload", b, Payload::decode, |v| v.encode().to_vec())
+    canonical("payload", b, Payload::decode, |v| {
+        v.encode().unwrap().to_vec()
+    })
 }
 
 /// A decoded key package opens the fixed body only if it is the real package.
 fn check_key_package(b: &[u8]) -> Check {
     let decoded = canonical("key package", b, KeyPackage::decode, |v| {
-        v.encode().to_vec()
+        v.encode().unwrap().to_vec()
     })?;
     if let Ok(kp) = KeyPackage::decode(b)
         && let Ok(p) = envelope::open(&kp, &FIX.body)
     {
         prop_assert_eq!(&p, &FIX.payload);
-        prop_assert_eq!(kp.encode().to_vec(), FIX.key_package.encode().to_vec());
+        prop_assert_eq!(
+            kp.encode().unwrap().to_vec(),
+            FIX.key_package.encode().unwrap().to_vec()
+        );
     }
     Ok(decoded)
 }
@@ -416,13 +435,13 @@ fn check_distribution(b: &[u8]) -> Check {
         "sender key distribution",
         b,
         SenderKeyDistribution::decode,
-        |v| v.encode().to_vec(),
+        |v| v.encode().unwrap().to_vec(),
     )
 }
 
 fn check_sender_key_message(b: &[u8]) -> Check {
     canonical("sender key message", b, SenderKeyMessage::decode, |v| {
-        v.encode()
+        v.encode().unwrap()
     })
 }
 
@@ -431,7 +450,7 @@ fn check_received_sender_key(b: &[u8]) -> Check {
         "received sender key",
         b,
         ReceivedSenderKey::from_secret_bytes,
-        |v| v.to_secret_bytes().to_vec(),
+        |v| v.to_secret_bytes().unwrap().to_vec(),
     )
 }
 
@@ -440,7 +459,7 @@ fn check_sender_key_state(b: &[u8]) -> Check {
         "sender key state",
         b,
         SenderKeyState::from_secret_bytes,
-        |v| v.to_secret_bytes().to_vec(),
+        |v| v.to_secret_bytes().unwrap().to_vec(),
     )
 }
 
@@ -477,7 +496,9 @@ fn check_chunked(b: &[u8]) -> Check {
 /// A membership op that decodes is canonical, and one that still verifies as alice's is one of
 /// the genuine ops (the signature covers every byte but the version and itself).
 fn check_membership_op(b: &[u8]) -> Check {
-    let decoded = canonical("membership op", b, SignedOp::decode, SignedOp::encode)?;
+    let decoded = canonical("membership op", b, SignedOp::decode, |v| {
+        v.encode().unwrap()
+    })?;
     if let Ok(op) = SignedOp::decode(b)
         && op.verify_author(&FIX.membership_root).is_ok()
     {
@@ -490,7 +511,7 @@ fn check_membership_op(b: &[u8]) -> Check {
 }
 
 fn check_room_state(b: &[u8]) -> Check {
-    canonical("room state", b, RoomState::decode, RoomState::encode)
+    canonical("room state", b, RoomState::decode, |v| v.encode().unwrap())
 }
 
 type Checker = fn(&[u8]) -> Check;
@@ -718,7 +739,7 @@ proptest! {
                 mutated_family(&bases, which, &muts, check_payload)?;
             }
             1 => {
-                let kp = FIX.key_package.encode();
+                let kp = FIX.key_package.encode().unwrap();
                 mutated_family(&[&kp[..]], which, &muts, check_key_package)?;
             }
             _ => {
@@ -900,7 +921,7 @@ fn every_fixture_decodes() {
             assert!(check(base).unwrap());
         }
     }
-    assert!(check_key_package(&FIX.key_package.encode()).unwrap());
+    assert!(check_key_package(&FIX.key_package.encode().unwrap()).unwrap());
     let mut out = Vec::new();
     chunked::decrypt(&CHUNK_KEY, FILE_CONTEXT, &mut &FIX.chunked[..], &mut out).unwrap();
     assert_eq!(out, FIX.chunked_plain);

@@ -67,10 +67,10 @@ fn ratchet_pair() -> (RatchetState, RatchetState) {
 }
 
 fn reload_ratchet(s: &RatchetState) -> RatchetState {
-    let bytes = s.to_secret_bytes();
+    let bytes = s.to_secret_bytes().unwrap();
     let restored = RatchetState::from_secret_bytes(&bytes).unwrap();
     assert_eq!(
-        *restored.to_secret_bytes(),
+        *restored.to_secret_bytes().unwrap(),
         *bytes,
         "ratchet state re-encodes differently"
     );
@@ -96,7 +96,7 @@ impl Peer for RatchetState {
     }
 
     fn wire(msg: &RatchetMessage) -> RatchetMessage {
-        RatchetMessage::decode(&msg.encode()).unwrap()
+        RatchetMessage::decode(&msg.encode().unwrap()).unwrap()
     }
 
     fn header(msg: &RatchetMessage) -> Header {
@@ -225,7 +225,7 @@ impl Peer for SessionPeer {
     }
 
     fn wire(msg: &PairwiseMessage) -> PairwiseMessage {
-        PairwiseMessage::decode(&msg.encode()).unwrap()
+        PairwiseMessage::decode(&msg.encode().unwrap()).unwrap()
     }
 
     fn header(msg: &PairwiseMessage) -> Header {
@@ -242,10 +242,10 @@ impl Peer for SessionPeer {
     fn reload(&self) -> Self {
         match self {
             Self::Live(s) => {
-                let bytes = s.to_secret_bytes();
+                let bytes = s.to_secret_bytes().unwrap();
                 let restored = Session::from_secret_bytes(&bytes).unwrap();
                 assert_eq!(
-                    *restored.to_secret_bytes(),
+                    *restored.to_secret_bytes().unwrap(),
                     *bytes,
                     "session re-encodes differently"
                 );
@@ -256,7 +256,8 @@ impl Peer for SessionPeer {
             Self::Waiting(r) => Self::Waiting(Box::new(Responder {
                 keys: r.keys.clone(),
                 cert: r.cert.clone(),
-                prekeys: DevicePrekeys::from_secret_bytes(&r.prekeys.to_secret_bytes()).unwrap(),
+                prekeys: DevicePrekeys::from_secret_bytes(&r.prekeys.to_secret_bytes().unwrap())
+                    .unwrap(),
                 peer_root: r.peer_root,
             })),
         }
@@ -689,10 +690,10 @@ fn flip(bytes: &mut [u8], bit: usize) {
 }
 
 fn reload_received(r: &ReceivedSenderKey) -> ReceivedSenderKey {
-    let bytes = r.to_secret_bytes();
+    let bytes = r.to_secret_bytes().unwrap();
     let restored = ReceivedSenderKey::from_secret_bytes(&bytes).unwrap();
     assert_eq!(
-        *restored.to_secret_bytes(),
+        *restored.to_secret_bytes().unwrap(),
         *bytes,
         "received sender key re-encodes differently"
     );
@@ -702,10 +703,10 @@ fn reload_received(r: &ReceivedSenderKey) -> ReceivedSenderKey {
 }
 
 fn reload_sender(s: &SenderKeyState) -> SenderKeyState {
-    let bytes = s.to_secret_bytes();
+    let bytes = s.to_secret_bytes().unwrap();
     let restored = SenderKeyState::from_secret_bytes(&bytes).unwrap();
     assert_eq!(
-        *restored.to_secret_bytes(),
+        *restored.to_secret_bytes().unwrap(),
         *bytes,
         "sender key state re-encodes differently"
     );
@@ -714,7 +715,7 @@ fn reload_sender(s: &SenderKeyState) -> SenderKeyState {
 }
 
 fn install(s: &SenderKeyState) -> ReceivedSenderKey {
-    let d = SenderKeyDistribution::decode(&s.distribution().encode()).unwrap();
+    let d = SenderKeyDistribution::decode(&s.distribution().encode().unwrap()).unwrap();
     assert_eq!(d.iteration, s.iteration());
     ReceivedSenderKey::from_distribution(&d)
 }
@@ -783,7 +784,7 @@ fn sender_key_stream(case: &SkCase, reload: bool) -> Result<(), TestCaseError> {
                 "restored sender key sends differently"
             );
         }
-        msgs.push(SenderKeyMessage::decode(&m.encode()).unwrap());
+        msgs.push(SenderKeyMessage::decode(&m.encode().unwrap()).unwrap());
     }
 
     for (plan, recv) in case.receivers.iter().zip(receivers) {
@@ -809,7 +810,7 @@ fn sender_key_stream(case: &SkCase, reload: bool) -> Result<(), TestCaseError> {
                 }
                 if let Some(t) = &plan.tamper[i] {
                     let (bad, bad_body, expect) = forged(&msgs[i], &body, t);
-                    let before = recv.to_secret_bytes();
+                    let before = recv.to_secret_bytes().unwrap();
                     let r = recv.decrypt(&bad, &bad_body);
                     prop_assert!(
                         r.as_ref().is_err_and(|e| format!("{e:?}") == expect),
@@ -819,7 +820,7 @@ fn sender_key_stream(case: &SkCase, reload: bool) -> Result<(), TestCaseError> {
                         r
                     );
                     prop_assert_eq!(
-                        &*recv.to_secret_bytes(),
+                        &*recv.to_secret_bytes().unwrap(),
                         &*before,
                         "failed decryption changed the state"
                     );
@@ -861,7 +862,10 @@ fn sender_key_stream(case: &SkCase, reload: bool) -> Result<(), TestCaseError> {
         let expected = high.map_or(0, |h| (plan.install_at..h).filter(|&i| !done[i]).count());
         prop_assert_eq!(recv.stored_keys(), expected);
         if let Some(reference) = &reference {
-            prop_assert_eq!(&*recv.to_secret_bytes(), &*reference.to_secret_bytes());
+            prop_assert_eq!(
+                &*recv.to_secret_bytes().unwrap(),
+                &*reference.to_secret_bytes().unwrap()
+            );
         }
         // Still working afterwards.
         let last = sender.encrypt(b"after", &[9; 32]).unwrap();
@@ -884,7 +888,7 @@ fn jump_stream() -> &'static JumpStream {
     static STREAM: OnceLock<JumpStream> = OnceLock::new();
     STREAM.get_or_init(|| {
         let mut s = SenderKeyState::new(ROOM, SENDER, 0).unwrap();
-        let distribution = s.distribution().encode().to_vec();
+        let distribution = s.distribution().encode().unwrap().to_vec();
         let keep_from = MAX_JUMP - MAX_STORED_KEYS as u32 - 1;
         let mut msgs = HashMap::new();
         for i in 0..=MAX_JUMP + EARLY + 50 {
@@ -981,7 +985,7 @@ proptest! {
             }
         }
         let (m, pt) = &msgs[j];
-        let mut bytes = m.encode();
+        let mut bytes = m.encode().unwrap();
         let (region, bit) = if in_header {
             ("header", bit.index(40 * 8))
         } else {
@@ -990,13 +994,13 @@ proptest! {
         flip(&mut bytes, bit);
         let bad = RatchetMessage::decode(&bytes).unwrap();
         prop_assert_ne!(&bad, m);
-        let before = y.to_secret_bytes();
+        let before = y.to_secret_bytes().unwrap();
         let r = y.decrypt(&bad, 0);
         prop_assert!(r.is_err(), "{} bit {} flipped: decrypted to {:?}", region, bit, r);
         if !in_header {
             prop_assert!(matches!(r, Err(CryptoError::Integrity)), "{:?}", r);
         }
-        prop_assert_eq!(&*y.to_secret_bytes(), &*before, "failed decryption changed the state");
+        prop_assert_eq!(&*y.to_secret_bytes().unwrap(), &*before, "failed decryption changed the state");
         prop_assert_eq!(&y.decrypt(m, 0).unwrap(), pt);
         prop_assert!(matches!(y.decrypt(m, 0), Err(CryptoError::Replay)));
         for (i, (m, pt)) in msgs.iter().enumerate() {
@@ -1061,10 +1065,10 @@ proptest! {
 
         let g = MAX_SKIP + extra;
         let (_a, mut b, lost, (far, far_pt)) = setup(g);
-        let before = b.to_secret_bytes();
+        let before = b.to_secret_bytes().unwrap();
         let r = b.decrypt(&far, 0);
         prop_assert!(matches!(r, Err(CryptoError::Limit(_))), "gap {}: {:?}", g, r);
-        prop_assert_eq!(&*b.to_secret_bytes(), &*before);
+        prop_assert_eq!(&*b.to_secret_bytes().unwrap(), &*before);
         prop_assert_eq!(b.stored_skipped(), 0);
         // A message within the limit still works.
         let k = k.index(MAX_SKIP as usize + 1);
@@ -1095,10 +1099,10 @@ proptest! {
         };
         // One more than MAX_SKIP in the same chain step is always an error.
         let (beyond, beyond_pt) = ratchet_send(&mut a, "beyond");
-        let before = b.to_secret_bytes();
+        let before = b.to_secret_bytes().unwrap();
         let r = b.decrypt(&beyond, 0);
         prop_assert!(matches!(r, Err(CryptoError::Limit(_))), "{:?}", r);
-        prop_assert_eq!(&*b.to_secret_bytes(), &*before);
+        prop_assert_eq!(&*b.to_secret_bytes().unwrap(), &*before);
         prop_assert_eq!(b.decrypt(&far, 0).unwrap(), far_pt);
         prop_assert_eq!(b.decrypt(&beyond, 0).unwrap(), beyond_pt);
         let all: Vec<_> = lost.iter().chain(&lost2).collect();
@@ -1184,11 +1188,11 @@ proptest! {
             None => 0,
         };
         let far = base + MAX_JUMP + extra;
-        let before = r.to_secret_bytes();
+        let before = r.to_secret_bytes().unwrap();
         for i in [base + MAX_JUMP + 1, far] {
             let res = r.decrypt(msg(i), &sk_body(i));
             prop_assert!(matches!(res, Err(CryptoError::Limit(_))), "{}: {:?}", i, res);
-            prop_assert_eq!(&*r.to_secret_bytes(), &*before);
+            prop_assert_eq!(&*r.to_secret_bytes().unwrap(), &*before);
         }
 
         let exact = base + MAX_JUMP;

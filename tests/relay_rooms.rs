@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cinder::clock::Clock;
+use cinder::crypto::identity::PolicyFields;
 use cinder::crypto::membership::{
     MembershipOp, OpKind, RoomKind, RoomState, SignedOp, new_room_id,
 };
 use cinder::protocol::frame::Body;
 use cinder::protocol::{
     CreateInvite, Delivery, DeliveryKind, ErrorCode, GetPolicy, GetRoomLog, Policy, RoomLog,
-    RoomSend, Send, SetPolicy, SubmitRoomOp,
+    RoomSend, Send, ServerHello, SetPolicy, SubmitRoomOp,
 };
 use cinder::relay::{RelayConfig, RelayHandle, Tamper};
 use common::raw::{
@@ -34,7 +35,7 @@ impl Client {
     async fn submit(&mut self, op: &SignedOp) -> Body {
         self.request(Body::SubmitRoomOp(SubmitRoomOp {
             room_id: op.op.room_id.clone(),
-            op: op.encode(),
+            op: op.encode().unwrap(),
         }))
         .await
     }
@@ -93,7 +94,7 @@ impl Dev {
                 members: members.iter().map(|d| d.user.clone()).collect(),
             },
         };
-        let op = SignedOp::sign(op, &self.keys.signing);
+        let op = SignedOp::sign(op, &self.keys.signing).unwrap();
         let state = RoomState::genesis(&op, &self.root.public(), MAX_MEMBERS).unwrap();
         (op, state)
     }
@@ -101,7 +102,7 @@ impl Dev {
     /// The op after `state`'s head, signed by this device (not applied).
     fn next(&self, state: &RoomState, kind: OpKind) -> SignedOp {
         let op = state.next_op(&self.user, &self.certificate(), now_ms(), kind);
-        SignedOp::sign(op, &self.keys.signing)
+        SignedOp::sign(op, &self.keys.signing).unwrap()
     }
 
     /// As [`Self::next`], and applies it to `state` as a client would.
@@ -223,7 +224,7 @@ async fn a_new_room_reaches_every_member_device_and_its_log_only_members() {
         assert_eq!(item.room_id, room.room_id);
         assert_eq!(item.sender_user, "alice");
         assert_eq!(item.sender_device, n.alice.id.0.to_vec());
-        assert_eq!(item.payload, create.encode());
+        assert_eq!(item.payload, create.encode().unwrap());
         let fetched = client.fetch().await;
         assert_eq!(fetched, vec![item]);
     }
@@ -236,7 +237,7 @@ async fn a_new_room_reaches_every_member_device_and_its_log_only_members() {
     // The log, for members only.
     let log = room_log_of(b.room_log(&room.room_id, 0).await);
     assert_eq!(log.room_id, room.room_id);
-    assert_eq!(log.ops, vec![create.encode()]);
+    assert_eq!(log.ops, vec![create.encode().unwrap()]);
     assert!(!log.more);
     assert!(
         room_log_of(b.room_log(&room.room_id, 1).await)
@@ -278,7 +279,7 @@ async fn room_logs_are_paged_by_the_frame_limit() {
     let (bob, mut b) = n.user("bob").await;
     let (create, mut room) = n.alice.create(&[&bob]);
     n.a.submit_ok(&create).await;
-    let mut ops = vec![create.encode()];
+    let mut ops = vec![create.encode().unwrap()];
     for i in 0..12 {
         let op = n.alice.change(
             &mut room,
@@ -288,7 +289,7 @@ async fn room_logs_are_paged_by_the_frame_limit() {
             },
         );
         n.a.submit_ok(&op).await;
-        ops.push(op.encode());
+        ops.push(op.encode().unwrap());
     }
     let mut got = Vec::new();
     let mut pages = 0;
@@ -332,7 +333,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
         .expect_error(
             Body::SubmitRoomOp(SubmitRoomOp {
                 room_id: room.room_id.clone(),
-                op: invite.encode(),
+                op: invite.encode().unwrap(),
             }),
             ErrorCode::PermissionDenied,
         )
@@ -347,7 +348,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     b.expect_error(
         Body::SubmitRoomOp(SubmitRoomOp {
             room_id: room.room_id.clone(),
-            op: remove.encode(),
+            op: remove.encode().unwrap(),
         }),
         ErrorCode::PermissionDenied,
     )
@@ -363,7 +364,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     c.expect_error(
         Body::SubmitRoomOp(SubmitRoomOp {
             room_id: room.room_id.clone(),
-            op: carol_invites_herself.encode(),
+            op: carol_invites_herself.encode().unwrap(),
         }),
         ErrorCode::PermissionDenied,
     )
@@ -375,12 +376,12 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     as_alice.kind = OpKind::Invite {
         users: users(&[&carol]),
     };
-    let forged = SignedOp::sign(as_alice, &bob.keys.signing);
+    let forged = SignedOp::sign(as_alice, &bob.keys.signing).unwrap();
     let e = b
         .expect_error(
             Body::SubmitRoomOp(SubmitRoomOp {
                 room_id: room.room_id.clone(),
-                op: forged.encode(),
+                op: forged.encode().unwrap(),
             }),
             ErrorCode::PermissionDenied,
         )
@@ -395,7 +396,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     b.expect_error(
         Body::SubmitRoomOp(SubmitRoomOp {
             room_id: room.room_id.clone(),
-            op: alices.encode(),
+            op: alices.encode().unwrap(),
         }),
         ErrorCode::PermissionDenied,
     )
@@ -403,11 +404,12 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     let bad_sig = SignedOp::sign(
         room.next_op("bob", &bob.certificate(), now_ms(), OpKind::Leave),
         &carol.keys.signing,
-    );
+    )
+    .unwrap();
     b.expect_error(
         Body::SubmitRoomOp(SubmitRoomOp {
             room_id: room.room_id.clone(),
-            op: bad_sig.encode(),
+            op: bad_sig.encode().unwrap(),
         }),
         ErrorCode::BadRequest,
     )
@@ -442,7 +444,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
         n.a.expect_error(
             Body::SubmitRoomOp(SubmitRoomOp {
                 room_id: room.room_id.clone(),
-                op: invite.encode(),
+                op: invite.encode().unwrap(),
             }),
             ErrorCode::RoomChanged,
         )
@@ -451,7 +453,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     n.a.expect_error(
         Body::SubmitRoomOp(SubmitRoomOp {
             room_id: room.room_id.clone(),
-            op: create.encode(),
+            op: create.encode().unwrap(),
         }),
         ErrorCode::RoomChanged,
     )
@@ -467,7 +469,7 @@ async fn only_moderators_change_members_and_forged_or_replayed_ops_are_refused()
     n.a.expect_error(
         Body::SubmitRoomOp(SubmitRoomOp {
             room_id: room.room_id.clone(),
-            op: ghost.encode(),
+            op: ghost.encode().unwrap(),
         }),
         ErrorCode::UnknownUser,
     )
@@ -494,8 +496,8 @@ async fn removed_members_learn_of_it_and_receive_nothing_after() {
     n.a.submit_ok(&remove).await;
     let d = c.push().await;
     assert_eq!(d.kind, DeliveryKind::RoomOp as i32);
-    assert_eq!(d.payload, remove.encode());
-    assert_eq!(b.push().await.payload, remove.encode());
+    assert_eq!(d.payload, remove.encode().unwrap());
+    assert_eq!(b.push().await.payload, remove.encode().unwrap());
 
     let ok = send_ok(
         n.a.request(room_send(1, &room, b"room body", b"sender key msg", 0))
@@ -552,7 +554,7 @@ async fn stale_heads_are_room_changed_and_full_rooms_room_full() {
         n.a.expect_error(
             Body::SubmitRoomOp(SubmitRoomOp {
                 room_id: too_big.op.room_id.clone(),
-                op: too_big.encode(),
+                op: too_big.encode().unwrap(),
             }),
             ErrorCode::RoomFull,
         )
@@ -578,7 +580,7 @@ async fn stale_heads_are_room_changed_and_full_rooms_room_full() {
         n.a.expect_error(
             Body::SubmitRoomOp(SubmitRoomOp {
                 room_id: room.room_id.clone(),
-                op: fourth.encode(),
+                op: fourth.encode().unwrap(),
             }),
             ErrorCode::RoomFull,
         )
@@ -809,6 +811,28 @@ async fn timers_above_the_network_maximum_are_refused() {
     );
 }
 
+/// The policy without its signature, to compare the fields.
+fn unsigned(p: &Policy) -> Policy {
+    Policy {
+        signature: Vec::new(),
+        ..p.clone()
+    }
+}
+
+/// Whether `p` verifies under the network admin key and network id of `hello`.
+fn signed_by_nak(hello: &ServerHello, p: &Policy) -> bool {
+    let nak: [u8; 32] = hello.network_admin_key.as_slice().try_into().unwrap();
+    PolicyFields {
+        network_id: &hello.network_id,
+        read_receipts: p.read_receipts,
+        max_expire_secs: p.max_expire_secs,
+        max_burn_secs: p.max_burn_secs,
+        max_room_members: p.max_room_members,
+    }
+    .verify(&nak, &p.signature)
+    .is_ok()
+}
+
 #[tokio::test]
 async fn the_policy_has_defaults_admins_change_it_everyone_hears_and_it_persists() {
     let mut n = Net::new(|_| {}).await;
@@ -828,14 +852,17 @@ async fn the_policy_has_defaults_admins_change_it_everyone_hears_and_it_persists
     let (mut b, auth) = register(&n.url, &bob, &code).await;
     let year = 365 * 86_400;
     assert_eq!(
-        auth.policy,
+        auth.policy.as_ref().map(unsigned),
         Some(Policy {
             read_receipts: true,
             max_expire_secs: year,
             max_burn_secs: year,
             max_room_members: 500,
+            signature: Vec::new(),
         })
     );
+    // Signed by the network admin key the hello announced, for this network.
+    assert!(signed_by_nak(&b.hello, auth.policy.as_ref().unwrap()));
     assert_eq!(
         policy_of(b.request(Body::GetPolicy(GetPolicy {})).await),
         auth.policy.clone().unwrap()
@@ -860,6 +887,7 @@ async fn the_policy_has_defaults_admins_change_it_everyone_hears_and_it_persists
         .await,
     );
     assert!(!changed.read_receipts);
+    assert!(signed_by_nak(&b.hello, &changed));
     assert_eq!(changed.max_burn_secs, 600);
     assert_eq!(changed.max_expire_secs, year);
     assert_eq!(policy_of(b.next_push().await), changed);
@@ -886,8 +914,11 @@ async fn the_policy_has_defaults_admins_change_it_everyone_hears_and_it_persists
         max_expire_secs: 86_400,
         max_burn_secs: 600,
         max_room_members: 50,
+        signature: Vec::new(),
     };
-    assert_eq!(auth.policy, Some(expected.clone()));
+    assert_eq!(auth.policy.as_ref().map(unsigned), Some(expected.clone()));
+    assert!(signed_by_nak(&b.hello, auth.policy.as_ref().unwrap()));
+    let expected = auth.policy.clone().unwrap();
     assert_eq!(
         policy_of(b.request(Body::GetPolicy(GetPolicy {})).await),
         expected
@@ -952,7 +983,7 @@ async fn the_tamper_hook_drops_and_rewrites_what_the_relay_sends() {
     );
     n.a.submit_ok(&edit).await;
     let log = room_log_of(b.room_log(&room.room_id, 0).await);
-    assert_eq!(log.ops, vec![create.encode()]);
+    assert_eq!(log.ops, vec![create.encode().unwrap()]);
 }
 
 /// Fan-out cost at the design size: a room of 500 members with two devices each. Prints
@@ -1000,7 +1031,7 @@ async fn room_fanout_figures() {
             members: names,
         },
     };
-    let create = SignedOp::sign(op, &n.alice.keys.signing);
+    let create = SignedOp::sign(op, &n.alice.keys.signing).unwrap();
     let room = RoomState::genesis(&create, &n.alice.root.public(), MAX_MEMBERS).unwrap();
     let started = Instant::now();
     n.a.submit_ok(&create).await;

@@ -387,7 +387,10 @@ fn forged_invite(room: &str, seq: u64, prev: [u8; 32], user: &str) -> Vec<u8> {
             users: vec![user.to_owned()],
         },
     };
-    SignedOp::sign(op, &device.signing).encode()
+    SignedOp::sign(op, &device.signing)
+        .unwrap()
+        .encode()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,7 +419,7 @@ async fn a_relay_that_injects_replays_or_drops_membership_changes_is_caught() {
         let (_, d) = ops.iter().find(|(u, _)| u == "bob").unwrap().clone();
         SignedOp::decode(&d.payload).unwrap()
     };
-    let fake = forged_invite(&id, 1, head.hash(), "mallory");
+    let fake = forged_invite(&id, 1, head.hash().unwrap(), "mallory");
     evil.inject.lock().unwrap().insert(
         "bob".into(),
         vec![Delivery {

@@ -28,7 +28,8 @@ fn account(tag: &str) -> AccountRecord {
         network_name: "Example".into(),
         relay_id: vec![1, 2, 3, 4],
         is_admin: true,
-        root_secret: Zeroizing::new([0xa1; 32]),
+        root_public: [0xa0; 32],
+        root_secret: Some(Zeroizing::new([0xa1; 32])),
         device_signing_secret: Zeroizing::new([0xa2; 32]),
         device_identity_secret: Zeroizing::new([0xa3; 32]),
         device_cert: vec![9; 100],
@@ -150,12 +151,33 @@ fn every_record_type_survives_close_and_reopen() {
     assert_eq!(a.network_name, want.network_name);
     assert_eq!(a.relay_id, want.relay_id);
     assert_eq!(a.is_admin, want.is_admin);
-    assert_eq!(*a.root_secret, *want.root_secret);
+    assert_eq!(a.root_public, want.root_public);
+    assert_eq!(
+        a.root_secret.as_deref().copied(),
+        want.root_secret.as_deref().copied()
+    );
     assert_eq!(*a.device_signing_secret, *want.device_signing_secret);
     assert_eq!(*a.device_identity_secret, *want.device_identity_secret);
     assert_eq!(a.device_cert, want.device_cert);
     assert_eq!(a.created_at, want.created_at);
     assert_eq!(a.allow_insecure_ws, want.allow_insecure_ws);
+    assert!(a.root_key().is_ok());
+
+    // A device without the account's root role stores no root secret, and asking for the
+    // root key there says so.
+    let mut linked = account("linked");
+    linked.root_secret = None;
+    db.put_account(&linked).unwrap();
+    let l = db.account().unwrap().unwrap();
+    assert!(l.root_secret.is_none());
+    assert_eq!(l.root_public, linked.root_public);
+    let err = l.root_key().err().unwrap();
+    assert!(matches!(err, StoreError::NoRootKey));
+    assert_eq!(
+        err.to_string(),
+        "this device does not hold your account's root key"
+    );
+    db.put_account(&a).unwrap();
 
     assert_eq!(
         db.blob("prekeys").unwrap().unwrap().as_slice(),
@@ -394,7 +416,7 @@ fn no_plaintext_at_rest() {
     let s = Store::create(&dir, PW, P).unwrap();
     let db = s.db();
     let mut acct = account(MARKER);
-    acct.root_secret = Zeroizing::new(*b"ROOT-SECRET-MARKER-7f3a-32bytes!");
+    acct.root_secret = Some(Zeroizing::new(*b"ROOT-SECRET-MARKER-7f3a-32bytes!"));
     db.put_account(&acct).unwrap();
     for i in 0..50u8 {
         db.insert_message(&message(i, MARKER, &format!("{MARKER} message {i}")))

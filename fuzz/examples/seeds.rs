@@ -67,10 +67,10 @@ fn main() {
             DeviceRole::RetentionBot,
         )
         .unwrap();
-    c.put("certificate", "alice", &alice_cert.encode());
-    c.put("certificate", "bob-bot", &bob_cert.encode());
+    c.put("certificate", "alice", &alice_cert.encode().unwrap());
+    c.put("certificate", "bob-bot", &bob_cert.encode().unwrap());
     let rev = bob_urk.revoke("bob", DeviceId([9; 16]), NOW).unwrap();
-    c.put("revocation", "bob", &rev.encode());
+    c.put("revocation", "bob", &rev.encode().unwrap());
 
     let mut bob_pre = DevicePrekeys::new(&bob_keys.signing, NOW).unwrap();
     let otk = bob_pre.generate_one_time(3).unwrap();
@@ -86,14 +86,14 @@ fn main() {
     let mut last_resort = bundle.clone();
     last_resort.one_time_prekey = None;
     last_resort.pq_prekey = bob_pre.current_last_resort(&bob_keys.signing).unwrap();
-    c.put("prekey_bundle", "with-otk", &bundle.encode());
-    c.put("prekey_bundle", "last-resort", &last_resort.encode());
-    c.put("prekey_bundle", "pq-prekey", &pq[1].encode());
+    c.put("prekey_bundle", "with-otk", &bundle.encode().unwrap());
+    c.put("prekey_bundle", "last-resort", &last_resort.encode().unwrap());
+    c.put("prekey_bundle", "pq-prekey", &pq[1].encode().unwrap());
     c.put_with(
         "secret_states",
         "device-prekeys-fresh",
         0,
-        &bob_pre.to_secret_bytes(),
+        &bob_pre.to_secret_bytes().unwrap(),
     );
 
     let mut alice = handshake::initiate(
@@ -107,8 +107,8 @@ fn main() {
     )
     .unwrap();
     let initial = alice.encrypt(b"hello bob").unwrap();
-    c.put("session_state", "pending", &alice.to_secret_bytes());
-    c.put("pairwise_message", "initial", &initial.encode());
+    c.put("session_state", "pending", &alice.to_secret_bytes().unwrap());
+    c.put("pairwise_message", "initial", &initial.encode().unwrap());
     let PairwiseMessage::Initial(init) = &initial else {
         unreachable!("the first message carries the handshake")
     };
@@ -126,16 +126,16 @@ fn main() {
         "secret_states",
         "device-prekeys-used",
         0,
-        &bob_pre.to_secret_bytes(),
+        &bob_pre.to_secret_bytes().unwrap(),
     );
     let normal = bob.encrypt(b"hello alice").unwrap();
     alice.decrypt(&normal, NOW).unwrap();
-    c.put("pairwise_message", "normal", &normal.encode());
+    c.put("pairwise_message", "normal", &normal.encode().unwrap());
     if let PairwiseMessage::Normal(m) = &normal {
-        c.put("pairwise_message", "ratchet-message", &m.encode());
+        c.put("pairwise_message", "ratchet-message", &m.encode().unwrap());
     }
-    c.put("session_state", "alice", &alice.to_secret_bytes());
-    c.put("session_state", "bob", &bob.to_secret_bytes());
+    c.put("session_state", "alice", &alice.to_secret_bytes().unwrap());
+    c.put("session_state", "bob", &bob.to_secret_bytes().unwrap());
 
     // A bare ratchet pair, the responder holding a skipped key.
     let sk = Secret32::from_bytes([3; 32]);
@@ -145,8 +145,8 @@ fn main() {
     let _lost = ra.encrypt(b"one").unwrap();
     let m2 = ra.encrypt(b"two").unwrap();
     rb.decrypt(&m2, NOW).unwrap();
-    c.put("ratchet_state", "initiator", &ra.to_secret_bytes());
-    c.put("ratchet_state", "responder", &rb.to_secret_bytes());
+    c.put("ratchet_state", "initiator", &ra.to_secret_bytes().unwrap());
+    c.put("ratchet_state", "responder", &rb.to_secret_bytes().unwrap());
 
     // Payloads of every kind; each also as a padded plaintext for envelope_open's mode 1.
     let pointer = FilePointer {
@@ -186,7 +186,7 @@ fn main() {
     for (name, kind) in kinds {
         let mut p = base.clone();
         p.kind = kind;
-        let enc = p.encode();
+        let enc = p.encode().unwrap();
         c.put("payload", name, &enc);
         c.put_with(
             "envelope_open",
@@ -198,7 +198,7 @@ fn main() {
 
     // The fixed envelope used by key_package and envelope_open.
     let fix = cinder_fuzz::envelope_fixture();
-    c.put("key_package", "fixture", &fix.package.encode());
+    c.put("key_package", "fixture", &fix.package.encode().unwrap());
     c.put_with("envelope_open", "fixture-body", 0, &fix.body);
     c.put_with("envelope_open", "sealed-unmodified", 2, &[]);
     c.put_with("envelope_open", "sealed-flip", 2, &[0, 1]);
@@ -209,24 +209,24 @@ fn main() {
     c.put(
         "sender_key_distribution",
         "fresh",
-        &sks.distribution().encode(),
+        &sks.distribution().encode().unwrap(),
     );
     let h = [5u8; 32];
     let _lost = sks.encrypt(b"zero", &h).unwrap();
-    let s1 = sks.encrypt(&fix.package.encode(), &h).unwrap();
+    let s1 = sks.encrypt(&fix.package.encode().unwrap(), &h).unwrap();
     rsk.decrypt(&s1, &h).unwrap();
-    c.put("sender_key_message", "key-package", &s1.encode());
+    c.put("sender_key_message", "key-package", &s1.encode().unwrap());
     c.put_with(
         "secret_states",
         "received-sender-key",
         1,
-        &rsk.to_secret_bytes(),
+        &rsk.to_secret_bytes().unwrap(),
     );
     c.put_with(
         "secret_states",
         "sender-key-state",
         2,
-        &sks.to_secret_bytes(),
+        &sks.to_secret_bytes().unwrap(),
     );
 
     let (header, _) = CacheHeader::create(b"passphrase", KdfParams::INSECURE_FOR_TESTS).unwrap();

@@ -14,8 +14,8 @@ fuzz_target!(|data: &[u8]| {
     {
         assert_eq!(payload, fix.payload);
         assert_eq!(
-            *package.encode(),
-            *fix.package.encode(),
+            *package.encode().unwrap(),
+            *fix.package.encode().unwrap(),
             "a forged package opened"
         );
     }

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         PrekeyBundle::encode,
     ) {
         // The embedded PQ prekey is the bundle's tail and must stand alone too.
-        let pq = bundle.pq_prekey.encode();
+        let pq = bundle.pq_prekey.encode().unwrap();
         assert!(data.ends_with(&pq));
         assert_eq!(PqPrekey::decode(&pq).ok(), Some(bundle.pq_prekey));
     }

@@ -124,7 +124,7 @@ pub struct EnvelopeFixture {
 pub fn envelope_fixture() -> &'static EnvelopeFixture {
     static FIX: LazyLock<EnvelopeFixture> = LazyLock::new(|| {
         let payload = sample_payload();
-        let (package, body) = seal_padded(&ENVELOPE_KEY, &pad(&payload.encode()));
+        let (package, body) = seal_padded(&ENVELOPE_KEY, &pad(&payload.encode().unwrap()));
         let opened = envelope::open(&package, &body).expect("the fixture must open");
         assert_eq!(opened, payload);
         EnvelopeFixture {

@@ -39,6 +39,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use zeroize::Zeroizing;
 
+use crate::config::SECRET_ENV;
 use crate::crypto::CryptoError;
 use crate::crypto::envelope::{self, KeyPackage, Payload};
 use crate::crypto::handshake::{self, PairwiseMessage, Session};
@@ -232,6 +233,8 @@ impl Relay {
         let pid = c.child.id();
         // `kill` keeps this free of unsafe signal calls.
         let _ = Command::new("kill")
+            .env_remove(SECRET_ENV[0])
+            .env_remove(SECRET_ENV[1])
             .arg("-TERM")
             .arg(pid.to_string())
             .stdout(Stdio::null())
@@ -286,6 +289,8 @@ fn spawn_relay(exe: PathBuf, extra: &[String]) -> Result<Relay, LoadError> {
         .prefix("cinder-bench-relay-")
         .tempdir()?;
     let mut child = Command::new(&exe)
+        .env_remove(SECRET_ENV[0])
+        .env_remove(SECRET_ENV[1])
         .arg("serve")
         .arg("--listen")
         .arg("127.0.0.1:0")
@@ -367,6 +372,8 @@ pub fn clock_ticks_per_sec() -> u64 {
     static TCK: OnceLock<u64> = OnceLock::new();
     *TCK.get_or_init(|| {
         Command::new("getconf")
+            .env_remove(SECRET_ENV[0])
+            .env_remove(SECRET_ENV[1])
             .arg("CLK_TCK")
             .stderr(Stdio::null())
             .output()
@@ -526,7 +533,7 @@ impl Identity {
             username: self.username.clone(),
             display_name: self.username.clone(),
             root_key: self.root.public().0.to_vec(),
-            device_certificate: self.cert.encode(),
+            device_certificate: self.cert.encode()?,
             signature: self.proof(hello),
             prekeys: Some(protocol::PrekeyUpload {
                 signed_prekey: Some(spk_msg(&spk)),

@@ -181,7 +181,7 @@ fn room_send_us(members: usize, budget: Duration) -> Result<(f64, f64), BenchErr
     let mut failed = None;
     let send = per_op_ns(budget, 200, || {
         let r = envelope::seal(&p).and_then(|(pkg, body)| {
-            let m = sender.encrypt(&pkg.encode(), &pkg.body_hash)?;
+            let m = sender.encrypt(&pkg.encode()?, &pkg.body_hash)?;
             Ok((m, body))
         });
         if let Err(e) = r {
@@ -204,7 +204,7 @@ fn room_send_us(members: usize, budget: Duration) -> Result<(f64, f64), BenchErr
     let mut msgs = Vec::new();
     for _ in 0..2000 {
         let (pkg, body) = envelope::seal(&p)?;
-        msgs.push((s.encrypt(&pkg.encode(), &pkg.body_hash)?, body));
+        msgs.push((s.encrypt(&pkg.encode()?, &pkg.body_hash)?, body));
     }
     let t0 = Instant::now();
     for (m, body) in &msgs {
@@ -373,10 +373,10 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
     let state = SenderKeyState::new(b"big-room", sender.cert.device_id, 0)?;
     let (rotation, m) = measure(|| -> Result<usize, BenchError> {
         let next = state.rotate(RotationReason::MemberRemoved, 1)?;
-        let skdm = next.distribution().encode();
+        let skdm = next.distribution().encode()?;
         let mut bytes = 0;
         for s in &mut sessions {
-            bytes += s.encrypt(&skdm)?.encode().len();
+            bytes += s.encrypt(&skdm)?.encode()?.len();
         }
         Ok(bytes)
     });

@@ -289,7 +289,7 @@ fn send_message(
         let s = sessions
             .get_mut(peer)
             .ok_or_else(|| LoadError::Protocol(format!("no session with {peer}")))?;
-        (s.encrypt(&package.encode())?.encode(), s.peer_device())
+        (s.encrypt(&package.encode()?)?.encode()?, s.peer_device())
     };
     user.conn.fire(
         Body::Send(protocol::Send {

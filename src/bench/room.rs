@@ -622,13 +622,13 @@ fn room_send(
         timers: Timers::default(),
         reply_to: None,
     })?;
-    let meta = encode_meta(&package, state);
+    let meta = encode_meta(&package, state)?;
     let msg = key.encrypt(&meta, &package.body_hash)?;
     Ok(Body::RoomSend(protocol::RoomSend {
         message_id: id.to_vec(),
         room_id: state.room_id.clone(),
         body,
-        key_message: msg.encode(),
+        key_message: msg.encode()?,
         head_seq: state.head_seq,
         ttl_ms: 0,
     }))
@@ -643,7 +643,7 @@ fn distribution_frames(
     dist: &SenderKeyDistribution,
     targets: &[String],
 ) -> Result<Vec<(u64, Vec<u8>)>, LoadError> {
-    let skdm = dist.encode();
+    let skdm = dist.encode()?;
     let mut control = Vec::with_capacity(skdm.len() + 1);
     control.push(CONTROL_SKDM);
     control.extend_from_slice(&skdm);
@@ -660,7 +660,7 @@ fn distribution_frames(
             timers: Timers::default(),
             reply_to: None,
         })?;
-        let wrapped = package.encode();
+        let wrapped = package.encode()?;
         let mut entries = Vec::with_capacity(chunk.len());
         for user in chunk {
             let s = sessions
@@ -670,7 +670,7 @@ fn distribution_frames(
             entries.push(protocol::KeyEntry {
                 recipient_user: user.clone(),
                 recipient_device: s.peer_device().0.to_vec(),
-                payload: msg.encode(),
+                payload: msg.encode()?,
             });
         }
         let fid = m.conn.next_id();
@@ -1236,14 +1236,14 @@ fn send_cpu(
 
 /// Submits a signed op as `m` and returns the op.
 async fn submit(m: &Member, op: membership::MembershipOp) -> Result<SignedOp, LoadError> {
-    let signed = SignedOp::sign(op, &m.dev.id.keys.signing);
+    let signed = SignedOp::sign(op, &m.dev.id.keys.signing)?;
     match m
         .conn
         .request(
             "membership change",
             Body::SubmitRoomOp(protocol::SubmitRoomOp {
                 room_id: signed.op.room_id.clone(),
-                op: signed.encode(),
+                op: signed.encode()?,
             }),
         )
         .await?
@@ -1453,7 +1453,7 @@ async fn rotation(
     let cpu_mean = mean(&cpu_ms);
     let bytes_mean = mean(&bytes);
     Ok(Rotation {
-        remove_op_bytes: signed.encode().len(),
+        remove_op_bytes: signed.encode()?.len(),
         remaining_members: remaining,
         rotating_senders: senders.len(),
         entries_per_rotation: entries,

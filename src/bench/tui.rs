@@ -242,10 +242,11 @@ pub async fn startup(messages: u64, cache: Option<&Path>) -> Result<StartupRepor
                         network_name: "Bench".into(),
                         relay_id: vec![1; 32],
                         is_admin: false,
-                        root_secret: root.secret_bytes(),
+                        root_public: root.public().0,
+                        root_secret: Some(root.secret_bytes()),
                         device_signing_secret: dev.signing.secret_bytes(),
                         device_identity_secret: dev.identity.secret_bytes(),
-                        device_cert: cert.encode(),
+                        device_cert: cert.encode()?,
                         created_at: 1,
                         allow_insecure_ws: false,
                     })

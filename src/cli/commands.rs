@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::crypto::hex;
 use crate::crypto::passphrase::{CacheHeader, KdfParams};
 use crate::protocol::names;
+use crate::protocol::safe_text;
 use crate::session::register::{RegisterOptions, register};
 use crate::session::{self, EngineOptions, Inbound, SessionEvent, SessionHandle};
 use crate::store::{MessageKind, MessageRecord, MessageTimers, Store};
@@ -101,6 +102,10 @@ fn timer_suffix(t: &MessageTimers) -> String {
     }
 }
 
+/// What a message body's continuation lines start with: every real message line starts with
+/// `[`, so a peer's text can never draw a line that passes for another sender's.
+const BODY_INDENT: &str = "    ";
+
 fn print_message(
     out: &mut impl Write,
     m: &MessageRecord,
@@ -115,16 +120,20 @@ fn print_message(
             humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(m.sent_at_ms));
         let place = rooms
             .get(&m.conversation)
-            .map(|r| format!("#{} ", r.display_name(me)))
+            .map(|r| format!("#{} ", safe_text::line(&r.display_name(me))))
             .unwrap_or_default();
         if m.kind == MessageKind::System {
-            writeln!(out, "[{when}] {place}* {}", m.text)
+            writeln!(
+                out,
+                "[{when}] {place}* {}",
+                safe_text::body(&m.text, BODY_INDENT)
+            )
         } else {
             writeln!(
                 out,
                 "[{when}] {place}{}: {}{}",
-                m.sender,
-                m.text,
+                safe_text::line(&m.sender),
+                safe_text::body(&m.text, BODY_INDENT),
                 timer_suffix(&m.timers)
             )
         }
@@ -147,7 +156,9 @@ fn print_undecryptable(
     } else {
         writeln!(
             out,
-            "(a message from {from} could not be decrypted: {error}; it was dropped)"
+            "(a message from {} could not be decrypted: {}; it was dropped)",
+            safe_text::line(from),
+            safe_text::line(error)
         )
     }
 }
@@ -524,8 +535,8 @@ pub async fn cmd_history(
             writeln!(
                 out,
                 "[{when}] {}: {}{mark}{}",
-                m.sender,
-                m.text,
+                safe_text::line(&m.sender),
+                safe_text::body(&m.text, BODY_INDENT),
                 timer_suffix(&m.timers)
             )?;
         }

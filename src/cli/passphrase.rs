@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use zeroize::Zeroizing;
 
 use super::PassphraseError;
+use crate::config::SECRET_ENV;
 
 /// The configured sources, in order of precedence.
 #[derive(Clone, Debug, Default)]
@@ -56,7 +57,11 @@ pub fn read(
         })?;
         strip_newline(bytes)
     } else if let Some(cmd) = &sources.command {
-        let out = Command::new("sh")
+        let mut command = Command::new("sh");
+        for var in SECRET_ENV {
+            command.env_remove(var);
+        }
+        let out = command
             .arg("-c")
             .arg(cmd)
             .stdin(Stdio::null())

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::UsageError;
 use super::commands::{Context, open_engine};
+use crate::protocol::safe_text;
 use crate::session::{
     self, Role, RoomInfo, RoomKind, RoomRequest, SessionHandle, format_duration, parse_timer,
 };
@@ -140,7 +141,7 @@ async fn room_inner(handle: &SessionHandle, cmd: RoomCommand) -> anyhow::Result<
             out,
             "{what} {} \u{201c}{}\u{201d} ({}; {} members)",
             kind_name(r.kind),
-            r.display_name(&me),
+            safe_text::line(&r.display_name(&me)),
             r.room_id,
             r.members.len()
         )
@@ -183,10 +184,10 @@ async fn room_inner(handle: &SessionHandle, cmd: RoomCommand) -> anyhow::Result<
                         kind_name(r.kind),
                         role,
                         r.members.len(),
-                        r.display_name(&me),
+                        safe_text::line(&r.display_name(&me)),
                         r.warning
                             .as_ref()
-                            .map(|w| format!("  (warning: {w})"))
+                            .map(|w| format!("  (warning: {})", safe_text::line(w)))
                             .unwrap_or_default()
                     )?;
                 }
@@ -203,7 +204,12 @@ async fn room_inner(handle: &SessionHandle, cmd: RoomCommand) -> anyhow::Result<
                         json!({"room": r.room_id, "username": m.username, "role": role_name(m.role)})
                     )?;
                 } else {
-                    writeln!(out, "{:<32} {}", m.username, role_name(m.role))?;
+                    writeln!(
+                        out,
+                        "{:<32} {}",
+                        safe_text::line(&m.username),
+                        role_name(m.role)
+                    )?;
                 }
             }
         }

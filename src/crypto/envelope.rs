@@ -84,8 +84,27 @@ impl std::fmt::Debug for FilePointer {
             .field("input_key", &"<redacted>")
             .field("plaintext_len", &self.plaintext_len)
             .field("mime", &self.mime)
-            .field("name", &self.name)
+            .field(
+                "name",
+                &format_args!("<redacted, {} bytes>", self.name.len()),
+            )
             .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for PayloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Text(t) => write!(f, "Text(<redacted, {} bytes>)", t.len()),
+            Self::File(p) => f.debug_tuple("File").field(p).finish(),
+            Self::Clip(p) => f.debug_tuple("Clip").field(p).finish(),
+            Self::Receipt { kind, message_ids } => f
+                .debug_struct("Receipt")
+                .field("kind", kind)
+                .field("message_ids", message_ids)
+                .finish(),
+            Self::Control(b) => write!(f, "Control(<redacted, {} bytes>)", b.len()),
+        }
     }
 }
 
@@ -97,7 +116,9 @@ impl PartialEq for Secret32 {
 impl Eq for Secret32 {}
 
 /// What a payload carries.
-#[derive(Clone, PartialEq, Eq, Debug)]
+///
+/// `Debug` shows a text's and a control message's length, never their content.
+#[derive(Clone, PartialEq, Eq)]
 pub enum PayloadKind {
     /// A text message.
     Text(String),
@@ -174,7 +195,7 @@ impl Payload {
     ///
     /// # Security
     /// Holds message content and possibly file keys; zeroized on drop.
-    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+    pub fn encode(&self) -> Result<Zeroizing<Vec<u8>>> {
         let mut w = Writer::with_capacity(128);
         w.u8(1)
             .fixed(&self.message_id.0)
@@ -201,7 +222,7 @@ impl Payload {
                         ReceiptKind::Delivered => 0,
                         ReceiptKind::Read => 1,
                     })
-                    .u32(message_ids.len() as u32);
+                    .count(message_ids.len());
                 for id in message_ids {
                     w.fixed(&id.0);
                 }
@@ -210,7 +231,7 @@ impl Payload {
                 w.u8(5).bytes(c);
             }
         }
-        Zeroizing::new(w.into_vec())
+        Ok(Zeroizing::new(w.finish()?))
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -285,13 +306,13 @@ impl KeyPackage {
     ///
     /// # Security
     /// Contains the content key; zeroized on drop.
-    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+    pub fn encode(&self) -> Result<Zeroizing<Vec<u8>>> {
         let mut w = Writer::with_capacity(KEY_PACKAGE_LEN);
         w.u8(1)
             .fixed(self.key.expose())
             .fixed(&self.commitment)
             .fixed(&self.body_hash);
-        Zeroizing::new(w.into_vec())
+        Ok(Zeroizing::new(w.finish()?))
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -375,7 +396,7 @@ fn unpad(data: &mut Vec<u8>) -> Result<()> {
 /// # Errors
 /// [`CryptoError::Limit`] for a payload above [`MAX_PAYLOAD`], [`CryptoError::Rng`].
 pub fn seal(payload: &Payload) -> Result<(KeyPackage, Vec<u8>)> {
-    let plain = payload.encode();
+    let plain = payload.encode()?;
     if plain.len() > MAX_PAYLOAD {
         return Err(CryptoError::Limit("payload size"));
     }
@@ -439,7 +460,7 @@ pub fn open(package: &KeyPackage, body: &[u8]) -> Result<Payload> {
 /// # Errors
 /// As [`Session::encrypt`].
 pub fn wrap_key(session: &mut Session, package: &KeyPackage) -> Result<PairwiseMessage> {
-    session.encrypt(&package.encode())
+    session.encrypt(&package.encode()?)
 }
 
 /// Unwraps a key package received through a pairwise session.
@@ -470,6 +491,26 @@ mod tests {
     }
 
     #[test]
+    fn debug_of_a_payload_hides_text_and_file_names() {
+        let shown = format!("{:?}", text("the launch code is 0000"));
+        assert!(!shown.contains("launch code"), "{shown}");
+        assert!(shown.contains("Text(<redacted, 23 bytes>)"), "{shown}");
+        let ptr = FilePointer {
+            blob_id: [1; 16],
+            input_key: Secret32::from_bytes([7; 32]),
+            ciphertext_len: 10,
+            plaintext_len: 3,
+            ciphertext_sha256: [0; 32],
+            mime: "text/plain".into(),
+            name: "secret-plans.txt".into(),
+            padding: 0,
+        };
+        let shown = format!("{:?}", PayloadKind::File(ptr));
+        assert!(!shown.contains("secret-plans"), "{shown}");
+        assert!(shown.contains("text/plain"), "{shown}");
+    }
+
+    #[test]
     fn every_message_gets_a_fresh_key_and_round_trips() {
         let p = text("hello");
         let (k1, b1) = seal(&p).unwrap();
@@ -477,7 +518,7 @@ mod tests {
         assert_ne!(k1.key.expose(), k2.key.expose());
         assert_ne!(b1, b2);
         assert_eq!(open(&k1, &b1).unwrap(), p);
-        let k = KeyPackage::decode(&k1.encode()).unwrap();
+        let k = KeyPackage::decode(&k1.encode().unwrap()).unwrap();
         assert_eq!(open(&k, &b1).unwrap(), p);
     }
 
@@ -547,7 +588,7 @@ mod tests {
             let mut p = text("");
             p.kind = kind;
             p.reply_to = Some(MessageId([4; 16]));
-            assert_eq!(Payload::decode(&p.encode()).unwrap(), p);
+            assert_eq!(Payload::decode(&p.encode().unwrap()).unwrap(), p);
         }
     }
 }

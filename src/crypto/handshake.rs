@@ -61,7 +61,7 @@ pub enum PairwiseMessage {
 
 impl PairwiseMessage {
     /// Fixed binary encoding: a tag byte, then the fields.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(2400);
         match self {
             Self::Normal(m) => {
@@ -70,7 +70,7 @@ impl PairwiseMessage {
             }
             Self::Initial(i) => {
                 w.u8(2)
-                    .bytes(&i.sender_cert.encode())
+                    .bytes(&i.sender_cert.encode()?)
                     .fixed(&i.ephemeral)
                     .u32(i.signed_prekey_id);
                 match i.one_time_prekey_id {
@@ -81,7 +81,7 @@ impl PairwiseMessage {
                 i.message.write(&mut w);
             }
         }
-        w.into_vec()
+        w.finish()
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -143,13 +143,13 @@ fn associated_data(
     dik_b: &[u8; 32],
     cert_a: &DeviceCertificate,
     cert_b: &DeviceCertificate,
-) -> Vec<u8> {
+) -> Result<Vec<u8>> {
     let mut ad = Vec::with_capacity(128);
     ad.extend_from_slice(dik_a);
     ad.extend_from_slice(dik_b);
-    ad.extend_from_slice(&cert_a.hash());
-    ad.extend_from_slice(&cert_b.hash());
-    ad
+    ad.extend_from_slice(&cert_a.hash()?);
+    ad.extend_from_slice(&cert_b.hash()?);
+    Ok(ad)
 }
 
 fn shared_key(dhs: &[Secret32], ss: &Secret32, pq_public: &[u8], ct: &[u8]) -> Result<Secret32> {
@@ -195,7 +195,7 @@ pub fn initiate(
     }
     let (ct, ss) = primitives::pq_encapsulate(&bundle.pq_prekey.public)?;
     let sk = shared_key(&dhs, &ss, &bundle.pq_prekey.public, &ct)?;
-    let ad = associated_data(&own.identity.public(), &dik_b, own_cert, &bundle.cert);
+    let ad = associated_data(&own.identity.public(), &dik_b, own_cert, &bundle.cert)?;
     let ratchet = RatchetState::init_initiator(&sk, spk, ad)?;
     Ok(Session {
         ratchet,
@@ -257,7 +257,7 @@ pub fn respond(
         .ok_or(CryptoError::UnknownKey)?;
     let ss = pq.decapsulate(&msg.pq_ciphertext)?;
     let sk = shared_key(&dhs, &ss, &pq.public(), &msg.pq_ciphertext)?;
-    let ad = associated_data(&cert_a.dik_public, &own.identity.public(), cert_a, own_cert);
+    let ad = associated_data(&cert_a.dik_public, &own.identity.public(), cert_a, own_cert)?;
     let mut ratchet = RatchetState::init_responder(&sk, spk, ad);
     let plaintext = ratchet.decrypt(&msg.message, now)?;
     prekeys.consume(
@@ -351,10 +351,10 @@ impl Session {
     ///
     /// # Security
     /// Holds ratchet secrets; zeroized on drop, written only to the encrypted cache.
-    pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
+    pub fn to_secret_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
         let mut w = Writer::with_capacity(4096);
         w.u8(1)
-            .bytes(&self.ratchet.to_secret_bytes())
+            .bytes(&self.ratchet.to_secret_bytes()?)
             .opt_fixed(self.base_key.as_ref().map(|k| &k[..]))
             .fixed(&self.peer_device.0)
             .u64(self.created_at)
@@ -365,7 +365,7 @@ impl Session {
             }
             Some(p) => {
                 w.u8(1)
-                    .bytes(&p.sender_cert.encode())
+                    .bytes(&p.sender_cert.encode()?)
                     .fixed(&p.ephemeral)
                     .u32(p.signed_prekey_id)
                     .u8(u8::from(p.one_time_prekey_id.is_some()))
@@ -374,7 +374,7 @@ impl Session {
                     .fixed(&p.pq_ciphertext);
             }
         }
-        Zeroizing::new(w.into_vec())
+        Ok(Zeroizing::new(w.finish()?))
     }
 
     /// Restores [`Self::to_secret_bytes`]'s output.
@@ -469,7 +469,7 @@ mod tests {
     }
 
     fn initial(m: PairwiseMessage) -> InitialMessage {
-        match PairwiseMessage::decode(&m.encode()).unwrap() {
+        match PairwiseMessage::decode(&m.encode().unwrap()).unwrap() {
             PairwiseMessage::Initial(i) => i,
             PairwiseMessage::Normal(_) => panic!("expected an initial message"),
         }
@@ -517,7 +517,7 @@ mod tests {
             a_sess.encrypt(b"x").unwrap(),
             PairwiseMessage::Normal(_)
         ));
-        let saved = Session::from_secret_bytes(&a_sess.to_secret_bytes()).unwrap();
+        let saved = Session::from_secret_bytes(&a_sess.to_secret_bytes().unwrap()).unwrap();
         assert_eq!(saved.peer_device(), bob.cert.device_id);
     }
 
@@ -560,7 +560,7 @@ mod tests {
             assert!(matches!(again, Err(CryptoError::Replay)), "otk={with_otk}");
             // It survives persistence of the prekey store too.
             let mut restored =
-                DevicePrekeys::from_secret_bytes(&bob.prekeys.to_secret_bytes()).unwrap();
+                DevicePrekeys::from_secret_bytes(&bob.prekeys.to_secret_bytes().unwrap()).unwrap();
             let again = respond(
                 &bob.keys,
                 &bob.cert,

@@ -13,6 +13,7 @@ use super::{CryptoError, Result};
 
 const DEVCERT_CONTEXT: &[u8] = b"cinder/v1/devcert";
 const REVOKE_CONTEXT: &[u8] = b"cinder/v1/devrevoke";
+const POLICY_CONTEXT: &[u8] = b"cinder/v1/policy";
 /// Longest user id accepted in certificates (usernames are far shorter).
 pub const MAX_USER_ID: usize = 64;
 
@@ -123,7 +124,7 @@ impl UserRootKey {
             role,
             signature: [0u8; 64],
         };
-        cert.signature = self.key.sign(&cert.signed_bytes());
+        cert.signature = self.key.sign(&cert.signed_bytes()?);
         Ok(cert)
     }
 
@@ -146,7 +147,7 @@ impl UserRootKey {
             revoked_at,
             signature: [0u8; 64],
         };
-        r.signature = self.key.sign(&r.signed_bytes());
+        r.signature = self.key.sign(&r.signed_bytes()?);
         Ok(r)
     }
 }
@@ -197,7 +198,7 @@ pub struct DeviceCertificate {
 }
 
 impl DeviceCertificate {
-    fn signed_bytes(&self) -> Vec<u8> {
+    fn signed_bytes(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(200);
         w.fixed(DEVCERT_CONTEXT)
             .bytes(self.user_id.as_bytes())
@@ -206,7 +207,7 @@ impl DeviceCertificate {
             .fixed(&self.dik_public)
             .u64(self.created_at)
             .u8(self.role.to_byte());
-        w.into_vec()
+        w.finish()
     }
 
     /// Verifies the certificate against the user's pinned root key.
@@ -214,13 +215,23 @@ impl DeviceCertificate {
     /// # Errors
     /// [`CryptoError::BadChain`] if the signature does not verify under `root`.
     pub fn verify(&self, root: &RootPublicKey) -> Result<()> {
-        primitives::verify_signature(&root.0, &self.signed_bytes(), &self.signature)
+        primitives::verify_signature(&root.0, &self.signed_bytes()?, &self.signature)
             .map_err(|_| CryptoError::BadChain)
     }
 
     /// Fixed binary encoding.
-    pub fn encode(&self) -> Vec<u8> {
+    ///
+    /// # Errors
+    /// [`CryptoError::Limit`] when the user id is 4 GiB or longer.
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(220);
+        self.write(&mut w);
+        w.finish()
+    }
+
+    /// Writes [`Self::encode`]'s output into `w` (a field that does not fit fails `w`'s
+    /// `finish`, so an enclosing encoding stays infallible until then).
+    pub(crate) fn write(&self, w: &mut Writer) {
         w.u8(1)
             .bytes(self.user_id.as_bytes())
             .fixed(&self.device_id.0)
@@ -229,7 +240,6 @@ impl DeviceCertificate {
             .u64(self.created_at)
             .u8(self.role.to_byte())
             .fixed(&self.signature);
-        w.into_vec()
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -260,8 +270,11 @@ impl DeviceCertificate {
     }
 
     /// SHA-256 of the encoding, used in the handshake's associated data.
-    pub fn hash(&self) -> [u8; 32] {
-        primitives::sha256(&[&self.encode()])
+    ///
+    /// # Errors
+    /// [`CryptoError::Limit`] when the certificate cannot be encoded (see [`Self::encode`]).
+    pub fn hash(&self) -> Result<[u8; 32]> {
+        Ok(primitives::sha256(&[&self.encode()?]))
     }
 }
 
@@ -279,13 +292,13 @@ pub struct Revocation {
 }
 
 impl Revocation {
-    fn signed_bytes(&self) -> Vec<u8> {
+    fn signed_bytes(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(120);
         w.fixed(REVOKE_CONTEXT)
             .bytes(self.user_id.as_bytes())
             .fixed(&self.device_id.0)
             .u64(self.revoked_at);
-        w.into_vec()
+        w.finish()
     }
 
     /// Verifies the revocation against the user's root key.
@@ -293,18 +306,18 @@ impl Revocation {
     /// # Errors
     /// [`CryptoError::BadSignature`].
     pub fn verify(&self, root: &RootPublicKey) -> Result<()> {
-        primitives::verify_signature(&root.0, &self.signed_bytes(), &self.signature)
+        primitives::verify_signature(&root.0, &self.signed_bytes()?, &self.signature)
     }
 
     /// Fixed binary encoding.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(140);
         w.u8(1)
             .bytes(self.user_id.as_bytes())
             .fixed(&self.device_id.0)
             .u64(self.revoked_at)
             .fixed(&self.signature);
-        w.into_vec()
+        w.finish()
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -355,9 +368,98 @@ pub fn verify_device(
     Ok(())
 }
 
+/// The fields of the network policy that the network admin key (NAK) signs. The network id is
+/// part of the signed bytes, so a policy signed for one network never verifies for another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyFields<'a> {
+    /// The network's id.
+    pub network_id: &'a str,
+    /// Read receipts in 1:1 conversations.
+    pub read_receipts: bool,
+    /// Longest expiry timer, seconds.
+    pub max_expire_secs: u64,
+    /// Longest burn-on-read timer, seconds.
+    pub max_burn_secs: u64,
+    /// Most members of a room or group DM.
+    pub max_room_members: u32,
+}
+
+impl PolicyFields<'_> {
+    fn signed_bytes(&self) -> Result<Vec<u8>> {
+        let mut w = Writer::with_capacity(64);
+        w.fixed(POLICY_CONTEXT)
+            .bytes(self.network_id.as_bytes())
+            .u8(u8::from(self.read_receipts))
+            .u64(self.max_expire_secs)
+            .u64(self.max_burn_secs)
+            .u32(self.max_room_members);
+        w.finish()
+    }
+
+    /// Signs the policy with the network admin key.
+    ///
+    /// # Errors
+    /// [`CryptoError::Limit`] when the network id cannot be encoded.
+    pub fn sign(&self, nak: &SigningKeyPair) -> Result<[u8; 64]> {
+        Ok(nak.sign(&self.signed_bytes()?))
+    }
+
+    /// Checks `signature` against the network admin key pinned at registration.
+    ///
+    /// # Errors
+    /// [`CryptoError::BadSignature`] (a signature of the wrong length included).
+    pub fn verify(&self, nak: &[u8; 32], signature: &[u8]) -> Result<()> {
+        let signature: &[u8; 64] = signature
+            .try_into()
+            .map_err(|_| CryptoError::BadSignature)?;
+        primitives::verify_signature(nak, &self.signed_bytes()?, signature)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_verifies_only_unchanged_under_its_admin_key_and_network() {
+        let nak = SigningKeyPair::generate().unwrap();
+        let other = SigningKeyPair::generate().unwrap();
+        let p = PolicyFields {
+            network_id: "net-a",
+            read_receipts: true,
+            max_expire_secs: 86_400,
+            max_burn_secs: 60,
+            max_room_members: 500,
+        };
+        let sig = p.sign(&nak).unwrap();
+        p.verify(&nak.public(), &sig).unwrap();
+        assert!(p.verify(&other.public(), &sig).is_err());
+        assert!(p.verify(&nak.public(), &sig[..63]).is_err());
+        for changed in [
+            PolicyFields {
+                network_id: "net-b",
+                ..p
+            },
+            PolicyFields {
+                read_receipts: false,
+                ..p
+            },
+            PolicyFields {
+                max_expire_secs: 86_401,
+                ..p
+            },
+            PolicyFields {
+                max_burn_secs: 0,
+                ..p
+            },
+            PolicyFields {
+                max_room_members: 501,
+                ..p
+            },
+        ] {
+            assert!(changed.verify(&nak.public(), &sig).is_err(), "{changed:?}");
+        }
+    }
 
     fn device(urk: &UserRootKey, user: &str) -> (DeviceKeys, DeviceCertificate) {
         let keys = DeviceKeys::generate().unwrap();
@@ -377,7 +479,7 @@ mod tests {
     fn certificate_round_trips_and_verifies() {
         let urk = UserRootKey::generate().unwrap();
         let (_, cert) = device(&urk, "alice");
-        let decoded = DeviceCertificate::decode(&cert.encode()).unwrap();
+        let decoded = DeviceCertificate::decode(&cert.encode().unwrap()).unwrap();
         assert_eq!(decoded, cert);
         verify_device(&urk.public(), "alice", &decoded, &[]).unwrap();
     }
@@ -412,7 +514,7 @@ mod tests {
         let urk = UserRootKey::generate().unwrap();
         let (_, cert) = device(&urk, "alice");
         let rev = urk.revoke("alice", cert.device_id, 1_700_000_100).unwrap();
-        let rev = Revocation::decode(&rev.encode()).unwrap();
+        let rev = Revocation::decode(&rev.encode().unwrap()).unwrap();
         assert!(matches!(
             verify_device(&urk.public(), "alice", &cert, &[rev]),
             Err(CryptoError::Revoked)
@@ -428,7 +530,7 @@ mod tests {
     fn decoder_rejects_truncations_and_versions() {
         let urk = UserRootKey::generate().unwrap();
         let (_, cert) = device(&urk, "alice");
-        let bytes = cert.encode();
+        let bytes = cert.encode().unwrap();
         for n in 0..bytes.len() {
             assert!(DeviceCertificate::decode(&bytes[..n]).is_err());
         }

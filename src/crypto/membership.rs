@@ -254,7 +254,7 @@ impl OpKind {
 }
 
 fn write_users(w: &mut Writer, users: &[String]) {
-    w.u32(u32::try_from(users.len()).unwrap_or(u32::MAX));
+    w.count(users.len());
     for u in users {
         w.bytes(u.as_bytes());
     }
@@ -326,9 +326,9 @@ impl MembershipOp {
         w.bytes(self.room_id.as_bytes())
             .u64(self.seq)
             .fixed(&self.prev)
-            .bytes(self.actor.as_bytes())
-            .fixed(&self.actor_cert.encode())
-            .u64(self.at_ms);
+            .bytes(self.actor.as_bytes());
+        self.actor_cert.write(w);
+        w.u64(self.at_ms);
         self.kind.write(w);
     }
 
@@ -344,11 +344,11 @@ impl MembershipOp {
         })
     }
 
-    fn signed_bytes(&self) -> Vec<u8> {
+    fn signed_bytes(&self) -> Result<Vec<u8>, CryptoError> {
         let mut w = Writer::with_capacity(512);
         w.fixed(OP_CONTEXT);
         self.write(&mut w);
-        w.into_vec()
+        w.finish()
     }
 }
 
@@ -365,18 +365,21 @@ impl SignedOp {
     /// Signs `op` with the acting device's signing key.
     ///
     /// Nothing is validated here: [`RoomState::check`] says whether the op would be accepted.
-    pub fn sign(op: MembershipOp, dsk: &SigningKeyPair) -> SignedOp {
-        let signature = dsk.sign(&op.signed_bytes());
-        SignedOp { op, signature }
+    ///
+    /// # Errors
+    /// [`CryptoError::Limit`] when the operation cannot be encoded.
+    pub fn sign(op: MembershipOp, dsk: &SigningKeyPair) -> Result<SignedOp, CryptoError> {
+        let signature = dsk.sign(&op.signed_bytes()?);
+        Ok(SignedOp { op, signature })
     }
 
     /// Fixed binary encoding: version byte 1, the op, the signature.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>, CryptoError> {
         let mut w = Writer::with_capacity(512);
         w.u8(VERSION);
         self.op.write(&mut w);
         w.fixed(&self.signature);
-        w.into_vec()
+        w.finish()
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -401,8 +404,11 @@ impl SignedOp {
     }
 
     /// SHA-256 of [`Self::encode`]: what the next op's `prev` must be.
-    pub fn hash(&self) -> [u8; 32] {
-        primitives::sha256(&[&self.encode()])
+    ///
+    /// # Errors
+    /// [`CryptoError::Limit`] when the operation cannot be encoded (see [`Self::encode`]).
+    pub fn hash(&self) -> Result<[u8; 32], CryptoError> {
+        Ok(primitives::sha256(&[&self.encode()?]))
     }
 
     /// Checks that the op was signed by a live-certified device of its actor.
@@ -418,7 +424,7 @@ impl SignedOp {
         if cert.user_id != self.op.actor || cert.role != DeviceRole::User {
             return Err(CryptoError::BadChain);
         }
-        primitives::verify_signature(&cert.dsk_public, &self.op.signed_bytes(), &self.signature)
+        primitives::verify_signature(&cert.dsk_public, &self.op.signed_bytes()?, &self.signature)
     }
 }
 
@@ -685,7 +691,7 @@ impl RoomState {
             description: description.clone(),
             members: roles,
             head_seq: 0,
-            head_hash: op.hash(),
+            head_hash: op.hash()?,
             deleted: false,
             timers: RoomTimers::default(),
             created_by: o.actor.clone(),
@@ -737,7 +743,7 @@ impl RoomState {
             OpKind::Create { .. } => {}
         }
         self.head_seq = o.seq;
-        self.head_hash = op.hash();
+        self.head_hash = op.hash()?;
         Ok(change)
     }
 
@@ -955,14 +961,14 @@ impl RoomState {
     }
 
     /// Fixed binary encoding, for the local cache and the relay's database.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>, CryptoError> {
         let mut w = Writer::with_capacity(256 + self.members.len() * 40);
         w.u8(VERSION)
             .bytes(self.room_id.as_bytes())
             .u8(self.kind.to_byte())
             .bytes(self.title.as_bytes())
             .bytes(self.description.as_bytes())
-            .u32(u32::try_from(self.members.len()).unwrap_or(u32::MAX));
+            .count(self.members.len());
         for (name, role) in &self.members {
             w.bytes(name.as_bytes()).u8(role.to_byte());
         }
@@ -971,7 +977,7 @@ impl RoomState {
             .u8(u8::from(self.deleted));
         write_timers(&mut w, &self.timers);
         w.bytes(self.created_by.as_bytes()).u64(self.created_at_ms);
-        w.into_vec()
+        w.finish()
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -1093,7 +1099,7 @@ mod tests {
         }
 
         fn sign(&self, op: MembershipOp) -> SignedOp {
-            SignedOp::sign(op, &self.keys.signing)
+            SignedOp::sign(op, &self.keys.signing).unwrap()
         }
 
         /// The next op of `state` by this user.
@@ -1202,7 +1208,7 @@ mod tests {
             let checked = self.state.check(&op, &root, MAX).unwrap();
             let applied = self.state.apply(&op, &root, MAX).unwrap();
             assert_eq!(checked, applied);
-            assert_eq!(self.state.head_hash, op.hash());
+            assert_eq!(self.state.head_hash, op.hash().unwrap());
             self.log.push(op);
             applied
         }
@@ -1326,14 +1332,14 @@ mod tests {
             op.prev = [i as u8; 32];
             op.kind = kind;
             let signed = alice.sign(op);
-            let bytes = signed.encode();
+            let bytes = signed.encode().unwrap();
             assert_eq!(bytes[0], 1, "version byte first");
             let decoded = SignedOp::decode(&bytes).unwrap();
             assert_eq!(decoded, signed);
-            assert_eq!(decoded.encode(), bytes);
-            assert_eq!(decoded.hash(), primitives::sha256(&[&bytes]));
+            assert_eq!(decoded.encode().unwrap(), bytes);
+            assert_eq!(decoded.hash().unwrap(), primitives::sha256(&[&bytes]));
             decoded.verify_author(&alice.root()).unwrap();
-            assert!(hashes.insert(decoded.hash()));
+            assert!(hashes.insert(decoded.hash().unwrap()));
         }
     }
 
@@ -1341,7 +1347,7 @@ mod tests {
     fn op_decoder_rejects_truncation_trailing_bytes_and_versions() {
         let alice = User::new("alice");
         let op = alice.create(RoomKind::Room, &["bob"]);
-        let bytes = op.encode();
+        let bytes = op.encode().unwrap();
         for n in 0..bytes.len() {
             assert!(SignedOp::decode(&bytes[..n]).is_err(), "prefix of {n}");
         }
@@ -1372,7 +1378,7 @@ mod tests {
         let with = |kind: OpKind| {
             let mut op = base.clone();
             op.kind = kind;
-            alice.sign(op).encode()
+            alice.sign(op).encode().unwrap()
         };
         let at_limit = [
             edit(&"t".repeat(MAX_TITLE), &"d".repeat(MAX_DESCRIPTION)),
@@ -1394,10 +1400,10 @@ mod tests {
         }
         let mut long_actor = base.clone();
         long_actor.actor = "a".repeat(33);
-        assert!(SignedOp::decode(&alice.sign(long_actor).encode()).is_err());
+        assert!(SignedOp::decode(&alice.sign(long_actor).encode().unwrap()).is_err());
         let mut long_room = base;
         long_room.room_id = "r".repeat(MAX_ROOM_ID + 1);
-        assert!(SignedOp::decode(&alice.sign(long_room).encode()).is_err());
+        assert!(SignedOp::decode(&alice.sign(long_room).encode().unwrap()).is_err());
     }
 
     #[test]
@@ -1412,7 +1418,7 @@ mod tests {
             members: users,
         };
         let signed = alice.sign(op);
-        let bytes = signed.encode();
+        let bytes = signed.encode().unwrap();
         assert!(bytes.len() <= MAX_OP_LEN, "{} bytes", bytes.len());
         assert_eq!(SignedOp::decode(&bytes).unwrap(), signed);
         let state = RoomState::genesis(&signed, &alice.root(), MAX_OP_USERS + 1).unwrap();
@@ -1423,7 +1429,7 @@ mod tests {
     fn bad_tags_are_rejected() {
         let alice = User::new("alice");
         let op = alice.create(RoomKind::Room, &[]);
-        let bytes = op.encode();
+        let bytes = op.encode().unwrap();
         // The kind tag follows room id, seq, prev, actor, certificate and at_ms.
         let tag_at = 1
             + 4
@@ -1432,7 +1438,7 @@ mod tests {
             + 32
             + 4
             + op.op.actor.len()
-            + op.op.actor_cert.encode().len()
+            + op.op.actor_cert.encode().unwrap().len()
             + 8;
         assert_eq!(bytes[tag_at], 0);
         let mut bad = bytes.clone();
@@ -1444,7 +1450,7 @@ mod tests {
 
         let mut t = alice.create_op(RoomKind::Room, &[]);
         t.kind = timers(Some(5), None);
-        let bytes = alice.sign(t).encode();
+        let bytes = alice.sign(t).encode().unwrap();
         let mut bad = bytes.clone();
         bad[tag_at + 1] = 2; // presence byte of expire_after
         assert!(SignedOp::decode(&bad).is_err());
@@ -1463,7 +1469,7 @@ mod tests {
         let create = f.log[0].clone();
         let root = f.alice.root();
         for op in candidates {
-            let bytes = op.encode();
+            let bytes = op.encode().unwrap();
             for i in 0..bytes.len() {
                 for mask in [0x01, 0x80, 0xff] {
                     let mut m = bytes.clone();
@@ -1481,7 +1487,7 @@ mod tests {
                 }
             }
         }
-        let bytes = create.encode();
+        let bytes = create.encode().unwrap();
         for i in 0..bytes.len() {
             let mut m = bytes.clone();
             m[i] ^= 0x01;
@@ -1528,7 +1534,8 @@ mod tests {
         );
 
         // Alice's real certificate, but the op is signed by another key.
-        let stolen = SignedOp::sign(alice.create_op(RoomKind::Room, &[]), &mallory.keys.signing);
+        let stolen =
+            SignedOp::sign(alice.create_op(RoomKind::Room, &[]), &mallory.keys.signing).unwrap();
         assert!(matches!(
             stolen.verify_author(&alice.root()),
             Err(CryptoError::BadSignature)
@@ -1605,7 +1612,7 @@ mod tests {
         assert!(room.is_member("bob") && !room.is_member("dave"));
         assert_eq!(room.moderators(), 1);
         assert_eq!(room.head_seq, 0);
-        assert_eq!(room.head_hash, create.hash());
+        assert_eq!(room.head_hash, create.hash().unwrap());
         assert_eq!(room.created_by, "alice");
         assert_eq!(room.created_at_ms, NOW * 1000);
         assert_eq!(room.title, "Lobby");
@@ -1781,7 +1788,7 @@ mod tests {
         let b = f.alice.op(&f.state, promote("bob"));
         f.state.apply(&a, &f.alice.root(), MAX).unwrap();
         let mut forked = f.state.next_op("alice", &f.alice.cert, 1, promote("bob"));
-        forked.prev = b.hash();
+        forked.prev = b.hash().unwrap();
         let forked = f.alice.sign(forked);
         assert_eq!(
             refuse_op(&mut f.state, &forked, &f.alice.root(), MAX),
@@ -2194,14 +2201,14 @@ mod tests {
         let decoded: Vec<SignedOp> = f
             .log
             .iter()
-            .map(|op| SignedOp::decode(&op.encode()).unwrap())
+            .map(|op| SignedOp::decode(&op.encode().unwrap()).unwrap())
             .collect();
         assert_eq!(RoomState::replay(&decoded, root_of, MAX).unwrap(), f.state);
 
         // Every prefix replays to a consistent, shorter history.
         let half = RoomState::replay(&f.log[..25], root_of, MAX).unwrap();
         assert_eq!(half.head_seq, 24);
-        assert_eq!(half.head_hash, f.log[24].hash());
+        assert_eq!(half.head_hash, f.log[24].hash().unwrap());
     }
 
     #[test]
@@ -2263,11 +2270,11 @@ mod tests {
         deleted.timers = RoomTimers::default();
         states.push(deleted);
         for s in states {
-            let bytes = s.encode();
+            let bytes = s.encode().unwrap();
             assert_eq!(bytes[0], 1);
             let decoded = RoomState::decode(&bytes).unwrap();
             assert_eq!(decoded, s);
-            assert_eq!(decoded.encode(), bytes);
+            assert_eq!(decoded.encode().unwrap(), bytes);
             for n in 0..bytes.len() {
                 assert!(RoomState::decode(&bytes[..n]).is_err(), "prefix of {n}");
             }
@@ -2289,7 +2296,7 @@ mod tests {
         f.state.members.clear();
         f.state.members.insert("aa".into(), Role::Member);
         f.state.members.insert("bb".into(), Role::Moderator);
-        let bytes = f.state.encode();
+        let bytes = f.state.encode().unwrap();
         let find = |b: &[u8], pat: &[u8]| b.windows(pat.len()).position(|w| w == pat).unwrap();
         let a = find(&bytes, b"\0\0\0\x02aa\0");
         let b = find(&bytes, b"\0\0\0\x02bb\x01");
@@ -2312,7 +2319,7 @@ mod tests {
         let op = f.state.next_op("bob", &f.bob.cert, 7, OpKind::Leave);
         assert_eq!(op.room_id, f.state.room_id);
         assert_eq!(op.seq, 50);
-        assert_eq!(op.prev, f.log[49].hash());
+        assert_eq!(op.prev, f.log[49].hash().unwrap());
         assert_eq!(op.actor, "bob");
         assert_eq!(op.actor_cert, f.bob.cert);
         assert_eq!(op.at_ms, 7);
@@ -2435,19 +2442,19 @@ mod tests {
             }
             let replayed = RoomState::replay(&log, |u| Some(pool_user(u).root()), max).unwrap();
             prop_assert_eq!(&replayed, &state);
-            prop_assert_eq!(RoomState::decode(&state.encode()).unwrap(), state.clone());
+            prop_assert_eq!(RoomState::decode(&state.encode()?).unwrap(), state.clone());
             for op in &log {
-                prop_assert_eq!(&SignedOp::decode(&op.encode()).unwrap(), op);
+                prop_assert_eq!(&SignedOp::decode(&op.encode()?).unwrap(), op);
             }
         }
 
         #[test]
         fn decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
             if let Ok(op) = SignedOp::decode(&bytes) {
-                prop_assert_eq!(op.encode(), bytes.clone());
+                prop_assert_eq!(op.encode().unwrap(), bytes.clone());
             }
             if let Ok(s) = RoomState::decode(&bytes) {
-                prop_assert_eq!(s.encode(), bytes.clone());
+                prop_assert_eq!(s.encode().unwrap(), bytes.clone());
             }
             let mut v1 = vec![1u8];
             v1.extend_from_slice(&bytes);

@@ -9,7 +9,7 @@
 use zeroize::Zeroizing;
 
 use super::primitives::{self, Secret32};
-use super::wire::{Reader, Writer};
+use super::wire::Reader;
 use super::{CryptoError, Result};
 
 /// Argon2id cost parameters.
@@ -141,16 +141,18 @@ impl CacheHeader {
 
     /// Fixed binary encoding (magic, version, fields).
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(96);
-        w.fixed(b"CNDR")
-            .u8(1)
-            .u32(self.params.m_kib)
-            .u32(self.params.t)
-            .u32(self.params.p)
-            .fixed(&self.salt)
-            .fixed(&self.nonce)
-            .fixed(&self.wrapped_dek);
-        w.into_vec()
+        // Fixed-size fields only, so this cannot fail (no length prefix).
+        [
+            b"CNDR".as_slice(),
+            &[1],
+            &self.params.m_kib.to_be_bytes(),
+            &self.params.t.to_be_bytes(),
+            &self.params.p.to_be_bytes(),
+            &self.salt,
+            &self.nonce,
+            &self.wrapped_dek,
+        ]
+        .concat()
     }
 
     /// Decodes [`Self::encode`]'s output.

@@ -47,9 +47,14 @@ pub struct SignedPrekey {
 
 impl SignedPrekey {
     fn signed_bytes(id: u32, public: &[u8; 32], created_at: u64) -> Vec<u8> {
-        let mut w = Writer::with_capacity(64);
-        w.fixed(SPK_CONTEXT).u32(id).fixed(public).u64(created_at);
-        w.into_vec()
+        // Fixed-size fields only, so this cannot fail (no length prefix).
+        [
+            SPK_CONTEXT,
+            &id.to_be_bytes(),
+            public,
+            &created_at.to_be_bytes(),
+        ]
+        .concat()
     }
 
     fn write(&self, w: &mut Writer) {
@@ -96,13 +101,15 @@ pub struct PqPrekey {
 
 impl PqPrekey {
     fn signed_bytes(id: u32, last_resort: bool, created_at: u64, public: &[u8]) -> Vec<u8> {
-        let mut w = Writer::with_capacity(PQ_PUBLIC_LEN + 40);
-        w.fixed(PQPK_CONTEXT)
-            .u32(id)
-            .u8(u8::from(last_resort))
-            .u64(created_at)
-            .fixed(public);
-        w.into_vec()
+        // Fixed-size fields only, so this cannot fail (no length prefix).
+        [
+            PQPK_CONTEXT,
+            &id.to_be_bytes(),
+            &[u8::from(last_resort)],
+            &created_at.to_be_bytes(),
+            public,
+        ]
+        .concat()
     }
 
     fn write(&self, w: &mut Writer) {
@@ -124,10 +131,10 @@ impl PqPrekey {
     }
 
     /// Encodes the prekey alone (for upload).
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(PQ_PUBLIC_LEN + 80);
         self.write(&mut w);
-        w.into_vec()
+        w.finish()
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -183,16 +190,16 @@ impl PrekeyBundle {
     }
 
     /// Fixed binary encoding.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(2000);
-        w.u8(1).bytes(&self.cert.encode());
+        w.u8(1).bytes(&self.cert.encode()?);
         self.signed_prekey.write(&mut w);
         match &self.one_time_prekey {
             Some(k) => w.u8(1).u32(k.id).fixed(&k.public),
             None => w.u8(0),
         };
         self.pq_prekey.write(&mut w);
-        w.into_vec()
+        w.finish()
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -511,33 +518,33 @@ impl DevicePrekeys {
     /// # Security
     /// The result holds private keys; it is zeroized on drop and must only be written to the
     /// encrypted cache.
-    pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
+    pub fn to_secret_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
         let mut w = Writer::with_capacity(8192);
         w.u8(1).u32(self.next_id);
-        w.u32(self.signed.len() as u32);
+        w.count(self.signed.len());
         for k in &self.signed {
             w.u32(k.id)
                 .fixed(k.key.secret_bytes().as_slice())
                 .u64(k.created_at);
         }
-        w.u32(self.one_time.len() as u32);
+        w.count(self.one_time.len());
         for (id, k) in &self.one_time {
             w.u32(*id).fixed(k.secret_bytes().as_slice());
         }
-        w.u32(self.pq_one_time.len() as u32);
+        w.count(self.pq_one_time.len());
         for (id, k) in &self.pq_one_time {
             w.u32(*id).fixed(k.seed());
         }
-        w.u32(self.pq_last_resort.len() as u32);
+        w.count(self.pq_last_resort.len());
         for k in &self.pq_last_resort {
             w.u32(k.id).fixed(k.key.seed()).u64(k.created_at);
         }
-        w.u32(self.seen_order.len() as u32);
+        w.count(self.seen_order.len());
         for key in &self.seen_order {
             let expiry = self.seen.get(key).copied().unwrap_or(0);
             w.fixed(&key.0).u32(key.1).u64(expiry);
         }
-        Zeroizing::new(w.into_vec())
+        Ok(Zeroizing::new(w.finish()?))
     }
 
     /// Restores [`Self::to_secret_bytes`]'s output.
@@ -638,7 +645,7 @@ mod tests {
     #[test]
     fn bundle_round_trips_and_verifies() {
         let (urk, _, _, b) = bundle();
-        let d = PrekeyBundle::decode(&b.encode()).unwrap();
+        let d = PrekeyBundle::decode(&b.encode().unwrap()).unwrap();
         assert_eq!(d, b);
         d.verify(&urk.public(), "bob", &[]).unwrap();
     }
@@ -682,7 +689,7 @@ mod tests {
             b.pq_prekey.id,
             100,
         );
-        let bytes = pre.to_secret_bytes();
+        let bytes = pre.to_secret_bytes().unwrap();
         let back = DevicePrekeys::from_secret_bytes(&bytes).unwrap();
         assert_eq!(back.one_time_count(), 2);
         assert_eq!(back.pq_one_time_count(), 1);

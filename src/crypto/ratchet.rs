@@ -73,10 +73,10 @@ pub struct RatchetMessage {
 
 impl RatchetMessage {
     /// `header || u32 len || ciphertext`.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(HEADER_LEN + 4 + self.ciphertext.len());
         w.fixed(&self.header.encode()).bytes(&self.ciphertext);
-        w.into_vec()
+        w.finish()
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -329,7 +329,7 @@ impl RatchetState {
     ///
     /// # Security
     /// Holds root, chain and message keys; zeroized on drop, written only to the encrypted cache.
-    pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
+    pub fn to_secret_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
         let c = &self.chains;
         let mut w = Writer::with_capacity(256 + self.skipped.len() * 80);
         w.u8(1)
@@ -342,18 +342,18 @@ impl RatchetState {
             .u32(c.nr)
             .u32(c.pn)
             .bytes(&self.ad)
-            .u32(self.skipped.len() as u32);
+            .count(self.skipped.len());
         for k in &self.skipped {
             w.fixed(&k.dh)
                 .u32(k.n)
                 .fixed(k.key.expose())
                 .u64(k.stored_at);
         }
-        w.u32(self.previous_dhr.len() as u32);
+        w.count(self.previous_dhr.len());
         for k in &self.previous_dhr {
             w.fixed(k);
         }
-        Zeroizing::new(w.into_vec())
+        Ok(Zeroizing::new(w.finish()?))
     }
 
     /// Restores [`Self::to_secret_bytes`]'s output.
@@ -477,7 +477,7 @@ mod tests {
         bad_ct.ciphertext[0] ^= 1;
         assert!(matches!(b.decrypt(&bad_ct, 0), Err(CryptoError::Integrity)));
         // Wrong associated data: a responder that thinks it talks to someone else.
-        let state = b.to_secret_bytes();
+        let state = b.to_secret_bytes().unwrap();
         let mut wrong_ad = RatchetState::from_secret_bytes(&state).unwrap();
         wrong_ad.ad = b"other".to_vec();
         assert!(matches!(
@@ -498,9 +498,9 @@ mod tests {
         a.decrypt(&r, 0).unwrap();
         let m2 = a.encrypt(b"m2").unwrap();
         b.decrypt(&m2, 0).unwrap();
-        let before = b.to_secret_bytes();
+        let before = b.to_secret_bytes().unwrap();
         assert!(matches!(b.decrypt(&m, 0), Err(CryptoError::Replay)));
-        assert_eq!(*before, *b.to_secret_bytes());
+        assert_eq!(*before, *b.to_secret_bytes().unwrap());
         let restored = RatchetState::from_secret_bytes(&before).unwrap();
         assert_eq!(restored.previous_dhr.len(), 1);
     }
@@ -542,11 +542,11 @@ mod tests {
         let m1 = a.encrypt(b"1").unwrap();
         let m2 = a.encrypt(b"2").unwrap();
         b.decrypt(&m2, 0).unwrap();
-        let mut b2 = RatchetState::from_secret_bytes(&b.to_secret_bytes()).unwrap();
+        let mut b2 = RatchetState::from_secret_bytes(&b.to_secret_bytes().unwrap()).unwrap();
         assert_eq!(b2.decrypt(&m1, 0).unwrap(), b"1");
         let r = b2.encrypt(b"r").unwrap();
         assert_eq!(a.decrypt(&r, 0).unwrap(), b"r");
-        let bytes = RatchetMessage::decode(&r.encode()).unwrap();
+        let bytes = RatchetMessage::decode(&r.encode().unwrap()).unwrap();
         assert_eq!(bytes, r);
     }
 }

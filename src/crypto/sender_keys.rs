@@ -91,7 +91,7 @@ impl SenderKeyDistribution {
     ///
     /// # Security
     /// Contains a chain key; zeroized on drop.
-    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+    pub fn encode(&self) -> Result<Zeroizing<Vec<u8>>> {
         let mut w = Writer::with_capacity(160);
         w.u8(VERSION)
             .bytes(&self.room_id)
@@ -100,7 +100,7 @@ impl SenderKeyDistribution {
             .u32(self.iteration)
             .fixed(self.chain_key.expose())
             .fixed(&self.signing_public);
-        Zeroizing::new(w.into_vec())
+        Ok(Zeroizing::new(w.finish()?))
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -143,16 +143,21 @@ pub struct SenderKeyMessage {
     pub signature: [u8; 64],
 }
 
-fn aad(room_id: &[u8], distribution_id: &[u8; 16], iteration: u32, sender: &DeviceId) -> Vec<u8> {
+fn aad(
+    room_id: &[u8],
+    distribution_id: &[u8; 16],
+    iteration: u32,
+    sender: &DeviceId,
+) -> Result<Vec<u8>> {
     let mut w = Writer::with_capacity(100);
     w.bytes(room_id)
         .fixed(distribution_id)
         .u32(iteration)
         .fixed(&sender.0);
-    w.into_vec()
+    w.finish()
 }
 
-fn signed_bytes(msg: &SenderKeyMessage, body_hash: &[u8; 32]) -> Vec<u8> {
+fn signed_bytes(msg: &SenderKeyMessage, body_hash: &[u8; 32]) -> Result<Vec<u8>> {
     let mut w = Writer::with_capacity(160 + msg.ciphertext.len());
     w.fixed(SIG_CONTEXT)
         .u8(VERSION)
@@ -161,7 +166,7 @@ fn signed_bytes(msg: &SenderKeyMessage, body_hash: &[u8; 32]) -> Vec<u8> {
         .u32(msg.iteration)
         .bytes(&msg.ciphertext)
         .fixed(body_hash);
-    w.into_vec()
+    w.finish()
 }
 
 fn message_key_nonce(mk: &Secret32) -> (Secret32, [u8; 12]) {
@@ -170,7 +175,7 @@ fn message_key_nonce(mk: &Secret32) -> (Secret32, [u8; 12]) {
 
 impl SenderKeyMessage {
     /// Fixed binary encoding.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>> {
         let mut w = Writer::with_capacity(160 + self.ciphertext.len());
         w.u8(VERSION)
             .bytes(&self.room_id)
@@ -179,7 +184,7 @@ impl SenderKeyMessage {
             .fixed(&self.sender_device.0)
             .bytes(&self.ciphertext)
             .fixed(&self.signature);
-        w.into_vec()
+        w.finish()
     }
 
     /// Decodes [`Self::encode`]'s output.
@@ -288,7 +293,7 @@ impl SenderKeyState {
             &self.distribution_id,
             iteration,
             &self.sender_device,
-        );
+        )?;
         let mut msg = SenderKeyMessage {
             room_id: self.room_id.clone(),
             distribution_id: self.distribution_id,
@@ -297,7 +302,7 @@ impl SenderKeyState {
             ciphertext: primitives::seal(&key, &nonce, &ad, plaintext),
             signature: [0u8; 64],
         };
-        msg.signature = self.signing.sign(&signed_bytes(&msg, body_hash));
+        msg.signature = self.signing.sign(&signed_bytes(&msg, body_hash)?);
         Ok(msg)
     }
 
@@ -305,7 +310,7 @@ impl SenderKeyState {
     ///
     /// # Security
     /// Holds the chain and signing keys; zeroized on drop.
-    pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
+    pub fn to_secret_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
         let mut w = Writer::with_capacity(200);
         w.u8(VERSION)
             .bytes(&self.room_id)
@@ -315,7 +320,7 @@ impl SenderKeyState {
             .u32(self.iteration)
             .fixed(self.signing.secret_bytes().as_slice())
             .u64(self.created_at);
-        Zeroizing::new(w.into_vec())
+        Ok(Zeroizing::new(w.finish()?))
     }
 
     /// Restores [`Self::to_secret_bytes`]'s output.
@@ -394,7 +399,7 @@ impl ReceivedSenderKey {
         }
         primitives::verify_signature(
             &self.signing_public,
-            &signed_bytes(msg, body_hash),
+            &signed_bytes(msg, body_hash)?,
             &msg.signature,
         )?;
         let ad = aad(
@@ -402,7 +407,7 @@ impl ReceivedSenderKey {
             &self.distribution_id,
             msg.iteration,
             &self.sender_device,
-        );
+        )?;
         if msg.iteration < self.iteration {
             let pos = self
                 .skipped
@@ -443,7 +448,7 @@ impl ReceivedSenderKey {
     ///
     /// # Security
     /// Holds chain and message keys; zeroized on drop.
-    pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
+    pub fn to_secret_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
         let mut w = Writer::with_capacity(200 + self.skipped.len() * 36);
         w.u8(VERSION)
             .bytes(&self.room_id)
@@ -452,11 +457,11 @@ impl ReceivedSenderKey {
             .fixed(&self.signing_public)
             .fixed(self.chain_key.expose())
             .u32(self.iteration)
-            .u32(self.skipped.len() as u32);
+            .count(self.skipped.len());
         for (i, k) in &self.skipped {
             w.u32(*i).fixed(k.expose());
         }
-        Zeroizing::new(w.into_vec())
+        Ok(Zeroizing::new(w.finish()?))
     }
 
     /// Restores [`Self::to_secret_bytes`]'s output.
@@ -497,7 +502,7 @@ mod tests {
 
     fn setup() -> (SenderKeyState, ReceivedSenderKey) {
         let s = SenderKeyState::new(b"room-1", DeviceId([1; 16]), 0).unwrap();
-        let d = SenderKeyDistribution::decode(&s.distribution().encode()).unwrap();
+        let d = SenderKeyDistribution::decode(&s.distribution().encode().unwrap()).unwrap();
         (s, ReceivedSenderKey::from_distribution(&d))
     }
 
@@ -507,7 +512,7 @@ mod tests {
         let h = [5u8; 32];
         let m0 = s.encrypt(b"zero", &h).unwrap();
         let m1 = s.encrypt(b"one", &h).unwrap();
-        let m1 = SenderKeyMessage::decode(&m1.encode()).unwrap();
+        let m1 = SenderKeyMessage::decode(&m1.encode().unwrap()).unwrap();
         assert_eq!(r.decrypt(&m1, &h).unwrap(), b"one");
         assert_eq!(r.decrypt(&m0, &h).unwrap(), b"zero");
         assert!(matches!(r.decrypt(&m0, &h), Err(CryptoError::Replay)));
@@ -590,9 +595,9 @@ mod tests {
         let m0 = s.encrypt(b"0", &h).unwrap();
         let m1 = s.encrypt(b"1", &h).unwrap();
         r.decrypt(&m1, &h).unwrap();
-        let mut r2 = ReceivedSenderKey::from_secret_bytes(&r.to_secret_bytes()).unwrap();
+        let mut r2 = ReceivedSenderKey::from_secret_bytes(&r.to_secret_bytes().unwrap()).unwrap();
         assert_eq!(r2.decrypt(&m0, &h).unwrap(), b"0");
-        let mut s2 = SenderKeyState::from_secret_bytes(&s.to_secret_bytes()).unwrap();
+        let mut s2 = SenderKeyState::from_secret_bytes(&s.to_secret_bytes().unwrap()).unwrap();
         let m2 = s2.encrypt(b"2", &h).unwrap();
         assert_eq!(r2.decrypt(&m2, &h).unwrap(), b"2");
     }

@@ -6,10 +6,22 @@
 
 use super::{CryptoError, Result};
 
-/// Builds an encoding; infallible.
+/// Builds an encoding. A field too long for its `u32` length prefix cannot be encoded; the
+/// writer remembers that and [`Writer::finish`] fails, so no caller can sign or send an
+/// encoding with a wrong length in it.
 #[derive(Default)]
 pub struct Writer {
     buf: Vec<u8>,
+    /// Set by the first field that did not fit; nothing is written after it.
+    too_long: bool,
+}
+
+/// The `u32` length prefix of a field of `len` bytes (or a count of `len` items).
+///
+/// # Errors
+/// [`CryptoError::Limit`] when `len` does not fit in a `u32` (4 GiB and more).
+pub fn length_prefix(len: usize) -> Result<u32> {
+    u32::try_from(len).map_err(|_| CryptoError::Limit("a field of 4 GiB or more cannot be encoded"))
 }
 
 impl Writer {
@@ -22,6 +34,7 @@ impl Writer {
     pub fn with_capacity(n: usize) -> Self {
         Self {
             buf: Vec::with_capacity(n),
+            too_long: false,
         }
     }
 
@@ -49,16 +62,29 @@ impl Writer {
         self
     }
 
-    /// Appends a `u32` length prefix and the bytes.
-    ///
-    /// # Panics
-    /// Never for inputs below 4 GiB; larger inputs are truncated to `u32::MAX` in the prefix,
-    /// which no decoder accepts, so the value fails to decode rather than being misread.
+    /// Appends a `u32` length prefix and the bytes. A field of 4 GiB or more is not written
+    /// and makes [`Self::finish`] fail.
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
-        let len = u32::try_from(v.len()).unwrap_or(u32::MAX);
-        self.u32(len);
-        self.buf.extend_from_slice(v);
+        match length_prefix(v.len()) {
+            Ok(len) if !self.too_long => {
+                self.u32(len);
+                self.buf.extend_from_slice(v);
+            }
+            _ => self.too_long = true,
+        }
         self
+    }
+
+    /// Appends the `u32` count of a list that follows; a count that does not fit makes
+    /// [`Self::finish`] fail, like [`Self::bytes`].
+    pub fn count(&mut self, n: usize) -> &mut Self {
+        match length_prefix(n) {
+            Ok(n) => self.u32(n),
+            Err(_) => {
+                self.too_long = true;
+                self
+            }
+        }
     }
 
     /// Appends an optional fixed-size value as a presence byte and the value.
@@ -69,14 +95,18 @@ impl Writer {
         }
     }
 
-    /// The encoding so far.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.buf
-    }
-
     /// Consumes the writer, returning the encoding.
-    pub fn into_vec(self) -> Vec<u8> {
-        self.buf
+    ///
+    /// # Errors
+    /// [`CryptoError::Limit`] when a field was too long for its length prefix.
+    pub fn finish(self) -> Result<Vec<u8>> {
+        if self.too_long {
+            Err(CryptoError::Limit(
+                "a field of 4 GiB or more cannot be encoded",
+            ))
+        } else {
+            Ok(self.buf)
+        }
     }
 }
 
@@ -181,14 +211,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn lengths_of_4_gib_and_more_are_refused_not_truncated() {
+        assert_eq!(length_prefix(0).unwrap(), 0);
+        assert_eq!(length_prefix(u32::MAX as usize).unwrap(), u32::MAX);
+        let over = u32::MAX as usize + 1;
+        assert!(matches!(length_prefix(over), Err(CryptoError::Limit(_))));
+        assert!(matches!(
+            length_prefix(usize::MAX),
+            Err(CryptoError::Limit(_))
+        ));
+        let mut w = Writer::new();
+        w.u8(1).count(over).u8(2);
+        assert!(w.finish().is_err());
+        let mut w = Writer::new();
+        w.count(3);
+        assert_eq!(w.finish().unwrap(), [0, 0, 0, 3]);
+    }
+
+    #[test]
     fn round_trip_and_golden_bytes() {
         let mut w = Writer::new();
         w.u8(7).u32(0x0102_0304).bytes(b"ab").opt_fixed(None);
-        assert_eq!(
-            w.as_slice(),
-            &[7, 1, 2, 3, 4, 0, 0, 0, 2, b'a', b'b', 0][..]
-        );
-        let mut r = Reader::new(w.as_slice(), "test");
+        let w = w.finish().unwrap();
+        assert_eq!(w, &[7, 1, 2, 3, 4, 0, 0, 0, 2, b'a', b'b', 0][..]);
+        let mut r = Reader::new(&w, "test");
         assert_eq!(r.u8().unwrap(), 7);
         assert_eq!(r.u32().unwrap(), 0x0102_0304);
         assert_eq!(r.bytes(2).unwrap(), b"ab");

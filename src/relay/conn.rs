@@ -65,7 +65,10 @@ enum Action {
     /// Answer, then close the connection.
     Close(Frame, CloseCode),
     /// Answer after a delay, serving the connection meanwhile (the test hook's held reply).
-    Later(Frame, std::time::Duration),
+    Later(
+        Frame,
+        std::pin::Pin<Box<dyn std::future::Future<Output = ()> + std::marker::Send>>,
+    ),
 }
 
 /// Why the connection loop woke up.
@@ -284,13 +287,13 @@ where
                 let Some(body) = push.into_body(now) else {
                     continue;
                 };
-                let bodies = match (&shared.tamper, body) {
-                    (Some(t), Body::Delivery(d)) => t
-                        .delivery(&auth.username, &auth.device, d)
+                let bodies = match body {
+                    Body::Delivery(d) => shared
+                        .outgoing_delivery(&auth.username, &auth.device, d)
                         .into_iter()
                         .map(Body::Delivery)
                         .collect(),
-                    (_, body) => vec![body],
+                    body => vec![body],
                 };
                 for body in bodies {
                     let frame = Frame {
@@ -309,11 +312,11 @@ where
         Event::Incoming(Some(Ok(Message::Binary(bytes)))) => {
             match handle_bytes(shared, sess, &bytes).await {
                 Action::Reply(frame) => send_frame(ws, &frame).await.is_ok(),
-                Action::Later(frame, delay) => {
+                Action::Later(frame, release) => {
                     if let Some(auth) = &sess.auth {
                         let outbox = Arc::clone(&auth.outbox);
                         tokio::spawn(async move {
-                            tokio::time::sleep(delay).await;
+                            release.await;
                             outbox.offer(Push::Reply(Box::new(frame)));
                         });
                     }
@@ -514,12 +517,12 @@ async fn handle_bytes(shared: &Shared, sess: &mut Session, bytes: &[u8]) -> Acti
         }
     };
     // The test hook may hold this answer back; the connection carries on meanwhile.
-    match (action, &shared.tamper, &sess.auth) {
-        (Action::Reply(frame), Some(t), Some(auth)) => match t.hold(&auth.username, kind) {
-            Some(delay) => Action::Later(frame, delay),
+    match (action, &sess.auth) {
+        (Action::Reply(frame), Some(auth)) => match shared.held_reply(&auth.username, kind) {
+            Some(release) => Action::Later(frame, release),
             None => Action::Reply(frame),
         },
-        (action, _, _) => action,
+        (action, _) => action,
     }
 }
 
@@ -853,12 +856,10 @@ async fn fetch(shared: &Shared, sess: &Session, f: Fetch) -> Result<Body, RelayE
     };
     let max_bytes = shared.max_frame.saturating_sub(DELIVERIES_OVERHEAD);
     let mut deliveries = shared.store.fetch(auth.device, limit, max_bytes).await?;
-    if let Some(t) = &shared.tamper {
-        deliveries.items = std::mem::take(&mut deliveries.items)
-            .into_iter()
-            .flat_map(|d| t.delivery(&auth.username, &auth.device, d))
-            .collect();
-    }
+    deliveries.items = std::mem::take(&mut deliveries.items)
+        .into_iter()
+        .flat_map(|d| shared.outgoing_delivery(&auth.username, &auth.device, d))
+        .collect();
     Ok(Body::Deliveries(deliveries))
 }
 

@@ -33,6 +33,8 @@ pub(crate) struct Network {
     pub relay_id: Vec<u8>,
     /// The NAK's public key.
     pub admin_key: [u8; 32],
+    /// The NAK itself: it signs the network policy the relay sends.
+    pub admin: SigningKeyPair,
     /// The one-time admin invite, if this start created the network.
     pub created_invite: Option<String>,
 }
@@ -157,6 +159,7 @@ pub(crate) async fn open_or_create(
             network_name: rec.network_name,
             relay_id: rec.relay_id,
             admin_key: rec.admin_key,
+            admin: key,
             created_invite: None,
         });
     }
@@ -189,6 +192,7 @@ pub(crate) async fn open_or_create(
         network_name: rec.network_name,
         relay_id: rec.relay_id,
         admin_key: rec.admin_key,
+        admin: key,
         created_invite: Some(code),
     })
 }

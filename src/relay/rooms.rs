@@ -22,6 +22,7 @@ use super::registry::Push;
 use super::server::Shared;
 use super::store::{Fanout, PolicyChange, RoomItem, RoomSendOutcome, StoredPolicy};
 use super::{MAX_POLICY_TIMER_SECS, RelayError};
+use crate::crypto::identity::PolicyFields;
 use crate::crypto::membership::{MembershipError, SignedOp};
 use crate::protocol::frame::Body;
 use crate::protocol::{
@@ -66,14 +67,30 @@ pub(super) fn membership_refusal(e: &MembershipError, max_members: usize) -> Rel
     refused(code, detail)
 }
 
-/// The policy as clients see it.
+/// The policy as clients see it, signed by the network admin key.
 pub(super) fn policy_message(shared: &Shared) -> Policy {
     let p = shared.policy();
-    Policy {
+    let fields = PolicyFields {
+        network_id: &shared.network_id,
         read_receipts: p.read_receipts,
         max_expire_secs: p.max_expire_secs,
         max_burn_secs: p.max_burn_secs,
         max_room_members: shared.max_room_members,
+    };
+    // Signing fails only for a network id of 4 GiB; clients then keep their previous policy.
+    let signature = match fields.sign(&shared.admin) {
+        Ok(s) => s.to_vec(),
+        Err(e) => {
+            tracing::error!("cannot sign the network policy: {e}");
+            Vec::new()
+        }
+    };
+    Policy {
+        read_receipts: fields.read_receipts,
+        max_expire_secs: fields.max_expire_secs,
+        max_burn_secs: fields.max_burn_secs,
+        max_room_members: fields.max_room_members,
+        signature,
     }
 }
 
@@ -230,11 +247,7 @@ pub(super) async fn get_room_log(
         .room_log(auth.username.clone(), g.room_id, g.from_seq, max_bytes)
         .await?
         .ok_or_else(unknown_room)?;
-    let log = match &shared.tamper {
-        Some(t) => t.room_log(&auth.username, log),
-        None => log,
-    };
-    Ok(Body::RoomLog(log))
+    Ok(Body::RoomLog(shared.outgoing_room_log(&auth.username, log)))
 }
 
 /// `RoomSend`: one body and one sender-key message for every other member device.

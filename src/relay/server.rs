@@ -24,11 +24,15 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "test-hooks")]
+use super::Tamper;
 use super::network::Network;
 use super::registry::Registry;
 use super::store::{RelayStore, StoredPolicy};
-use super::{DRAIN_TIMEOUT, RelayConfig, RelayError, Tamper, conn};
+use super::{DRAIN_TIMEOUT, RelayConfig, RelayError, conn};
 use crate::clock::Clock;
+use crate::crypto::primitives::SigningKeyPair;
+use crate::protocol::{Delivery, RoomLog};
 
 /// How long the TLS handshake and the WebSocket upgrade may take together.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) network_id: String,
     pub(crate) network_name: String,
     pub(crate) admin_key: [u8; 32],
+    /// Signs the policy (see `rooms::policy_message`).
+    pub(crate) admin: SigningKeyPair,
     pub(crate) max_frame: usize,
     pub(crate) max_connections: usize,
     pub(crate) rate_per_sec: u32,
@@ -53,7 +59,8 @@ pub(crate) struct Shared {
     pub(crate) invite_validity: Duration,
     pub(crate) max_mailbox_fetch: u32,
     pub(crate) max_room_members: u32,
-    pub(crate) tamper: Option<Arc<dyn Tamper>>,
+    #[cfg(feature = "test-hooks")]
+    tamper: Option<Arc<dyn Tamper>>,
     /// Wall time for expiry, delete-by times and timestamps.
     pub(crate) clock: Clock,
     /// Serialises policy changes so the cached copy ends as the last committed one.
@@ -96,6 +103,7 @@ impl Shared {
             network_id: net.network_id,
             network_name: net.network_name,
             admin_key: net.admin_key,
+            admin: net.admin,
             max_frame: config.max_frame,
             max_connections: config.max_connections,
             rate_per_sec: config.rate_per_sec,
@@ -103,6 +111,7 @@ impl Shared {
             invite_validity: config.invite_validity,
             max_mailbox_fetch: config.max_mailbox_fetch,
             max_room_members: config.max_room_members,
+            #[cfg(feature = "test-hooks")]
             tamper: config.tamper.clone(),
             clock: config.clock,
             policy_lock: tokio::sync::Mutex::new(()),
@@ -126,6 +135,47 @@ impl Shared {
     /// Records a newly committed policy.
     pub(crate) fn set_policy(&self, policy: StoredPolicy) {
         *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    /// What is sent for one delivery to `to_device` of `to_user`: the delivery itself, or what a
+    /// test's tamper hook makes of it (only with the `test-hooks` feature).
+    pub(crate) fn outgoing_delivery(
+        &self,
+        to_user: &str,
+        to_device: &[u8; 16],
+        d: Delivery,
+    ) -> Vec<Delivery> {
+        #[cfg(feature = "test-hooks")]
+        if let Some(t) = &self.tamper {
+            return t.delivery(to_user, to_device, d);
+        }
+        let _ = (to_user, to_device);
+        vec![d]
+    }
+
+    /// How long to hold back the answer to a request of `from_user` (named by its kind): a
+    /// test's tamper hook can play a slow relay (only with the `test-hooks` feature).
+    pub(crate) fn held_reply(
+        &self,
+        from_user: &str,
+        request: &str,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        #[cfg(feature = "test-hooks")]
+        if let Some(t) = &self.tamper {
+            return t.hold(from_user, request);
+        }
+        let _ = (from_user, request);
+        None
+    }
+
+    /// What is sent for one `RoomLog` answer to `to_user` (see [`Self::outgoing_delivery`]).
+    pub(crate) fn outgoing_room_log(&self, to_user: &str, log: RoomLog) -> RoomLog {
+        #[cfg(feature = "test-hooks")]
+        if let Some(t) = &self.tamper {
+            return t.room_log(to_user, log);
+        }
+        let _ = to_user;
+        log
     }
 }
 
@@ -367,6 +417,7 @@ mod tests {
             network_name: String::new(),
             relay_id: Vec::new(),
             admin_key: [0; 32],
+            admin: SigningKeyPair::generate().unwrap(),
             created_invite: None,
         };
         let policy = store.policy().await.unwrap();

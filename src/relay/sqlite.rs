@@ -1282,7 +1282,7 @@ fn op_submit_room_op(
          ON CONFLICT (room_id) DO UPDATE
          SET state = excluded.state, head_seq = excluded.head_seq, deleted = excluded.deleted",
     )?
-    .execute(params![room_id, after.encode(), seq, after.deleted])?;
+    .execute(params![room_id, after.encode()?, seq, after.deleted])?;
     conn.prepare_cached("INSERT INTO room_ops (room_id, seq, op) VALUES (?1, ?2, ?3)")?
         .execute(params![room_id, seq, item.payload])?;
     for user in before.keys().filter(|u| !after.members.contains_key(*u)) {

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +64,9 @@ pub struct Connection {
     next_id: AtomicU64,
     /// The largest frame the relay accepts (from its hello).
     max_frame: usize,
+    /// Set by the reader when the connection has ended: a request made after that fails at
+    /// once instead of waiting for an answer that cannot come.
+    closed: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -194,6 +197,8 @@ impl Connection {
             let _ = sink.close().await;
         });
         let w = Arc::clone(&waiters);
+        let closed = Arc::new(AtomicBool::new(false));
+        let ended = Arc::clone(&closed);
         let reader = tokio::spawn(async move {
             // Set when a push was dropped on a full queue; cleared once the engine has been
             // told (as soon as the queue has room, even if nothing else arrives).
@@ -248,6 +253,7 @@ impl Connection {
                     }
                 }
             }
+            ended.store(true, Ordering::Release);
             if let Ok(mut m) = w.lock() {
                 m.clear();
             }
@@ -259,6 +265,7 @@ impl Connection {
                 waiters,
                 next_id: AtomicU64::new(1),
                 max_frame,
+                closed,
                 tasks: vec![reader, writer],
             },
             hello,
@@ -313,6 +320,14 @@ impl Connection {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut m) = self.waiters.lock() {
             m.insert(id, tx);
+        }
+        // Checked after registering: either the reader sees our waiter when it clears them
+        // (and drops it, failing us), or we see that it has finished.
+        if self.closed.load(Ordering::Acquire) {
+            if let Ok(mut m) = self.waiters.lock() {
+                m.remove(&id);
+            }
+            return Err(SessionError::Unreachable("connection closed".into()));
         }
         if self.out.send(Message::Binary(bytes.into())).await.is_err() {
             if let Ok(mut m) = self.waiters.lock() {

@@ -35,8 +35,12 @@ pub(crate) struct Engine {
     max_frame: AtomicUsize,
     prekey_counts: Mutex<Option<(u32, u32)>>,
     connected: Arc<AtomicBool>,
-    /// The network policy from the last login or push (shared with the handle).
+    /// The network policy from the last login or push whose signature verified (shared with
+    /// the handle).
     policy: Arc<Mutex<Option<protocol::Policy>>>,
+    /// The network admin key pinned at registration; it signs the policy.
+    admin_key: Mutex<Option<[u8; 32]>>,
+    network_id: String,
     /// Bumped whenever a user's device list in the cache changes.
     devices_epoch: AtomicU64,
     /// Rooms whose sender key was reconciled with the member devices, at which (log head,
@@ -93,6 +97,13 @@ pub fn spawn(mut store: Store, opts: EngineOptions) -> Result<SessionHandle, Ses
     }
     super::check_url(&account.server_url, account.allow_insecure_ws)?;
     let keys = Arc::new(Keys::from_account(&account)?);
+    let admin_key = super::policy::pinned(
+        store
+            .db()
+            .blob(super::policy::NAK_BLOB)?
+            .as_deref()
+            .map(|b| b.as_slice()),
+    );
     let profile_dir = Arc::new(PathBuf::from(store.dir()));
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (events, _) = broadcast::channel(4096);
@@ -112,6 +123,8 @@ pub fn spawn(mut store: Store, opts: EngineOptions) -> Result<SessionHandle, Ses
         prekey_counts: Mutex::new(None),
         connected: Arc::new(AtomicBool::new(false)),
         policy: Arc::new(Mutex::new(None)),
+        admin_key: Mutex::new(admin_key),
+        network_id: account.network_id.clone(),
         devices_epoch: AtomicU64::new(0),
         room_keys_ok: Mutex::new(std::collections::HashMap::new()),
         timers: Mutex::new(ActorTimers {
@@ -559,7 +572,17 @@ impl Engine {
         self.schedule_shred().await;
     }
 
-    pub(crate) fn set_policy(&self, p: protocol::Policy) {
+    /// Takes a policy from the relay if its signature verifies; false (and the previous policy
+    /// stays) when it does not.
+    pub(crate) fn set_policy(&self, p: protocol::Policy) -> bool {
+        let key = *lock(&self.admin_key);
+        if !super::policy::verifies(key.as_ref(), &self.network_id, &p) {
+            tracing::warn!(
+                "ignored a network policy whose signature does not verify against the pinned \
+                 network admin key; keeping the previous one"
+            );
+            return false;
+        }
         let changed = {
             let mut shared = lock(&self.policy);
             let changed = shared.as_ref() != Some(&p);
@@ -569,6 +592,7 @@ impl Engine {
         if changed {
             self.emit(SessionEvent::PolicyChanged(p));
         }
+        true
     }
 
     async fn set_read_receipts(&self, on: bool) -> Result<protocol::Policy, SessionError> {
@@ -583,8 +607,13 @@ impl Engine {
             .await?
         {
             Body::Policy(p) => {
-                self.set_policy(p.clone());
-                Ok(p)
+                if self.set_policy(p.clone()) {
+                    Ok(p)
+                } else {
+                    Err(SessionError::Protocol(
+                        "the relay's policy is not signed by the network admin key".into(),
+                    ))
+                }
             }
             _ => Err(SessionError::Protocol(
                 "unexpected answer to SetPolicy".into(),
@@ -639,7 +668,9 @@ impl Engine {
                 }
             }
             Push::Overflowed => self.catch_up().await,
-            Push::Policy(p) => self.set_policy(p),
+            Push::Policy(p) => {
+                self.set_policy(p);
+            }
             Push::Bye(reason) => self.lost(format!("relay is going away: {reason}")),
             Push::Closed => self.lost("connection closed".into()),
         }
@@ -752,6 +783,9 @@ impl Engine {
             return Err(SessionError::WrongRelay);
         }
         self.max_frame.store(conn.max_frame(), Ordering::Relaxed);
+        if lock(&self.admin_key).is_none() {
+            self.pin_admin_key(&hello.network_admin_key).await?;
+        }
         let msg = protocol::login_message(&hello.challenge, &hello.relay_id);
         let signature = self.keys.device.signing.sign(&msg).to_vec();
         let auth = conn
@@ -769,6 +803,18 @@ impl Engine {
         if let Some(p) = a.policy {
             self.set_policy(p);
         }
+        Ok(())
+    }
+
+    /// Pins the network admin key of a profile registered before policies were signed, from
+    /// the relay it already trusts (its relay id matched); registration pins it otherwise.
+    async fn pin_admin_key(&self, key: &[u8]) -> Result<(), SessionError> {
+        let Some(key) = super::policy::pinned(Some(key)) else {
+            return Ok(());
+        };
+        self.blocking(move |s, _| Ok(s.db().put_blob(super::policy::NAK_BLOB, &key)?))
+            .await?;
+        *lock(&self.admin_key) = Some(key);
         Ok(())
     }
 }

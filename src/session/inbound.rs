@@ -181,7 +181,7 @@ fn decrypt_into(
     // The ratchet step authenticated: keep it even if the body turns out to be bad, since
     // that message key is spent either way.
     if let Some(s) = &session {
-        db.put_session(user, &sender_device, &s.to_secret_bytes())?;
+        db.put_session(user, &sender_device, &s.to_secret_bytes()?)?;
     }
     let payload = match KeyPackage::decode(&plaintext).and_then(|k| envelope::open(&k, &d.body)) {
         Ok(p) => p,

@@ -97,7 +97,7 @@ pub(crate) fn load_prekeys(db: &Db<'_>) -> Result<DevicePrekeys, SessionError> {
 
 /// Saves the device's private prekeys.
 pub(crate) fn save_prekeys(db: &Db<'_>, p: &DevicePrekeys) -> Result<(), SessionError> {
-    db.put_blob(PREKEYS_BLOB, &p.to_secret_bytes())?;
+    db.put_blob(PREKEYS_BLOB, &p.to_secret_bytes()?)?;
     Ok(())
 }
 
@@ -600,7 +600,7 @@ impl Engine {
                         &revocations,
                         now,
                     )?;
-                    db.put_session(&u, &id, &session.to_secret_bytes())?;
+                    db.put_session(&u, &id, &session.to_secret_bytes()?)?;
                 }
                 Ok(())
             })
@@ -667,7 +667,7 @@ impl Engine {
                     reply_to: None,
                 })?,
             };
-            let wrapped = package.encode();
+            let wrapped = package.encode()?;
             s.transaction(|db| -> Result<_, SessionError> {
                 let mut entries = Vec::new();
                 let targets = recipient_devices
@@ -680,11 +680,11 @@ impl Engine {
                     })?;
                     let mut session = Session::from_secret_bytes(&bytes)?;
                     let msg = session.encrypt(&wrapped)?;
-                    db.put_session(user, &dev, &session.to_secret_bytes())?;
+                    db.put_session(user, &dev, &session.to_secret_bytes()?)?;
                     entries.push(protocol::KeyEntry {
                         recipient_user: user.to_owned(),
                         recipient_device: dev.to_vec(),
-                        payload: msg.encode(),
+                        payload: msg.encode()?,
                     });
                 }
                 let mut recipients = vec![recipient.clone()];

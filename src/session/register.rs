@@ -135,7 +135,7 @@ async fn register_with_store(
             username: username.to_owned(),
             display_name: display_name.clone(),
             root_key: root.public().0.to_vec(),
-            device_certificate: cert.encode(),
+            device_certificate: cert.encode()?,
             signature: signature.to_vec(),
             prekeys: Some(protocol::PrekeyUpload {
                 signed_prekey: Some(spk_msg(&spk)),
@@ -159,16 +159,19 @@ async fn register_with_store(
         network_name: hello.network_name.clone(),
         relay_id: hello.relay_id.clone(),
         is_admin: auth.is_admin,
-        root_secret: root.secret_bytes(),
+        root_public: root.public().0,
+        // The first device holds the account's root role, so it keeps the root secret.
+        root_secret: Some(root.secret_bytes()),
         device_signing_secret: device.signing.secret_bytes(),
         device_identity_secret: device.identity.secret_bytes(),
-        device_cert: cert.encode(),
+        device_cert: cert.encode()?,
         created_at: now,
         allow_insecure_ws: o.allow_insecure_ws,
     };
     let ca = o.ca_pem.clone();
     let own_root = root.public().0;
     let user = auth.username.clone();
+    let admin_key = hello.network_admin_key.clone();
     let dir = tokio::task::spawn_blocking(move || -> Result<PathBuf, SessionError> {
         let mut store = store;
         store.transaction(|db| -> Result<_, SessionError> {
@@ -176,6 +179,8 @@ async fn register_with_store(
             save_prekeys(db, &pre)?;
             db.pin_root_key(&user, &own_root, now)?;
             db.set_devices(&user, &[account.device_id])?;
+            // The key that signs the network policy, pinned with the relay id.
+            db.put_blob(super::policy::NAK_BLOB, &admin_key)?;
             if let Some(ca) = &ca {
                 db.put_blob("ca_cert", ca)?;
             }

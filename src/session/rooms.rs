@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use futures_util::StreamExt as _;
 use prost::Message as _;
 
 use super::engine::Engine;
@@ -144,7 +145,7 @@ pub(crate) fn load_state(db: &Db<'_>, room: &str) -> Result<Option<RoomState>, S
 }
 
 fn save_state(db: &Db<'_>, s: &RoomState) -> Result<(), SessionError> {
-    db.put_room_state(&s.room_id, &s.encode())?;
+    db.put_room_state(&s.room_id, &s.encode()?)?;
     Ok(())
 }
 
@@ -299,11 +300,11 @@ fn system_record(
     }
 }
 
-fn op_record_id(op: &SignedOp) -> [u8; 16] {
-    let h = op.hash();
+fn op_record_id(op: &SignedOp) -> Result<[u8; 16], CryptoError> {
+    let h = op.hash()?;
     let mut id = [0u8; 16];
     id.copy_from_slice(&h[..16]);
-    id
+    Ok(id)
 }
 
 /// Records a security warning as a system line at `now` (ms) and returns it.
@@ -354,7 +355,7 @@ fn after_change(
 ) -> Result<Option<MessageRecord>, SessionError> {
     let room = state.room_id.as_str();
     save_state(db, state)?;
-    db.put_room_op(room, op.op.seq, &op.hash())?;
+    db.put_room_op(room, op.op.seq, &op.hash()?)?;
     let gone: Vec<String> = match change {
         Change::Removed(users) => users.clone(),
         Change::Left(u) => vec![u.clone()],
@@ -385,7 +386,14 @@ fn after_change(
     if me_gone && op.op.actor != keys.username {
         text = format!("{text} \u{2014} you can no longer read or send messages here");
     }
-    let rec = system_record(room, op_record_id(op), &op.op.actor, op.op.at_ms, now, text);
+    let rec = system_record(
+        room,
+        op_record_id(op)?,
+        &op.op.actor,
+        op.op.at_ms,
+        now,
+        text,
+    );
     Ok(db.insert_message(&rec)?.then_some(rec))
 }
 
@@ -421,7 +429,7 @@ pub(crate) fn store_distribution(
             &device,
             &d.distribution_id,
             user,
-            &rsk.to_secret_bytes(),
+            &rsk.to_secret_bytes()?,
         )?;
     }
     Ok(Ok(()))
@@ -484,7 +492,7 @@ pub(crate) fn decrypt_room_message(
         &msg.sender_device.0,
         &msg.distribution_id,
         &user,
-        &rsk.to_secret_bytes(),
+        &rsk.to_secret_bytes()?,
     )?;
     let (package, head_seq, head_hash) = match decode_meta(&meta) {
         Ok(x) => x,
@@ -544,11 +552,14 @@ pub(crate) fn decrypt_room_message(
 
 /// The plaintext a room message's sender-key ciphertext carries: the body's key package and
 /// the sender's view of the membership log head.
-pub fn encode_meta(package: &KeyPackage, state: &RoomState) -> zeroize::Zeroizing<Vec<u8>> {
-    let p = package.encode();
+pub fn encode_meta(
+    package: &KeyPackage,
+    state: &RoomState,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
+    let p = package.encode()?;
     let mut w = Writer::with_capacity(p.len() + 48);
     w.bytes(&p).u64(state.head_seq).fixed(&state.head_hash);
-    zeroize::Zeroizing::new(w.into_vec())
+    Ok(zeroize::Zeroizing::new(w.finish()?))
 }
 
 /// Reads [`encode_meta`]'s output: (key package, log head sequence, log head hash).
@@ -576,6 +587,9 @@ fn op_error(e: MembershipError) -> SessionError {
     }
 }
 
+/// How many key lookups (`GetUser`, `FetchKeys`) run at once for one room change or send.
+const LOOKUP_CONCURRENCY: usize = 8;
+
 fn unknown_user(u: &str, e: SessionError) -> SessionError {
     match e {
         SessionError::Relay {
@@ -587,6 +601,19 @@ fn unknown_user(u: &str, e: SessionError) -> SessionError {
 }
 
 impl Engine {
+    /// Pins the root keys of `users` (first use), [`LOOKUP_CONCURRENCY`] lookups at a time: a
+    /// 500-member room costs a few round trips of latency, not 499.
+    async fn pin_roots(&self, users: &[String]) -> Result<(), SessionError> {
+        // Owned items: a closure over borrowed ones is not `Send` for every lifetime.
+        let mut lookups = futures_util::stream::iter(users.to_vec())
+            .map(|u: String| async move { self.root_of(&u).await.map_err(|e| unknown_user(&u, e)) })
+            .buffer_unordered(LOOKUP_CONCURRENCY);
+        while let Some(r) = lookups.next().await {
+            r?;
+        }
+        Ok(())
+    }
+
     /// Makes sure `user`'s root key is pinned (first use) and returns it.
     pub(crate) async fn root_of(&self, user: &str) -> Result<RootPublicKey, SessionError> {
         let u = user.to_owned();
@@ -617,7 +644,7 @@ impl Engine {
         match conn
             .request(Body::SubmitRoomOp(protocol::SubmitRoomOp {
                 room_id: op.op.room_id.clone(),
-                op: op.encode(),
+                op: op.encode()?,
             }))
             .await?
         {
@@ -652,9 +679,7 @@ impl Engine {
             }
         }
         self.ensure_connected().await?;
-        for u in &canon {
-            self.root_of(u).await.map_err(|e| unknown_user(u, e))?;
-        }
+        self.pin_roots(&canon).await?;
         let op = membership::MembershipOp {
             room_id: membership::new_room_id(kind)?,
             seq: 0,
@@ -669,7 +694,7 @@ impl Engine {
                 members: canon,
             },
         };
-        let signed = SignedOp::sign(op, &self.keys.device.signing);
+        let signed = SignedOp::sign(op, &self.keys.device.signing)?;
         let root = RootPublicKey(self.keys.root);
         let state = RoomState::genesis(&signed, &root, self.max_members()).map_err(op_error)?;
         self.submit_op(&signed).await?;
@@ -711,13 +736,11 @@ impl Engine {
             }
             let kind = make(&state);
             if let OpKind::Invite { users } = &kind {
-                for u in users.clone() {
-                    self.root_of(&u).await.map_err(|e| unknown_user(&u, e))?;
-                }
+                self.pin_roots(users).await?;
             }
             let now = self.opts.clock.now_ms();
             let op = state.next_op(&self.keys.username, &self.keys.cert, now, kind);
-            let signed = SignedOp::sign(op, &self.keys.device.signing);
+            let signed = SignedOp::sign(op, &self.keys.device.signing)?;
             let root = RootPublicKey(self.keys.root);
             // Checked locally first so the user gets the precise reason without a round trip.
             state
@@ -943,7 +966,7 @@ impl Engine {
                                 if op.op.seq <= st.head_seq {
                                     // Already applied: harmless only if it is the same change.
                                     let ours = db.room_op_hash(&r, op.op.seq)?;
-                                    if ours != Some(op.hash()) {
+                                    if ours != Some(op.hash()?) {
                                         records.push(warn(
                                             db,
                                             &r,
@@ -1165,7 +1188,7 @@ impl Engine {
                             tracing::debug!(room = %r, stale, ?due, "new sender key");
                             let fresh =
                                 SenderKeyState::new(r.as_bytes(), DeviceId(keys.device_id), now)?;
-                            db.put_own_sender_key(&r, &fresh.to_secret_bytes())?;
+                            db.put_own_sender_key(&r, &fresh.to_secret_bytes()?)?;
                             db.clear_sender_key_holders(&r)?;
                             BTreeSet::new()
                         }
@@ -1181,6 +1204,29 @@ impl Engine {
         // The relay wants every device of an addressed user covered, so a user with any new
         // device gets the distribution on all of them (a repeat is ignored by the receiver).
         let users: BTreeSet<String> = missing.iter().map(|(u, _)| u.clone()).collect();
+        // Sessions with every missing device first, several users at a time (key fetches are
+        // round trips); the loop below then finds them in place.
+        {
+            let work: Vec<(String, Vec<[u8; 16]>)> = users
+                .iter()
+                .map(|u| {
+                    let ids = targets
+                        .iter()
+                        .filter(|(x, _)| x == u)
+                        .map(|(_, d)| *d)
+                        .collect();
+                    (u.clone(), ids)
+                })
+                .collect();
+            let mut fetches = futures_util::stream::iter(work)
+                .map(|(u, ids): (String, Vec<[u8; 16]>)| async move {
+                    self.ensure_sessions_pub(&u, &ids).await
+                })
+                .buffer_unordered(LOOKUP_CONCURRENCY);
+            while let Some(r) = fetches.next().await {
+                r?;
+            }
+        }
         let mut batch: Vec<Target> = Vec::new();
         for u in users {
             let devs: Vec<Target> = targets.iter().filter(|(x, _)| *x == u).cloned().collect();
@@ -1214,7 +1260,7 @@ impl Engine {
                             .own_sender_key(&r)?
                             .ok_or_else(|| SessionError::Protocol("no sender key".into()))?;
                         let own = SenderKeyState::from_secret_bytes(&own)?;
-                        let skdm = own.distribution().encode();
+                        let skdm = own.distribution().encode()?;
                         let mut control = Vec::with_capacity(skdm.len() + 1);
                         control.push(CONTROL_SKDM);
                         control.extend_from_slice(&skdm);
@@ -1228,7 +1274,7 @@ impl Engine {
                             reply_to: None,
                         });
                         let (package, body) = sealed?;
-                        let wrapped = package.encode();
+                        let wrapped = package.encode()?;
                         let mut entries = Vec::with_capacity(t.len());
                         let mut recipients: Vec<String> = Vec::new();
                         for (user, dev) in &t {
@@ -1239,11 +1285,11 @@ impl Engine {
                             })?;
                             let mut session = Session::from_secret_bytes(&bytes)?;
                             let msg = session.encrypt(&wrapped)?;
-                            db.put_session(user, dev, &session.to_secret_bytes())?;
+                            db.put_session(user, dev, &session.to_secret_bytes()?)?;
                             entries.push(protocol::KeyEntry {
                                 recipient_user: user.clone(),
                                 recipient_device: dev.to_vec(),
-                                payload: msg.encode(),
+                                payload: msg.encode()?,
                             });
                             if !recipients.contains(user) {
                                 recipients.push(user.clone());
@@ -1393,19 +1439,19 @@ impl Engine {
                     .own_sender_key(&conversation)?
                     .ok_or_else(|| SessionError::Protocol("no sender key".into()))?;
                 let mut own = SenderKeyState::from_secret_bytes(&own)?;
-                let meta = encode_meta(&package, &state);
+                let meta = encode_meta(&package, &state)?;
                 let msg = own.encrypt(&meta, &package.body_hash)?;
-                db.put_own_sender_key(&conversation, &own.to_secret_bytes())?;
+                db.put_own_sender_key(&conversation, &own.to_secret_bytes()?)?;
                 let request = protocol::RoomSend {
                     message_id: message_id.to_vec(),
                     room_id: conversation.clone(),
                     body,
-                    key_message: msg.encode(),
+                    key_message: msg.encode()?,
                     head_seq: state.head_seq,
                     ttl_ms: timers.expire_after.map_or(0, |s| u64::from(s) * 1000),
                 }
                 .encode_to_vec();
-                db.outbox_set_request(id, &request, &package.encode())?;
+                db.outbox_set_request(id, &request, &package.encode()?)?;
                 Ok(request)
             })
         })

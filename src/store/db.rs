@@ -26,6 +26,7 @@ pub use rooms::{KeyHolder, ReceivedSenderKeyRecord};
 
 use super::schema::{self, COUNT_MESSAGE, INDEX_MESSAGE, INSERT_MESSAGE};
 use super::{Result, StoreError};
+use crate::crypto::identity::UserRootKey;
 use crate::crypto::primitives::{Aead, Secret32, derive_key_nonce};
 
 /// HKDF label deriving the AES-256-GCM key and nonce of a sealed message from its own key.
@@ -55,8 +56,12 @@ pub struct AccountRecord {
     pub relay_id: Vec<u8>,
     /// Whether the account may use the admin API.
     pub is_admin: bool,
-    /// The user's root signing secret.
-    pub root_secret: Zeroizing<[u8; 32]>,
+    /// The user's root public key.
+    pub root_public: [u8; 32],
+    /// The user's root signing secret, on a device that holds the account's root role (today
+    /// the first and only device; a linked device will not). Read it with
+    /// [`Self::root_secret`].
+    pub root_secret: Option<Zeroizing<[u8; 32]>>,
     /// This device's signing secret.
     pub device_signing_secret: Zeroizing<[u8; 32]>,
     /// This device's identity (DH) secret.
@@ -67,6 +72,19 @@ pub struct AccountRecord {
     pub created_at: u64,
     /// Whether plain `ws://` was explicitly allowed for this server.
     pub allow_insecure_ws: bool,
+}
+
+impl AccountRecord {
+    /// The user's root key, for what only the root device may do (certify or revoke devices).
+    ///
+    /// # Errors
+    /// [`StoreError::NoRootKey`] on a device that does not hold it.
+    pub fn root_key(&self) -> Result<UserRootKey> {
+        self.root_secret
+            .as_ref()
+            .map(|s| UserRootKey::from_secret_bytes(s))
+            .ok_or(StoreError::NoRootKey)
+    }
 }
 
 /// One entry of the durable outbox: what the user asked to send and, once encrypted, the exact
@@ -290,7 +308,10 @@ impl FromSql for MessageState {
 }
 
 /// One message of the history.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Debug` shows the text's length, not the text: records travel in events and errors that end
+/// up in logs and test output.
+#[derive(Clone, PartialEq, Eq)]
 pub struct MessageRecord {
     /// The message's id, unique in the cache.
     pub message_id: [u8; 16],
@@ -315,6 +336,33 @@ pub struct MessageRecord {
     /// Its disappearing-message timers; with any set, the text is sealed (see the module
     /// documentation).
     pub timers: MessageTimers,
+}
+
+impl std::fmt::Debug for MessageRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageRecord")
+            .field("message_id", &self.message_id)
+            .field("conversation", &self.conversation)
+            .field("outgoing", &self.outgoing)
+            .field("sender", &self.sender)
+            .field("sender_device", &self.sender_device)
+            .field("sent_at_ms", &self.sent_at_ms)
+            .field("received_at_ms", &self.received_at_ms)
+            .field("text", &Redacted(self.text.len()))
+            .field("state", &self.state)
+            .field("kind", &self.kind)
+            .field("timers", &self.timers)
+            .finish()
+    }
+}
+
+/// Stands for a redacted string of this many bytes in `Debug` output.
+struct Redacted(usize);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<redacted, {} bytes>", self.0)
+    }
 }
 
 /// One stored session: the peer device's id and its serialized state.
@@ -642,10 +690,10 @@ impl<'a> Db<'a> {
     pub fn put_account(&self, a: &AccountRecord) -> Result<()> {
         self.0.execute(
             "INSERT OR REPLACE INTO account (id, server_url, username, display_name, device_id,
-                 network_id, network_name, relay_id, is_admin, root_secret,
+                 network_id, network_name, relay_id, is_admin, root_public, root_secret,
                  device_signing_secret, device_identity_secret, device_cert, created_at,
                  allow_insecure_ws)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 a.server_url,
                 a.username,
@@ -655,7 +703,8 @@ impl<'a> Db<'a> {
                 a.network_name,
                 a.relay_id,
                 a.is_admin,
-                &a.root_secret[..],
+                &a.root_public[..],
+                a.root_secret.as_ref().map(|s| &s[..]),
                 &a.device_signing_secret[..],
                 &a.device_identity_secret[..],
                 a.device_cert,
@@ -675,7 +724,7 @@ impl<'a> Db<'a> {
             .0
             .query_row(
                 "SELECT server_url, username, display_name, device_id, network_id, network_name,
-                        relay_id, is_admin, root_secret, device_signing_secret,
+                        relay_id, is_admin, root_public, root_secret, device_signing_secret,
                         device_identity_secret, device_cert, created_at, allow_insecure_ws
                  FROM account WHERE id = 1",
                 [],
@@ -689,12 +738,16 @@ impl<'a> Db<'a> {
                         network_name: r.get(5)?,
                         relay_id: r.get(6)?,
                         is_admin: r.get(7)?,
-                        root_secret: secret32(r, 8)?,
-                        device_signing_secret: secret32(r, 9)?,
-                        device_identity_secret: secret32(r, 10)?,
-                        device_cert: r.get(11)?,
-                        created_at: get_u64(r, 12)?,
-                        allow_insecure_ws: r.get(13)?,
+                        root_public: r.get(8)?,
+                        root_secret: match r.get_ref(9)? {
+                            ValueRef::Null => None,
+                            _ => Some(secret32(r, 9)?),
+                        },
+                        device_signing_secret: secret32(r, 10)?,
+                        device_identity_secret: secret32(r, 11)?,
+                        device_cert: r.get(12)?,
+                        created_at: get_u64(r, 13)?,
+                        allow_insecure_ws: r.get(14)?,
                     })
                 },
             )
@@ -1696,6 +1749,16 @@ mod tests {
             kind: MessageKind::Text,
             timers: MessageTimers::default(),
         }
+    }
+
+    #[test]
+    fn debug_of_a_message_shows_its_length_not_its_text() {
+        let mut m = msg(1, "dm:alice:bob", 5);
+        m.text = "the launch code is 0000".into();
+        let shown = format!("{m:?} {m:#?}");
+        assert!(!shown.contains("launch code"), "{shown}");
+        assert!(shown.contains("<redacted, 23 bytes>"), "{shown}");
+        assert!(shown.contains("dm:alice:bob"), "{shown}");
     }
 
     #[test]

@@ -18,11 +18,14 @@
 //!   history is.
 //!
 //! Version 5 moves rooms, room ops, sender keys and previous sessions out of `blobs` into tables
-//! of their own (see [`V5`] and [`v5`]).
+//! of their own (see [`V6`] and [`v6`]).
 //!
 //! Version 3 adds ephemeral messages (see [`V3`]): timers and a `sealed` ciphertext column on
 //! `messages`, the per-message keys in `message_keys`, per-conversation timer defaults, and
 //! typed outbox items.
+//!
+//! Version 4 makes the account's root secret optional and stores its public key (see
+//! [`V4_TABLE`]).
 //!
 //! Deletes and updates of `messages` keep the index and the summaries right through triggers,
 //! whoever issues them. Inserts do it in `Db::insert_messages` instead ([`INSERT_MESSAGE`],
@@ -34,6 +37,8 @@
 
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use zeroize::Zeroizing;
+
+use crate::crypto::identity::UserRootKey;
 
 use super::{Result, StoreError};
 use crate::crypto::hex;
@@ -397,11 +402,66 @@ CREATE TRIGGER messages_after_text_update AFTER UPDATE OF text, sealed ON messag
 END;
 ";
 
-/// Schema version 4: why a message of ours failed. One row per failed message, written when
+/// Schema version 4: the user's root secret becomes optional in the account row, ahead of
+/// several devices per user (only a device holding the root role keeps it), and the row gains
+/// `root_public`, which every device needs to check its own user's signatures. SQLite cannot
+/// relax a `NOT NULL` in place, so the table is rebuilt; `root_public` is derived from the
+/// secret that every version-3 account holds.
+const V4_TABLE: &str = "
+CREATE TABLE account_v4 (
+    id                     INTEGER PRIMARY KEY CHECK (id = 1),
+    server_url             TEXT    NOT NULL,
+    username               TEXT    NOT NULL,
+    display_name           TEXT    NOT NULL,
+    device_id              BLOB    NOT NULL CHECK (length(device_id) = 16),
+    network_id             TEXT    NOT NULL,
+    network_name           TEXT    NOT NULL,
+    relay_id               BLOB    NOT NULL,
+    is_admin               INTEGER NOT NULL CHECK (is_admin IN (0, 1)),
+    root_public            BLOB    NOT NULL CHECK (length(root_public) = 32),
+    root_secret            BLOB    CHECK (root_secret IS NULL OR length(root_secret) = 32),
+    device_signing_secret  BLOB    NOT NULL CHECK (length(device_signing_secret) = 32),
+    device_identity_secret BLOB    NOT NULL CHECK (length(device_identity_secret) = 32),
+    device_cert            BLOB    NOT NULL,
+    created_at             INTEGER NOT NULL,
+    allow_insecure_ws      INTEGER NOT NULL CHECK (allow_insecure_ws IN (0, 1))
+) STRICT;
+";
+
+/// Step 3 to 4: see [`V4_TABLE`].
+fn v4(c: &Connection) -> Result<()> {
+    c.execute_batch(V4_TABLE)?;
+    let secret: Option<Zeroizing<Vec<u8>>> = c
+        .query_row("SELECT root_secret FROM account WHERE id = 1", [], |r| {
+            r.get::<_, Vec<u8>>(0).map(Zeroizing::new)
+        })
+        .optional()?;
+    if let Some(secret) = secret {
+        let secret: Zeroizing<[u8; 32]> = Zeroizing::new(
+            secret
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("the root secret is not 32 bytes".into()))?,
+        );
+        let public = UserRootKey::from_secret_bytes(&secret).public().0;
+        c.execute(
+            "INSERT INTO account_v4 SELECT id, server_url, username, display_name, device_id,
+                 network_id, network_name, relay_id, is_admin, ?1, root_secret,
+                 device_signing_secret, device_identity_secret, device_cert, created_at,
+                 allow_insecure_ws
+             FROM account",
+            [&public[..]],
+        )?;
+    }
+    c.execute_batch("DROP TABLE account; ALTER TABLE account_v4 RENAME TO account;")?;
+    Ok(())
+}
+
+/// Schema version 5: why a message of ours failed. One row per failed message, written when
 /// the engine gives up on it (the relay refused it for good, or it is too large) and removed
 /// when it is retried or the message is deleted. The reason is our own sentence about the
 /// sending, never message content.
-const V4: &str = "
+const V5: &str = "
 CREATE TABLE message_failures (
     message_id BLOB PRIMARY KEY CHECK (length(message_id) = 16),
     reason TEXT NOT NULL
@@ -411,10 +471,10 @@ CREATE TRIGGER message_failures_follow AFTER DELETE ON messages BEGIN
 END;
 ";
 
-/// Schema version 5, part one: rooms and the keys of rooms and sessions in tables of their own,
+/// Schema version 6, part one: rooms and the keys of rooms and sessions in tables of their own,
 /// instead of rows of `blobs` under `format!`-built keys. Ids and sequence numbers are columns;
 /// only serialized crypto state (a verified `RoomState`, a sender key chain, a ratchet session)
-/// stays an opaque blob. [`v5`] then moves the version 4 rows over (see there).
+/// stays an opaque blob. [`v6`] then moves the version 5 rows over (see there).
 ///
 /// - `rooms`: each room's verified state, by room id.
 /// - `room_ops`: the hash of each accepted membership change, by room and sequence number, to
@@ -427,7 +487,7 @@ END;
 ///   distribution, with the user whose authenticated session delivered them.
 /// - `previous_sessions`: the pairwise session we last replaced with each device, kept so two
 ///   sides that started sessions at the same moment converge.
-const V5: &str = "
+const V6: &str = "
 CREATE TABLE rooms (
     room_id TEXT PRIMARY KEY,
     state   BLOB NOT NULL
@@ -617,11 +677,11 @@ fn decode_v4_holders(value: &[u8]) -> Option<Vec<(&str, [u8; 16])>> {
     Some(out)
 }
 
-/// Step 4 to 5: creates [`V5`]'s tables and moves every room, op, claimed head, sender key,
+/// Step 5 to 6: creates [`V6`]'s tables and moves every room, op, claimed head, sender key,
 /// holder list and previous session out of `blobs` (see [`V4Blob`]), deleting each moved row.
 /// Values are read into wiped buffers, as `Db` reads them.
-fn v5(c: &Connection) -> Result<()> {
-    c.execute_batch(V5)?;
+fn v6(c: &Connection) -> Result<()> {
+    c.execute_batch(V6)?;
     let keys: Vec<String> = c
         .prepare(
             "SELECT key FROM blobs
@@ -659,12 +719,13 @@ const MIGRATIONS: &[Step] = &[
     |c| Ok(c.execute_batch(V1)?),
     v2,
     |c| Ok(c.execute_batch(V3)?),
-    |c| Ok(c.execute_batch(V4)?),
-    v5,
+    v4,
+    |c| Ok(c.execute_batch(V5)?),
+    v6,
 ];
 
 /// The schema version this build writes.
-pub(super) const VERSION: i64 = 5;
+pub(super) const VERSION: i64 = 6;
 
 /// Brings the schema up to [`VERSION`] in one transaction.
 ///
@@ -724,12 +785,43 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        // v1's eight, `conversations`, the search index with its three shadow tables, and
-        // v3's `message_keys` and `conversation_settings`, v4's `message_failures`, and v5's
-        // seven room and key tables.
+        // v1's eight, `conversations`, the search index with its three shadow tables, v3's
+        // `message_keys` and `conversation_settings`, v5's `message_failures`, and v6's seven
+        // room and key tables.
         assert_eq!(tables, 23);
         conn.pragma_update(None, "user_version", VERSION + 1)
             .unwrap();
         assert!(matches!(migrate(&mut conn), Err(StoreError::Corrupt(_))));
+    }
+
+    /// A version-3 account (root secret mandatory) becomes a version-4 one with the root public
+    /// key derived from it; a version-4 account may have no root secret at all.
+    #[test]
+    fn v4_derives_the_root_public_key_and_makes_the_secret_optional() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate_to(&mut conn, 3).unwrap();
+        let urk = UserRootKey::from_secret_bytes(&[0x5a; 32]);
+        conn.execute(
+            "INSERT INTO account VALUES (1, 'wss://r', 'alice', 'Alice', ?1, 'net', 'Net', x'01',
+                 1, ?2, ?3, ?4, x'09', 7, 0)",
+            rusqlite::params![[1u8; 16], [0x5a_u8; 32], [2u8; 32], [3u8; 32]],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let (public, secret): (Vec<u8>, Option<Vec<u8>>) = conn
+            .query_row(
+                "SELECT root_public, root_secret FROM account WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(public, urk.public().0);
+        assert_eq!(secret.as_deref(), Some(&[0x5a; 32][..]));
+        conn.execute("UPDATE account SET root_secret = NULL", [])
+            .unwrap();
+        // An empty account table migrates too.
+        let mut empty = Connection::open_in_memory().unwrap();
+        migrate_to(&mut empty, 3).unwrap();
+        migrate(&mut empty).unwrap();
     }
 }

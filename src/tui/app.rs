@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use zeroize::Zeroizing;
+
 use super::action::{self, Action, Command, TimerChange};
 use super::complete;
 use super::keymap::{Keymap, Mode};
@@ -150,6 +152,9 @@ pub struct ConvView {
     /// Whether the newest page was loaded (a view that only holds messages that arrived live
     /// still needs its history).
     pub loaded: bool,
+    /// The next newest page replaces the loaded messages instead of merging into them: events
+    /// were missed, so what is loaded may hold messages that are gone.
+    pub resync: bool,
     /// Wrapped heights of messages at the last drawn width, so lines scrolled past are
     /// counted without wrapping them again (drawing stays proportional to the window).
     pub heights: RefCell<HeightCache>,
@@ -261,11 +266,75 @@ pub struct Composer {
     pub draft: String,
 }
 
+/// A passphrase typed at the lock screen: zeroized when dropped, and `Debug` never shows it (an
+/// effect or the app state in a log line or a test failure must not print the passphrase).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Passphrase(Zeroizing<String>);
+
+/// Room for any passphrase a person types, reserved up front: growing a `String` moves it and
+/// leaves the old buffer behind unzeroized.
+const PASSPHRASE_CAPACITY: usize = 256;
+
+impl Passphrase {
+    /// Takes ownership of `s` (its buffer is zeroized on drop from now on).
+    pub fn new(s: String) -> Self {
+        Self(Zeroizing::new(s))
+    }
+
+    /// The passphrase.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True when nothing was typed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The passphrase as bytes, moved without a copy.
+    pub fn into_bytes(mut self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(std::mem::take(&mut *self.0).into_bytes())
+    }
+
+    fn reserve(&mut self, extra: usize) {
+        if self.0.capacity() < self.0.len() + extra {
+            // Grow by hand: copy into a larger buffer; the old one is zeroized when dropped.
+            let mut bigger = String::with_capacity((self.0.len() + extra).max(PASSPHRASE_CAPACITY));
+            bigger.push_str(&self.0);
+            self.0 = Zeroizing::new(bigger);
+        }
+    }
+
+    fn push(&mut self, c: char) {
+        self.reserve(c.len_utf8());
+        self.0.push(c);
+    }
+
+    fn push_str(&mut self, s: &str) {
+        self.reserve(s.len());
+        self.0.push_str(s);
+    }
+
+    fn pop(&mut self) {
+        self.0.pop();
+    }
+
+    fn clear(&mut self) {
+        zeroize::Zeroize::zeroize(&mut *self.0);
+    }
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(<redacted>)")
+    }
+}
+
 /// The lock screen, shown until the cache is unlocked.
 #[derive(Clone, Debug, Default)]
 pub struct Lock {
     /// Typed passphrase (never drawn).
-    pub input: String,
+    pub input: Passphrase,
     /// Why the last attempt failed.
     pub error: Option<String>,
     /// An unlock is running.
@@ -294,7 +363,7 @@ pub enum RoomChange {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     /// Unlock the cache with this passphrase.
-    Unlock(String),
+    Unlock(Passphrase),
     /// Send a text message.
     Send {
         /// Recipient: a username for direct messages, the room id for rooms and groups.
@@ -380,6 +449,9 @@ pub enum UiEvent {
     Unlocked,
     /// Unlocking failed.
     UnlockFailed(String),
+    /// Session events were missed (the subscriber lagged): reload everything shown from the
+    /// cache.
+    Resync,
     /// The conversation list.
     Conversations(Vec<ConversationSummary>),
     /// A page of history (oldest first).
@@ -1681,6 +1753,19 @@ impl App {
                     .unwrap_or(0);
                 self.select(idx)
             }
+            UiEvent::Resync => {
+                let mut fx = vec![Effect::LoadConversations, Effect::LoadRooms];
+                for (id, v) in &mut self.views {
+                    if v.loaded {
+                        v.resync = true;
+                        fx.push(Effect::LoadHistory {
+                            conversation: id.clone(),
+                            before: None,
+                        });
+                    }
+                }
+                fx
+            }
             UiEvent::History {
                 conversation,
                 older,
@@ -1701,6 +1786,9 @@ impl App {
                     page.append(&mut v.messages);
                     v.messages = page;
                     v.new_marker = v.new_marker.map(|i| i + added);
+                } else if std::mem::take(&mut v.resync) {
+                    v.messages = messages;
+                    v.new_marker = None;
                 } else {
                     // Messages that arrived live before the first page loaded are kept, and
                     // the "new messages" marker stays on the message it marked.
@@ -2067,14 +2155,22 @@ mod tests {
         a.update(Action::Backspace);
         assert_eq!(
             a.update(Action::Submit),
-            vec![Effect::Unlock("hunter".into())]
+            vec![Effect::Unlock(Passphrase::new("hunter".into()))]
         );
+
         assert!(a.lock.as_ref().unwrap().busy);
         a.on_event(UiEvent::UnlockFailed("wrong passphrase".into()));
         assert_eq!(
             a.lock.as_ref().unwrap().error.as_deref(),
             Some("wrong passphrase")
         );
+        // Neither the state nor the effect prints what was typed.
+        typed(&mut a, "swordfish");
+        assert_eq!(a.lock.as_ref().unwrap().input.as_str(), "swordfish");
+        let state = format!("{:?}", a.lock);
+        let shown = format!("{state} {:?}", a.update(Action::Submit));
+        assert!(!shown.contains("swordfish"), "{shown}");
+        assert!(shown.contains("Unlock"), "{shown}");
     }
 
     #[test]
@@ -2812,6 +2908,36 @@ mod tests {
         let v = &a.views["dm:alice:bob"];
         assert_eq!(v.messages.len(), 5);
         assert_eq!(v.new_marker, Some(3), "still on message 4");
+    }
+
+    #[test]
+    fn missed_events_reload_every_shown_conversation_from_the_cache() {
+        let mut a = app("default");
+        a.update(Action::Run("/dm bob".into()));
+        a.on_event(UiEvent::History {
+            conversation: "dm:alice:bob".into(),
+            older: false,
+            messages: vec![
+                msg("dm:alice:bob", "bob", "one", 1),
+                msg("dm:alice:bob", "bob", "gone", 2),
+            ],
+        });
+        let fx = a.on_event(UiEvent::Resync);
+        assert!(fx.contains(&Effect::LoadConversations));
+        assert!(fx.iter().any(|e| matches!(e, Effect::LoadHistory { conversation, before: None } if conversation == "dm:alice:bob")));
+        // The reloaded page replaces what was shown: a message shredded while events were
+        // missed disappears instead of lingering.
+        a.on_event(UiEvent::History {
+            conversation: "dm:alice:bob".into(),
+            older: false,
+            messages: vec![msg("dm:alice:bob", "bob", "one", 1)],
+        });
+        let texts: Vec<&str> = a.views["dm:alice:bob"]
+            .messages
+            .iter()
+            .map(|m| m.text.as_str())
+            .collect();
+        assert_eq!(texts, vec!["one"]);
     }
 
     #[test]

@@ -22,10 +22,11 @@ use zeroize::Zeroizing;
 
 use super::TuiError;
 use super::action::Action;
-use super::app::{App, Effect, PAGE, RoomChange, Settings, UiEvent};
+use super::app::{App, Effect, PAGE, Passphrase, RoomChange, Settings, UiEvent};
 use super::keymap::{Keymap, Resolved};
 use super::theme::{self, Theme};
 use super::view;
+use crate::protocol::safe_text;
 use crate::session::{self, EngineOptions, RoomRequest, SessionHandle};
 use crate::session::{MessageKind, MessageRecord, MessageState};
 
@@ -106,7 +107,7 @@ impl Drop for TerminalGuard {
 /// Strips what could break out of an OSC sequence.
 fn osc_safe(s: &str) -> String {
     s.chars()
-        .filter(|c| !c.is_control() && *c != ';')
+        .filter(|c| !c.is_control() && !safe_text::is_unsafe(*c) && *c != ';')
         .take(200)
         .collect()
 }
@@ -146,7 +147,11 @@ async fn run_editor(text: &str, mouse: bool) -> Result<String, String> {
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".to_owned());
     restore(mouse);
-    let status = tokio::process::Command::new("sh")
+    let mut command = tokio::process::Command::new("sh");
+    for var in crate::config::SECRET_ENV {
+        command.env_remove(var);
+    }
+    let status = command
         .arg("-c")
         .arg(format!("{editor} \"$1\""))
         .arg("sh")
@@ -218,7 +223,9 @@ pub async fn run(opts: TuiOptions) -> Result<(), TuiError> {
         if let Some(l) = &mut app.lock {
             l.busy = true;
         }
-        pending.push(Effect::Unlock(String::from_utf8_lossy(p).into_owned()));
+        pending.push(Effect::Unlock(Passphrase::new(
+            String::from_utf8_lossy(p).into_owned(),
+        )));
     }
     let mut events = EventStream::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -307,8 +314,10 @@ pub async fn run(opts: TuiOptions) -> Result<(), TuiError> {
                                     }
                                 }
                                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                                    // Missed events: reload what is shown.
-                                    let _ = t.send(LoopMsg::Ui(UiEvent::Error("some updates were missed; reopen the conversation to refresh".into())));
+                                    // Missed events: reload what is shown from the cache.
+                                    if t.send(LoopMsg::Ui(UiEvent::Resync)).is_err() {
+                                        break;
+                                    }
                                 }
                                 Err(_) => break,
                             }
@@ -370,8 +379,7 @@ fn spawn_effect(
             };
             let tx2 = raw;
             tokio::spawn(async move {
-                let pass = Zeroizing::new(pass.into_bytes());
-                match session::open(&dir, pass, engine_opts).await {
+                match session::open(&dir, pass.into_bytes(), engine_opts).await {
                     Ok(h) => {
                         let sub = h.subscribe();
                         let _ = tx2.send(LoopMsg::Unlocked(h, sub));

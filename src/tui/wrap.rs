@@ -5,6 +5,8 @@
 use unicode_segmentation::UnicodeSegmentation;
 use unicode_width::UnicodeWidthStr;
 
+use crate::protocol::safe_text;
+
 /// Display width of `s` in terminal columns.
 pub fn width(s: &str) -> usize {
     s.graphemes(true).map(grapheme_width).sum()
@@ -18,12 +20,16 @@ fn grapheme_width(g: &str) -> usize {
     UnicodeWidthStr::width(g)
 }
 
-/// Wraps `text` to `cols` columns; explicit newlines start new lines. Never returns an empty
-/// vector (an empty text is one empty line).
+/// Wraps `text` to `cols` columns; explicit newlines start new lines, and other control and
+/// bidi characters are escaped (see [`safe_text`]). Never returns an empty vector (an empty
+/// text is one empty line).
 pub fn wrap(text: &str, cols: usize) -> Vec<String> {
     let cols = cols.max(1);
     let mut out = Vec::new();
     for para in text.split('\n') {
+        // Peer text is escaped here, where every message body passes, so what reaches the
+        // terminal is what the grid was laid out for; tabs are drawn as a space.
+        let para = safe_text::line(&para.replace('\t', " "));
         let mut line = String::new();
         let mut line_w = 0usize;
         // Position in `line` (bytes) and width just after the last space, for word breaks.
@@ -73,10 +79,13 @@ pub fn wrap(text: &str, cols: usize) -> Vec<String> {
     out
 }
 
-/// Truncates `s` to `cols` columns, adding `…` when cut.
+/// Truncates `s` to `cols` columns, adding `…` when cut; unsafe characters are escaped first
+/// (see [`safe_text`]).
 pub fn truncate(s: &str, cols: usize) -> String {
+    // Names and titles pass here; escaped like message bodies.
+    let s = &safe_text::line(&s.replace('\t', " "));
     if width(s) <= cols {
-        return s.to_owned();
+        return s.clone();
     }
     let mut out = String::new();
     let mut w = 0;
@@ -125,6 +134,13 @@ mod tests {
         }
         assert!(wrap("👋👋👋", 4).iter().all(|l| width(l) <= 4));
         assert_eq!(width("a\tb"), 3);
+    }
+
+    #[test]
+    fn peer_escapes_are_drawn_visibly() {
+        let lines = wrap("hi\x1b]52;c;SGVsbG8=\x07\r\u{202e}x", 80);
+        assert_eq!(lines, vec!["hi␛]52;c;SGVsbG8=␇␍<U+202E>x"]);
+        assert_eq!(truncate("m\x1b[2Kx", 80), "m␛[2Kx");
     }
 
     #[test]

@@ -261,7 +261,8 @@ impl Dev {
         let cert = root
             .certify(user, id, &keys, now(), DeviceRole::User)
             .unwrap()
-            .encode();
+            .encode()
+            .unwrap();
         let prekeys = DevicePrekeys::new(&keys.signing, now()).unwrap();
         Self {
             user: user.to_owned(),
