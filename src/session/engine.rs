@@ -371,14 +371,6 @@ impl Engine {
 
     async fn handle(&self, cmd: Command) {
         match cmd {
-            Command::SendText {
-                to,
-                text,
-                opts,
-                reply,
-            } => {
-                let _ = reply.send(self.queue_text(&to, &text, opts).await);
-            }
             Command::Flush { reply } => {
                 let r = match self.ensure_connected().await {
                     Ok(()) => self.flush_outbox().await,
@@ -517,9 +509,6 @@ impl Engine {
                 let r = self.display(message_ids).await;
                 let _ = reply.send(r);
             }
-            Command::Retry { message_id, reply } => {
-                let _ = reply.send(self.retry_failed(message_id).await);
-            }
             Command::Discard { message_id, reply } => {
                 let _ = reply.send(self.discard_failed(message_id).await);
             }
@@ -529,7 +518,8 @@ impl Engine {
                     .await;
                 let _ = reply.send(r);
             }
-            Command::Shutdown { .. } => {}
+            // Run by the actor itself (`dispatch`), never as a child task.
+            Command::SendText { .. } | Command::Retry { .. } | Command::Shutdown { .. } => {}
         }
     }
 

@@ -101,6 +101,13 @@ pub(crate) fn save_prekeys(db: &Db<'_>, p: &DevicePrekeys) -> Result<(), Session
     Ok(())
 }
 
+/// A message of ours that failed, which `/retry` and `/discard` act on.
+fn own_failed(db: &Db<'_>, message_id: &[u8; 16]) -> Result<MessageRecord, SessionError> {
+    db.message(message_id)?
+        .filter(|m| m.outgoing && m.state == MessageState::Failed)
+        .ok_or_else(|| SessionError::Usage("no failed message of yours with that id".into()))
+}
+
 impl Engine {
     /// Puts a text message into the durable outbox and the history (as "sending"). `to` is a
     /// username, a room id, or a direct-message conversation id.
@@ -219,12 +226,7 @@ impl Engine {
         let now = self.opts.clock.now_ms();
         self.blocking(move |store, keys| {
             store.transaction(|db| -> Result<_, SessionError> {
-                let m = db
-                    .message(&message_id)?
-                    .filter(|m| m.outgoing && m.state == MessageState::Failed)
-                    .ok_or_else(|| {
-                        SessionError::Usage("no failed message of yours with that id".into())
-                    })?;
+                let m = own_failed(db, &message_id)?;
                 // A room's messages go to the room; a direct message to the other user.
                 let recipient = match ConversationId::parse(&m.conversation) {
                     Some(dm @ ConversationId::Dm { .. }) => dm_recipient(&dm, &keys.username),
@@ -263,12 +265,7 @@ impl Engine {
         let conversation = self
             .blocking(move |store, _| {
                 store.transaction(|db| -> Result<_, SessionError> {
-                    let m = db
-                        .message(&message_id)?
-                        .filter(|m| m.outgoing && m.state == MessageState::Failed)
-                        .ok_or_else(|| {
-                            SessionError::Usage("no failed message of yours with that id".into())
-                        })?;
+                    let m = own_failed(db, &message_id)?;
                     db.delete_message(&message_id)?;
                     Ok(m.conversation)
                 })
