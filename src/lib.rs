@@ -16,11 +16,12 @@
 //! | [`config`] | XDG paths, profile directories, the strict TOML config file, the one duration grammar | - |
 //! | [`logging`] | tracing setup: records go to a log file, never to the terminal | - |
 //! | [`store`] | the local encrypted cache (SQLCipher under a passphrase-wrapped key), synchronous | protocol, crypto |
-//! | [`session`] | the async session engine: an actor per account that never waits for the network (round trips in child tasks), reached through `SessionHandle` | protocol, crypto, store, config, clock, logging |
+//! | [`client`] | the client core without I/O: pairwise sessions, room sends and receives, sender-key distribution, receipts, timers, the rate-limit rule, as functions over explicit state that return what to store and what to send | protocol, crypto |
+//! | [`session`] | the async session engine: an actor per account that never waits for the network (round trips in child tasks), drives the `client` core over the cache, reached through `SessionHandle` | protocol, crypto, client, store, config, clock, logging |
 //! | [`tui`] | the ratatui + crossterm UI over a `SessionHandle` | session, protocol, config, logging |
 //! | [`relay`] | the server: accounts, prekeys, mailboxes, rooms, timers, network policy; SQLite | protocol, config, clock, logging, crypto (signatures, membership rules, hex only) |
 //! | [`cli`] | the command layer: one function per subcommand, passphrase sources, demo, exit codes | session, protocol, config, logging, store, crypto, relay, tui |
-//! | [`bench`] | `cinder bench` scenarios: load generators that print figures | everything |
+//! | [`bench`] | `cinder bench` scenarios: load generators that print figures, driving the `client` core | everything |
 //!
 //! Planned modules (`media`, `admin`, `bot`, `rpc`) already have rows in the table. The relay
 //! never imports the envelope or cache code, so it structurally cannot see plaintext, and the UI
@@ -34,6 +35,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;

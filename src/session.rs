@@ -42,9 +42,7 @@ pub use connection::{PUSH_QUEUE, check_url};
 pub use engine::spawn;
 /// Conversions between the wire prekey messages and the crypto types.
 pub use outbound::{bundle_from, otk_msg, pq_msg, spk_msg};
-pub use rooms::{
-    CONTROL_SKDM, DISTRIBUTION_CHUNK, RoomInfo, RoomMember, decode_meta, encode_meta, is_room,
-};
+pub use rooms::{RoomInfo, RoomMember, is_room};
 pub use timers::{Clamped, MAX_TIMER_SECS, clamp, format_duration, parse_timer};
 
 pub use crate::clock::Clock;

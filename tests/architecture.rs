@@ -21,11 +21,12 @@ const TABLE: &[(&str, &[&str])] = &[
     ("config", &[]),
     ("logging", &[]),
     ("store", &["protocol", "crypto"]),
+    ("client", &["protocol", "crypto"]),
     ("media", &["protocol", "crypto"]),
     (
         "session",
         &[
-            "protocol", "crypto", "store", "media", "config", "logging", "clock",
+            "protocol", "crypto", "client", "store", "media", "config", "logging", "clock",
         ],
     ),
     (
@@ -49,8 +50,8 @@ const TABLE: &[(&str, &[&str])] = &[
     (
         "bench",
         &[
-            "protocol", "crypto", "config", "logging", "store", "media", "session", "relay", "tui",
-            "admin", "bot", "rpc", "clock",
+            "protocol", "crypto", "client", "config", "logging", "store", "media", "session",
+            "relay", "tui", "admin", "bot", "rpc", "clock",
         ],
     ),
 ];
@@ -197,9 +198,23 @@ fn imports_follow_the_dependency_table() {
 #[test]
 fn pure_leaves_do_no_async_or_network_io() {
     for (module, files) in module_files() {
-        if module != "crypto" && module != "protocol" {
-            continue;
-        }
+        // The client core is sans-IO besides: no files and no clock of its own either (the
+        // caller passes the time), so the engine and the benchmarks run the same code.
+        let banned: &[&str] = match module.as_str() {
+            "crypto" | "protocol" => &["tokio", "std::net", "TcpStream", "rusqlite", "async fn"],
+            "client" => &[
+                "tokio",
+                "std::net",
+                "TcpStream",
+                "rusqlite",
+                "async fn",
+                "std::fs",
+                "SystemTime",
+                "Instant",
+                "crate::clock",
+            ],
+            _ => continue,
+        };
         for f in files {
             let raw = fs::read_to_string(&f).unwrap();
             let text: String = raw
@@ -207,7 +222,7 @@ fn pure_leaves_do_no_async_or_network_io() {
                 .map(|l| l.split("//").next().unwrap_or(""))
                 .collect::<Vec<_>>()
                 .join("\n");
-            for banned in ["tokio", "std::net", "TcpStream", "rusqlite", "async fn"] {
+            for &banned in banned {
                 assert!(
                     !text.contains(banned),
                     "{} ({module} must stay pure) mentions {banned}",
@@ -503,5 +518,52 @@ fn the_tamper_hook_is_compiled_only_for_tests() {
     assert!(
         seen >= 5,
         "the checks found only {seen} tamper declarations"
+    );
+}
+
+/// The load generators of `cinder bench` keep their state in memory but must build and open
+/// every message through the client core, so their figures are the client's and cannot drift
+/// from it; only `bench crypto` measures the primitives directly.
+#[test]
+fn the_load_generators_drive_the_client_core() {
+    let own_protocol = [
+        "envelope::seal",
+        "envelope::open",
+        "SenderKeyState::new",
+        "ReceivedSenderKey::from_distribution",
+        "handshake::initiate",
+        "handshake::respond",
+        "SenderKeyMessage::decode",
+        "SenderKeyDistribution::decode",
+        "KeyPackage::decode",
+        "encode_meta",
+        "decode_meta",
+        "retry_after_ms).clamp",
+    ];
+    let mut drives_core = 0;
+    for (module, files) in module_files() {
+        if module != "bench" {
+            continue;
+        }
+        for f in files {
+            if f.ends_with("crypto.rs") {
+                continue;
+            }
+            let text = fs::read_to_string(&f).unwrap();
+            for p in own_protocol {
+                assert!(
+                    !text.contains(p),
+                    "{} builds its own protocol ({p}): call crate::client instead",
+                    f.display()
+                );
+            }
+            if text.contains("crate::client::") {
+                drives_core += 1;
+            }
+        }
+    }
+    assert!(
+        drives_core >= 3,
+        "the dm, room and client load generators use crate::client"
     );
 }

@@ -3,9 +3,11 @@
 //!
 //! The client speaks the wire protocol directly over tokio-tungstenite and keeps keys and
 //! sessions in memory: these scenarios measure the relay, not the client's durable cache, so the
-//! SQLCipher session engine stays out of the way. The cryptography is the real thing (root and
-//! device keys, certificates, prekeys, the PQXDH handshake, the Double Ratchet, the envelope),
-//! so the relay sees exactly the frames and sizes a real client sends.
+//! SQLCipher session engine stays out of the way. The protocol is the real thing: sessions are
+//! started, messages sealed and deliveries opened by the client core ([`crate::client`]), the
+//! same code the session engine drives, so the relay sees exactly the frames and sizes a real
+//! client sends and the figures cannot drift from the client's. Rate limits are honoured by
+//! the core's one rule ([`crate::client::retry`]).
 //!
 //! After set-up each user's connection is split into a writer task, which batches whatever is
 //! queued into one flush, and a reader task, which hands pushes and answers to the scenario
@@ -37,12 +39,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use zeroize::Zeroizing;
-
+use crate::client::{ClientError, pairwise, retry};
 use crate::config::SECRET_ENV;
 use crate::crypto::CryptoError;
-use crate::crypto::envelope::{self, KeyPackage, Payload};
-use crate::crypto::handshake::{self, PairwiseMessage, Session};
+use crate::crypto::envelope::Payload;
+use crate::crypto::handshake::{PairwiseMessage, Session};
 use crate::crypto::identity::{
     DeviceCertificate, DeviceId, DeviceKeys, DeviceRole, RootPublicKey, UserRootKey,
 };
@@ -59,8 +60,6 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one set-up request may wait for its answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a rate-limited set-up request is retried before giving up.
-const MAX_RATE_LIMIT_RETRIES: usize = 50;
 /// Most acknowledgements batched into one `Ack`.
 const MAX_ACK_BATCH: usize = 64;
 /// Registrations running at once during set-up.
@@ -101,6 +100,15 @@ pub enum LoadError {
     /// Local I/O failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<ClientError> for LoadError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Crypto(c) => Self::Crypto(c),
+            ClientError::Rejected(s) => Self::Protocol(s),
+        }
+    }
 }
 
 /// Locks a mutex, ignoring poisoning (the data is still valid for a benchmark).
@@ -641,7 +649,8 @@ pub async fn request(
         id,
         body: Some(body),
     });
-    for _ in 0..MAX_RATE_LIMIT_RETRIES {
+    let mut backoff = retry::Backoff::default();
+    loop {
         ws.send(Message::binary(bytes.clone()))
             .await
             .map_err(|e| LoadError::Unreachable(e.to_string()))?;
@@ -657,15 +666,16 @@ pub async fn request(
         .map_err(|_| LoadError::Unreachable(format!("no answer to {what}")))??;
         match reply {
             Some(Body::Error(e)) if e.code == ErrorCode::RateLimited as u32 => {
-                let wait = u64::from(e.retry_after_ms).clamp(1, 5_000);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
+                let Some(wait) = backoff.next(e.retry_after_ms) else {
+                    return Err(refused(what, &e));
+                };
+                tokio::time::sleep(wait).await;
             }
             Some(Body::Error(e)) => return Err(refused(what, &e)),
             Some(b) => return Ok(b),
             None => return Err(LoadError::Protocol(format!("empty answer to {what}"))),
         }
     }
-    Err(LoadError::Protocol(format!("{what} stayed rate limited")))
 }
 
 /// Connects and logs `id` in; returns the authenticated socket.
@@ -940,7 +950,8 @@ impl<R> Conn<R> {
     /// [`LoadError::Refused`] for an error reply, [`LoadError::Unreachable`] for a closed or
     /// silent connection.
     pub async fn request(&self, what: &'static str, body: Body) -> Result<Body, LoadError> {
-        for _ in 0..MAX_RATE_LIMIT_RETRIES {
+        let mut backoff = retry::Backoff::default();
+        loop {
             if self.is_closed() {
                 return Err(closed());
             }
@@ -958,8 +969,10 @@ impl<R> Conn<R> {
             lock(&self.waiters).remove(&id);
             match reply {
                 Ok(Ok(Body::Error(e))) if e.code == ErrorCode::RateLimited as u32 => {
-                    let wait = u64::from(e.retry_after_ms).clamp(1, 5_000);
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    let Some(wait) = backoff.next(e.retry_after_ms) else {
+                        return Err(refused(what, &e));
+                    };
+                    tokio::time::sleep(wait).await;
                 }
                 Ok(Ok(Body::Error(e))) => return Err(refused(what, &e)),
                 Ok(Ok(b)) => return Ok(b),
@@ -967,7 +980,6 @@ impl<R> Conn<R> {
                 Err(_) => return Err(LoadError::Unreachable(format!("no answer to {what}"))),
             }
         }
-        Err(LoadError::Protocol(format!("{what} stayed rate limited")))
     }
 
     /// Fetches `peer`'s prekey bundle (its first device's), checking that the relay serves the
@@ -1025,7 +1037,16 @@ impl Device {
         &self.id.username
     }
 
-    /// Starts a session with `peer` (PQXDH, as the initiator) from its prekey bundle.
+    fn me(&self) -> pairwise::Me<'_> {
+        pairwise::Me {
+            username: &self.id.username,
+            keys: &self.id.keys,
+            cert: &self.id.cert,
+        }
+    }
+
+    /// Starts a session with `peer` (PQXDH, as the initiator) from its prekey bundle, through
+    /// the client core.
     ///
     /// # Errors
     /// [`LoadError::Crypto`] if the bundle does not verify under `root`.
@@ -1035,23 +1056,36 @@ impl Device {
         root: &RootPublicKey,
         bundle: &PrekeyBundle,
     ) -> Result<(), LoadError> {
-        let session = handshake::initiate(
-            &self.id.keys,
-            &self.id.cert,
-            root,
-            peer,
-            bundle,
-            &[],
-            unix_ms() / 1000,
-        )?;
+        let session = pairwise::start(self.me(), peer, root, bundle, &[], unix_ms() / 1000)?;
         lock(&self.sessions).insert(peer.to_owned(), session);
         Ok(())
     }
 
-    /// Decrypts pairwise delivery `d` as a real client does (with the session with its sender,
-    /// or by answering the handshake it starts, whose certificate must match the sender and
-    /// whose root key is the one in `roots`) and opens its envelope. Returns the payload and
-    /// whether a new session was made; the caller checks the payload's id and conversation.
+    /// Seals `payload` once and addresses it to the device of each of `peers` we hold a
+    /// session with, through the client core; returns the relay request.
+    ///
+    /// # Errors
+    /// [`LoadError::Protocol`] for a peer without a session, [`LoadError::Crypto`].
+    pub fn seal_for<'a>(
+        &self,
+        payload: &Payload,
+        peers: impl IntoIterator<Item = &'a str>,
+    ) -> Result<protocol::Send, LoadError> {
+        let mut sealed = pairwise::Sealed::new(payload)?;
+        let mut sessions = lock(&self.sessions);
+        for peer in peers {
+            let s = sessions
+                .get_mut(peer)
+                .ok_or_else(|| LoadError::Protocol(format!("no session with {peer}")))?;
+            sealed.add(peer, s)?;
+        }
+        Ok(sealed.into_send(0))
+    }
+
+    /// Decrypts pairwise delivery `d` as the session engine does, through the client core
+    /// (with the session with its sender, or by answering the handshake it starts, whose
+    /// certificate must match the sender and whose root key is the one in `roots`), opens its
+    /// envelope and says what it is for. Returns that and whether a new session was made.
     ///
     /// # Errors
     /// [`LoadError::Protocol`] or [`LoadError::Crypto`] for anything that does not verify.
@@ -1059,46 +1093,40 @@ impl Device {
         &self,
         roots: &HashMap<String, RootPublicKey>,
         d: &protocol::Delivery,
-    ) -> Result<(Payload, bool), LoadError> {
+    ) -> Result<(pairwise::Content, bool), LoadError> {
         let msg = PairwiseMessage::decode(&d.payload)?;
-        let now = unix_ms() / 1000;
+        let now_ms = unix_ms();
+        let sender_device: [u8; 16] = d
+            .sender_device
+            .as_slice()
+            .try_into()
+            .map_err(|_| LoadError::Protocol("a bad sender device id".into()))?;
         let (plaintext, responded) = {
             let mut sessions = lock(&self.sessions);
-            match sessions.get_mut(&d.sender_user) {
-                Some(s) if s.accepts(&msg) => (Zeroizing::new(s.decrypt(&msg, now)?), false),
-                _ => {
-                    let PairwiseMessage::Initial(init) = &msg else {
-                        return Err(LoadError::Protocol(
-                            "a message from a device without a session".into(),
-                        ));
-                    };
-                    if init.sender_cert.user_id != d.sender_user
-                        || init.sender_cert.device_id.0.as_slice() != d.sender_device.as_slice()
-                    {
-                        return Err(LoadError::Protocol(
-                            "the handshake certificate does not match the sender".into(),
-                        ));
-                    }
-                    let root = roots.get(&d.sender_user).ok_or_else(|| {
-                        LoadError::Protocol("a message from an unknown user".into())
-                    })?;
+            // One device per peer here, so no session is ever replaced and kept.
+            match pairwise::decrypt(&msg, sessions.get_mut(&d.sender_user), None, now_ms / 1000) {
+                pairwise::Opened::Current(pt) | pairwise::Opened::Previous(pt) => (pt, false),
+                pairwise::Opened::Rejected(e) => return Err(e.into()),
+                pairwise::Opened::Handshake(init) => {
                     let mut pre = lock(&self.prekeys);
-                    let (s, pt) = handshake::respond(
-                        &self.id.keys,
-                        &self.id.cert,
+                    let (s, pt) = pairwise::answer(
+                        self.me(),
                         &mut pre,
-                        root,
-                        &[],
+                        roots.get(&d.sender_user),
+                        &d.sender_user,
+                        sender_device,
                         init,
-                        now,
+                        now_ms / 1000,
                     )?;
                     sessions.insert(d.sender_user.clone(), s);
-                    (Zeroizing::new(pt), true)
+                    (pt, true)
                 }
             }
         };
-        let package = KeyPackage::decode(&plaintext)?;
-        Ok((envelope::open(&package, &d.body)?, responded))
+        let payload = pairwise::open_body(&plaintext, d)?;
+        let content =
+            pairwise::classify(self.name(), &d.sender_user, payload, d.server_ts_ms, now_ms)?;
+        Ok((content, responded))
     }
 }
 
@@ -1146,7 +1174,8 @@ fn on_reply<P: Peer>(p: &P, sh: &P::Shared, id: u64, body: Body) {
     match body {
         Body::Error(e) if e.code == ErrorCode::RateLimited as u32 => {
             sh.rate_limited();
-            let wait = Duration::from_millis(u64::from(e.retry_after_ms).clamp(1, 5_000));
+            // Pipelined load keeps being offered for as long as the relay limits it.
+            let wait = retry::wait_for(e.retry_after_ms);
             let msg = f.msg.clone();
             lock(&conn.inflight).insert(id, f);
             let out = conn.out.clone();

@@ -37,7 +37,8 @@ use super::client::{
     self, Conn, Device, FirstError, Identity, LoadError, Peer, Peers, Relay, RelayTarget, Tally,
     lock, opt, unix_ms, verdict,
 };
-use crate::crypto::envelope::{self, MessageId, Payload, PayloadKind, Timers};
+use crate::client::pairwise;
+use crate::crypto::envelope::{MessageId, Payload, PayloadKind, Timers};
 use crate::crypto::identity::RootPublicKey;
 use crate::protocol::{self, DeliveryKind, frame::Body, names};
 
@@ -283,44 +284,14 @@ fn send_message(
         timers: Timers::default(),
         reply_to: None,
     };
-    let (package, body) = envelope::seal(&payload)?;
-    let (entry, device) = {
-        let mut sessions = lock(&user.dev.sessions);
-        let s = sessions
-            .get_mut(peer)
-            .ok_or_else(|| LoadError::Protocol(format!("no session with {peer}")))?;
-        (s.encrypt(&package.encode()?)?.encode()?, s.peer_device())
-    };
-    user.conn.fire(
-        Body::Send(protocol::Send {
-            message_id: payload.message_id.0.to_vec(),
-            body,
-            entries: vec![protocol::KeyEntry {
-                recipient_user: peer.to_owned(),
-                recipient_device: device.0.to_vec(),
-                payload: entry,
-            }],
-            recipients: vec![peer.to_owned()],
-            delete_by_ms: 0,
-            ttl_ms: 0,
-        }),
-        Req::Send,
-    )
+    let send = user.dev.seal_for(&payload, [peer])?;
+    user.conn.fire(Body::Send(send), Req::Send)
 }
 
 /// Decrypts one delivery as a real client does: ratchet (or handshake), key package, envelope.
 fn open_delivery(user: &User, sh: &Shared, d: &protocol::Delivery) -> Result<String, LoadError> {
-    let (payload, _) = user.dev.open_pairwise(&sh.roots, d)?;
-    let conversation = names::dm_conversation(user.dev.name(), &d.sender_user);
-    if payload.message_id.0.as_slice() != d.message_id.as_slice()
-        || payload.conversation != conversation.as_bytes()
-    {
-        return Err(LoadError::Protocol(
-            "a body spliced under another id or conversation".into(),
-        ));
-    }
-    match payload.kind {
-        PayloadKind::Text(t) => Ok(t),
+    match user.dev.open_pairwise(&sh.roots, d)?.0 {
+        pairwise::Content::Text { text, .. } => Ok(text),
         _ => Err(LoadError::Protocol("not a text message".into())),
     }
 }

@@ -3,11 +3,12 @@
 //! `members` users (default 500, one device and one WebSocket each) are registered with real
 //! keys; the first creates a room with all the others in one signed `Create` op. Every figure
 //! comes from the real protocol and the real cryptography, without the SQLCipher cache (as in
-//! `bench dm`):
+//! `bench dm`). Every message, key and distribution is built and opened by the client core
+//! (`client::room`, `client::pairwise`), the same code the session engine drives:
 //!
 //! 1. **Client CPU per room send**, in a 2-member room and in the big room: thread CPU time of
-//!    what `session::rooms::encrypt_room_item` does (seal the envelope, encrypt and sign the key
-//!    package and the log head under the sender key, encode the `RoomSend` frame). The cost must
+//!    `client::room::seal_message` (seal the envelope, encrypt and sign the key package and the
+//!    log head under the sender key) and encoding the `RoomSend` frame. The cost must
 //!    not depend on the room size (target ratio <= 1.2). `bench crypto` measures the same
 //!    primitives in isolation; this is the client's whole send path in a live room.
 //! 2. **Relay fan-out at saturation**: the creator keeps `window` room messages in flight (sent
@@ -22,7 +23,7 @@
 //! 4. **Rotation after a removal**: the creator removes one member with a signed `Remove` op;
 //!    then `rotating_senders` remaining members each make a new sender key and send it to every
 //!    other remaining member over their established pairwise sessions (one entry per device,
-//!    `Send` frames of 200 entries, as `session::rooms::distribute`). Reported per sender: CPU
+//!    `Send` frames of 200 entries, as the session engine sends them). Reported per sender: CPU
 //!    time and frame bytes; the total for all `members - 1` remaining senders is extrapolated.
 //!
 //! Set-up is not measured: registration (users register with bounded concurrency and keep their
@@ -52,22 +53,20 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use zeroize::Zeroizing;
 
 use super::client::{
     self, Conn, Device, FirstError, Identity, LoadError, Peer, Peers, Relay, RelayTarget, Tally,
     frame_bytes, lock, opt, unix_ms, verdict,
 };
 use super::{measure, peak_rss_kib};
-use crate::crypto::envelope::{self, MessageId, Payload, PayloadKind, Timers};
+use crate::client::pairwise;
+use crate::client::room::{self, DISTRIBUTION_CHUNK};
+use crate::crypto::envelope::{MessageId, Payload, PayloadKind, Timers};
 use crate::crypto::identity::{DeviceId, RootPublicKey};
 use crate::crypto::membership::{self, OpKind, RoomKind, RoomState, SignedOp};
 use crate::crypto::primitives;
-use crate::crypto::sender_keys::{
-    ReceivedSenderKey, SenderKeyDistribution, SenderKeyMessage, SenderKeyState,
-};
+use crate::crypto::sender_keys::{ReceivedSenderKey, SenderKeyState};
 use crate::protocol::{self, DeliveryKind, frame::Body};
-use crate::session::{CONTROL_SKDM, DISTRIBUTION_CHUNK, decode_meta, encode_meta};
 
 /// The target for `room_send_large_us / room_send_small_us`.
 pub const SEND_RATIO_TARGET: f64 = 1.2;
@@ -605,89 +604,46 @@ fn message_id(k: u64) -> Result<[u8; 16], LoadError> {
     Ok(id)
 }
 
-/// One room message as the real client builds it (`session::rooms::encrypt_room_item`): the
-/// envelope sealed once, the key package and the log head encrypted and signed under the
-/// sender key, one `RoomSend` for every member.
+/// One room message, sealed by the client core as the session engine seals it
+/// (`client::room::seal_message`: the envelope sealed once, the key package and the log head
+/// encrypted and signed under the sender key, one `RoomSend` for every member).
 fn room_send(
     key: &mut SenderKeyState,
     state: &RoomState,
     id: [u8; 16],
     text: String,
 ) -> Result<Body, LoadError> {
-    let (package, body) = envelope::seal(&Payload {
-        message_id: MessageId(id),
-        sent_at_ms: unix_ms(),
-        conversation: state.room_id.as_bytes().to_vec(),
-        kind: PayloadKind::Text(text),
-        timers: Timers::default(),
-        reply_to: None,
-    })?;
-    let meta = encode_meta(&package, state)?;
-    let msg = key.encrypt(&meta, &package.body_hash)?;
-    Ok(Body::RoomSend(protocol::RoomSend {
-        message_id: id.to_vec(),
-        room_id: state.room_id.clone(),
-        body,
-        key_message: msg.encode()?,
-        head_seq: state.head_seq,
-        ttl_ms: 0,
-    }))
+    let sealed = room::seal_message(
+        key,
+        state,
+        &Payload {
+            message_id: MessageId(id),
+            sent_at_ms: unix_ms(),
+            conversation: state.room_id.as_bytes().to_vec(),
+            kind: PayloadKind::Text(text),
+            timers: Timers::default(),
+            reply_to: None,
+        },
+    )?;
+    Ok(Body::RoomSend(sealed.request))
 }
 
-/// `member`'s sender key distribution for `room`, sealed once per frame and wrapped by the
-/// pairwise session of every target, in `Send` frames of at most [`DISTRIBUTION_CHUNK`]
-/// entries (as `session::rooms::distribute`). Returns the encoded frames with their ids.
+/// `member`'s sender key distribution for `room` (the client core's
+/// `client::room::distribution`), sealed once per frame and addressed through the pairwise
+/// session of every target, in `Send` frames of at most [`DISTRIBUTION_CHUNK`] entries (as the
+/// session engine sends it). Returns the encoded frames with their ids.
 fn distribution_frames(
     m: &Member,
     room: &str,
-    dist: &SenderKeyDistribution,
+    own: &SenderKeyState,
     targets: &[String],
 ) -> Result<Vec<(u64, Vec<u8>)>, LoadError> {
-    let skdm = dist.encode()?;
-    let mut control = Vec::with_capacity(skdm.len() + 1);
-    control.push(CONTROL_SKDM);
-    control.extend_from_slice(&skdm);
-    let control = Zeroizing::new(control);
     let mut frames = Vec::with_capacity(targets.len().div_ceil(DISTRIBUTION_CHUNK));
-    let mut sessions = lock(&m.dev.sessions);
     for chunk in targets.chunks(DISTRIBUTION_CHUNK) {
-        let id = MessageId::random()?;
-        let (package, body) = envelope::seal(&Payload {
-            message_id: id,
-            sent_at_ms: unix_ms(),
-            conversation: room.as_bytes().to_vec(),
-            kind: PayloadKind::Control(control.to_vec()),
-            timers: Timers::default(),
-            reply_to: None,
-        })?;
-        let wrapped = package.encode()?;
-        let mut entries = Vec::with_capacity(chunk.len());
-        for user in chunk {
-            let s = sessions
-                .get_mut(user)
-                .ok_or_else(|| LoadError::Protocol(format!("no session with {user}")))?;
-            let msg = s.encrypt(&wrapped)?;
-            entries.push(protocol::KeyEntry {
-                recipient_user: user.clone(),
-                recipient_device: s.peer_device().0.to_vec(),
-                payload: msg.encode()?,
-            });
-        }
+        let payload = room::distribution(own, room, unix_ms())?;
+        let send = m.dev.seal_for(&payload, chunk.iter().map(String::as_str))?;
         let fid = m.conn.next_id();
-        frames.push((
-            fid,
-            frame_bytes(
-                fid,
-                Body::Send(protocol::Send {
-                    message_id: id.0.to_vec(),
-                    body,
-                    entries,
-                    recipients: chunk.to_vec(),
-                    delete_by_ms: 0,
-                    ttl_ms: 0,
-                }),
-            ),
-        ));
+        frames.push((fid, frame_bytes(fid, Body::Send(send))));
     }
     Ok(frames)
 }
@@ -697,20 +653,20 @@ fn distribute(m: &Member, sh: &Shared, targets: &[String]) -> Result<usize, Load
     let state = sh
         .state()
         .ok_or_else(|| LoadError::Protocol("no room yet".into()))?;
-    let dist = {
+    let frames = {
         let mut own = lock(&m.own_key);
         if own.is_none() {
-            *own = Some(SenderKeyState::new(
-                state.room_id.as_bytes(),
-                m.device(),
+            *own = Some(room::new_sender_key(
+                &state.room_id,
+                m.device().0,
                 unix_ms() / 1000,
             )?);
         }
-        own.as_ref()
-            .map(SenderKeyState::distribution)
-            .ok_or_else(|| LoadError::Protocol("no sender key".into()))?
+        let own = own
+            .as_ref()
+            .ok_or_else(|| LoadError::Protocol("no sender key".into()))?;
+        distribution_frames(m, &state.room_id, own, targets)?
     };
-    let frames = distribution_frames(m, &state.room_id, &dist, targets)?;
     let n = frames.len();
     for (id, bytes) in frames {
         m.fire_distribution(id, bytes)?;
@@ -723,35 +679,23 @@ fn distribute(m: &Member, sh: &Shared, targets: &[String]) -> Result<usize, Load
 /// a handshake replies with its own distribution, so the initiator's session is established
 /// too (as happens in a room once everyone has spoken).
 fn on_pairwise(m: &Member, sh: &Shared, d: &protocol::Delivery) -> Result<(), LoadError> {
-    let (payload, responded) = m.dev.open_pairwise(&sh.roots, d)?;
-    if payload.message_id.0.as_slice() != d.message_id.as_slice() {
-        return Err(LoadError::Protocol(
-            "a body spliced under another id".into(),
-        ));
-    }
-    let PayloadKind::Control(control) = &payload.kind else {
-        return Err(LoadError::Protocol("not a control message".into()));
+    let (content, responded) = m.dev.open_pairwise(&sh.roots, d)?;
+    let pairwise::Content::Distribution {
+        room: room_id,
+        bytes,
+    } = content
+    else {
+        return Err(LoadError::Protocol("not a sender key distribution".into()));
     };
-    let Some((&CONTROL_SKDM, rest)) = control.split_first() else {
-        return Err(LoadError::Protocol("unknown control message".into()));
-    };
-    let dist = SenderKeyDistribution::decode(rest)?;
-    if dist.room_id != payload.conversation
-        || dist.sender_device.0.as_slice() != d.sender_device.as_slice()
-        || membership::room_kind_of(&String::from_utf8_lossy(&dist.room_id)).is_none()
-    {
-        return Err(LoadError::Protocol(
-            "sender key distribution for another room or device".into(),
-        ));
-    }
+    let device: [u8; 16] = d
+        .sender_device
+        .as_slice()
+        .try_into()
+        .map_err(|_| LoadError::Protocol("a bad sender device id".into()))?;
+    let (distribution_id, key) = room::accept_distribution(device, &room_id, &bytes)?;
     lock(&m.keys)
-        .entry((dist.sender_device.0, dist.distribution_id))
-        .or_insert_with(|| {
-            (
-                d.sender_user.clone(),
-                ReceivedSenderKey::from_distribution(&dist),
-            )
-        });
+        .entry((device, distribution_id))
+        .or_insert_with(|| (d.sender_user.clone(), key));
     sh.c.installed.fetch_add(1, Relaxed);
     if responded {
         distribute(m, sh, std::slice::from_ref(&d.sender_user))?;
@@ -759,7 +703,8 @@ fn on_pairwise(m: &Member, sh: &Shared, d: &protocol::Delivery) -> Result<(), Lo
     Ok(())
 }
 
-/// Decrypts one room message as `session::rooms::decrypt_room_message` does.
+/// Decrypts one room message through the client core, as the session engine does
+/// (`client::room::parse_message`, `decrypt_key`, `open_meta`).
 fn open_room_message(m: &Member, sh: &Shared, d: &protocol::Delivery) -> Result<(), LoadError> {
     let state = sh
         .state()
@@ -767,38 +712,16 @@ fn open_room_message(m: &Member, sh: &Shared, d: &protocol::Delivery) -> Result<
     if d.room_id != state.room_id {
         return Err(LoadError::Protocol("a message for another room".into()));
     }
-    let msg = SenderKeyMessage::decode(&d.payload)?;
-    if msg.room_id != d.room_id.as_bytes() || msg.sender_device.0.as_slice() != d.sender_device {
-        return Err(LoadError::Protocol(
-            "a room message spliced from another room or device".into(),
-        ));
-    }
-    let body_hash = primitives::sha256(&[&d.body]);
+    let msg = room::parse_message(d)?;
     let meta = {
         let mut keys = lock(&m.keys);
         let (owner, key) = keys
             .get_mut(&(msg.sender_device.0, msg.distribution_id))
             .ok_or_else(|| LoadError::Protocol("no sender key for this message".into()))?;
-        if !state.is_member(owner) {
-            return Err(LoadError::Protocol(
-                "a room message from someone who is not a member".into(),
-            ));
-        }
-        Zeroizing::new(key.decrypt(&msg, &body_hash)?)
+        room::decrypt_key(&state, owner, key, &msg, &d.body)?
     };
-    let (package, _head_seq, _head_hash) = decode_meta(&meta)?;
-    let payload = envelope::open(&package, &d.body)?;
-    if payload.message_id.0.as_slice() != d.message_id.as_slice()
-        || payload.conversation != d.room_id.as_bytes()
-    {
-        return Err(LoadError::Protocol(
-            "a room message spliced under another id or room".into(),
-        ));
-    }
-    match payload.kind {
-        PayloadKind::Text(_) => Ok(()),
-        _ => Err(LoadError::Protocol("not a text message".into())),
-    }
+    room::open_meta(&meta, &state, d, unix_ms())?;
+    Ok(())
 }
 
 fn on_room_message(m: &Member, sh: &Shared, d: &protocol::Delivery, late: bool) {
@@ -1182,8 +1105,8 @@ fn send_cpu(
 ) -> Result<SendCpu, LoadError> {
     // Keys of their own: the live key's chain must not jump ahead of what members expect.
     let mut keys = [
-        SenderKeyState::new(small.room_id.as_bytes(), device, unix_ms() / 1000)?,
-        SenderKeyState::new(large.room_id.as_bytes(), device, unix_ms() / 1000)?,
+        room::new_sender_key(&small.room_id, device.0, unix_ms() / 1000)?,
+        room::new_sender_key(&large.room_id, device.0, unix_ms() / 1000)?,
     ];
     let states = [small, large];
     let text = "x".repeat(text_len);
@@ -1332,9 +1255,9 @@ async fn fresh_creator_key(members: &[Arc<Member>], sh: &Shared) -> Result<(), L
     let state = sh
         .state()
         .ok_or_else(|| LoadError::Protocol("no room".into()))?;
-    *lock(&creator.own_key) = Some(SenderKeyState::new(
-        state.room_id.as_bytes(),
-        creator.device(),
+    *lock(&creator.own_key) = Some(room::new_sender_key(
+        &state.room_id,
+        creator.device().0,
         unix_ms() / 1000,
     )?);
     let names: Vec<String> = others.iter().map(|m| m.name().to_owned()).collect();
@@ -1413,8 +1336,8 @@ async fn rotation(
         let (r2, room) = (r.clone(), next.room_id.clone());
         let (built, m) = tokio::task::spawn_blocking(move || {
             measure(|| -> Result<_, LoadError> {
-                let fresh = SenderKeyState::new(room.as_bytes(), r2.device(), unix_ms() / 1000)?;
-                let frames = distribution_frames(&r2, &room, &fresh.distribution(), &targets)?;
+                let fresh = room::new_sender_key(&room, r2.device().0, unix_ms() / 1000)?;
+                let frames = distribution_frames(&r2, &room, &fresh, &targets)?;
                 Ok((fresh, frames))
             })
         })

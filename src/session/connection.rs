@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::SessionError;
+use crate::client::retry;
 use crate::protocol::{
     self, DEFAULT_MAX_FRAME, ErrorCode, ErrorReply, Frame, MAX_FRAME_LIMIT, ServerHello,
     frame::Body,
@@ -35,7 +36,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// fills this and no more: further delivery pushes are dropped (they stay in the mailbox).
 pub const PUSH_QUEUE: usize = 256;
 /// How long one request may wait in total for the relay's rate limit before the caller is told.
-pub const RATE_LIMIT_BUDGET: Duration = Duration::from_secs(30);
+pub const RATE_LIMIT_BUDGET: Duration = retry::BUDGET;
 /// The largest frame a client accepts from a relay: a relay may be configured up to
 /// [`MAX_FRAME_LIMIT`] and sends one oversized mailbox item alone, with a little framing.
 pub const MAX_INCOMING_FRAME: usize = MAX_FRAME_LIMIT + 64 * 1024;
@@ -290,20 +291,20 @@ impl Connection {
             id: 0,
             body: Some(body),
         };
-        let mut waited = Duration::ZERO;
+        let mut backoff = retry::Backoff::new(RATE_LIMIT_BUDGET);
         loop {
-            match self.request_once(&mut frame).await {
-                Err(SessionError::Relay {
-                    code: ErrorCode::RateLimited,
-                    retry_after_ms,
-                    ..
-                }) if waited < RATE_LIMIT_BUDGET => {
-                    let wait = Duration::from_millis(u64::from(retry_after_ms).clamp(1, 5000));
-                    waited += wait;
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
+            let answer = self.request_once(&mut frame).await;
+            if let Err(SessionError::Relay {
+                code: ErrorCode::RateLimited,
+                retry_after_ms,
+                ..
+            }) = &answer
+                && let Some(wait) = backoff.next(*retry_after_ms)
+            {
+                tokio::time::sleep(wait).await;
+                continue;
             }
+            return answer;
         }
     }
 

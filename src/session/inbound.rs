@@ -9,10 +9,11 @@
 
 use super::engine::Engine;
 use super::outbound::{load_prekeys, save_prekeys};
-use super::{Inbound, Keys, SessionError, SessionEvent, rooms, timers};
+use super::{Inbound, Keys, SessionError, SessionEvent, rooms};
+use crate::client::{ClientError, pairwise, receipts};
 use crate::crypto::CryptoError;
-use crate::crypto::envelope::{self, KeyPackage, MessageId, PayloadKind, ReceiptKind};
-use crate::crypto::handshake::{self, PairwiseMessage, Session};
+use crate::crypto::envelope::MessageId;
+use crate::crypto::handshake::{PairwiseMessage, Session};
 use crate::crypto::identity::RootPublicKey;
 use crate::protocol::{self, DeliveryKind, frame::Body, names};
 use crate::store::{Db, MessageKind, MessageRecord, MessageState, Store};
@@ -40,7 +41,8 @@ pub(crate) struct ReceiptEffect {
 }
 
 /// Applies a read receipt from `user` (a peer who read our messages, or our own other device
-/// that displayed messages we received) inside the caller's transaction.
+/// that displayed messages we received) inside the caller's transaction; the rule is
+/// [`receipts::effect`].
 fn apply_receipt(
     db: &Db<'_>,
     keys: &Keys,
@@ -55,14 +57,20 @@ fn apply_receipt(
         let Some(m) = db.message(&id.0)? else {
             continue;
         };
-        // A receipt names messages of the pairwise conversation, or of a room both belong to
-        // (burn-on-read in rooms; rooms never show "read").
-        let room = rooms::is_room(&m.conversation);
-        if m.conversation != conversation
-            && !(room
-                && rooms::load_state(db, &m.conversation)?
-                    .is_some_and(|s| s.is_member(user) || user == keys.username))
-        {
+        let named = receipts::Named {
+            conversation: &m.conversation,
+            outgoing: m.outgoing,
+            awaiting_read: matches!(m.state, MessageState::Sent | MessageState::Delivered),
+            burn_after_s: m.timers.burn_after_s,
+        };
+        let mut member = Ok(false);
+        let applies = receipts::applies(conversation, &named, || {
+            member = rooms::load_state(db, &m.conversation)
+                .map(|s| s.is_some_and(|s| s.is_member(user) || user == keys.username));
+            matches!(member, Ok(true))
+        });
+        member?;
+        if !applies {
             continue;
         }
         let mut effect = ReceiptEffect {
@@ -71,21 +79,26 @@ fn apply_receipt(
             read: false,
             timers: None,
         };
-        if user == keys.username {
-            // Our other device showed a message we both hold: its burn starts here too.
-            if !m.outgoing && db.mark_displayed(&id.0, at_ms)?.is_some() {
-                db.mark_receipts_sent(&[id.0])?;
-                effect.timers = db.message(&id.0)?.map(|m| m.timers);
+        match receipts::effect(&keys.username, user, &named, at_ms, show_read) {
+            receipts::Effect::Nothing => {}
+            receipts::Effect::Displayed(at) => {
+                if db.mark_displayed(&id.0, at)?.is_some() {
+                    db.mark_receipts_sent(&[id.0])?;
+                    effect.timers = db.message(&id.0)?.map(|m| m.timers);
+                }
             }
-        } else if m.outgoing {
-            if show_read && !room && matches!(m.state, MessageState::Sent | MessageState::Delivered)
-            {
-                db.set_message_state(&id.0, MessageState::Read)?;
-                effect.read = true;
-            }
-            if let Some(b) = m.timers.burn_after_s {
-                db.set_burn_at(&id.0, at_ms.saturating_add(u64::from(b) * 1000))?;
-                effect.timers = db.message(&id.0)?.map(|m| m.timers);
+            receipts::Effect::Read {
+                mark_read,
+                burn_at_ms,
+            } => {
+                if mark_read {
+                    db.set_message_state(&id.0, MessageState::Read)?;
+                    effect.read = true;
+                }
+                if let Some(at) = burn_at_ms {
+                    db.set_burn_at(&id.0, at)?;
+                    effect.timers = db.message(&id.0)?.map(|m| m.timers);
+                }
             }
         }
         if effect.read || effect.timers.is_some() {
@@ -95,10 +108,9 @@ fn apply_receipt(
     Ok(out)
 }
 
-/// Trying one stored session on a message: `None` if it is not that session's message.
-type Attempt = Option<Result<(Session, Vec<u8>), CryptoError>>;
-
-/// Where the session a peer device replaced is kept (see [`decrypt_into`]).
+/// Decrypts, opens and stores one pairwise delivery inside the caller's transaction: the
+/// client core decides ([`pairwise::decrypt`], [`pairwise::answer`], [`pairwise::open_body`],
+/// [`pairwise::classify`]), this function loads and persists what it names.
 fn decrypt_into(
     db: &Db<'_>,
     keys: &Keys,
@@ -115,113 +127,78 @@ fn decrypt_into(
         Ok(m) => m,
         Err(e) => return crypto(e),
     };
-    // Two sessions per peer device: when both sides start a session at the same moment (two
-    // room members distributing their sender keys to each other, say), each answers the
-    // other's handshake and the two end up writing with different sessions. Keeping the one
-    // we replaced, and switching to whichever the peer is actually using, lets them converge
-    // without losing a message.
+    let me = pairwise::Me {
+        username: &keys.username,
+        keys: &keys.device,
+        cert: &keys.cert,
+    };
     let existing = db.session(user, &sender_device)?;
     let previous = db.previous_session(user, &sender_device)?;
-    let attempt = |bytes: Option<&zeroize::Zeroizing<Vec<u8>>>| -> Result<Attempt, SessionError> {
-        let Some(b) = bytes else { return Ok(None) };
-        let mut s = Session::from_secret_bytes(b)?;
-        if !s.accepts(&msg) {
-            return Ok(None);
-        }
-        Ok(Some(s.decrypt(&msg, now / 1000).map(|pt| (s, pt))))
-    };
-    let mut demoted: Option<zeroize::Zeroizing<Vec<u8>>> = None;
-    let (session, plaintext) = match attempt(existing.as_ref())? {
-        Some(Ok(r)) => r,
-        current => match attempt(previous.as_ref())? {
-            Some(Ok(r)) => {
-                // The peer writes with the session we had replaced: it becomes current again.
-                demoted = existing.clone();
-                r
-            }
-            previous_result => match (&msg, current.or(previous_result)) {
-                // A stored session took the message but it did not decrypt (tampered, or a
-                // replay): that is the answer; a handshake repeat must not start another.
-                (_, Some(Err(e))) => return crypto(e),
-                (PairwiseMessage::Initial(init), _) => {
-                    if init.sender_cert.user_id != user
-                        || init.sender_cert.device_id.0 != sender_device
-                    {
-                        return crypto(CryptoError::BadChain);
+    let mut current = existing
+        .as_ref()
+        .map(|b| Session::from_secret_bytes(b))
+        .transpose()?;
+    let mut replaced = previous
+        .as_ref()
+        .map(|b| Session::from_secret_bytes(b))
+        .transpose()?;
+    // The session the message moved, and whether the current one steps down to "previous".
+    let (session, plaintext, demote) =
+        match pairwise::decrypt(&msg, current.as_mut(), replaced.as_mut(), now / 1000) {
+            pairwise::Opened::Current(pt) => (current, pt, false),
+            pairwise::Opened::Previous(pt) => (replaced, pt, true),
+            pairwise::Opened::Rejected(e) => return crypto(e),
+            pairwise::Opened::Handshake(init) => {
+                let root = db.root_key(user)?.map(RootPublicKey);
+                let mut prekeys = load_prekeys(db)?;
+                match pairwise::answer(
+                    me,
+                    &mut prekeys,
+                    root.as_ref(),
+                    user,
+                    sender_device,
+                    init,
+                    now / 1000,
+                ) {
+                    Ok((s, pt)) => {
+                        save_prekeys(db, &prekeys)?;
+                        (Some(s), pt, true)
                     }
-                    let Some(root) = db.root_key(user)? else {
-                        return crypto(CryptoError::UnknownKey);
-                    };
-                    let mut prekeys = load_prekeys(db)?;
-                    match handshake::respond(
-                        &keys.device,
-                        &keys.cert,
-                        &mut prekeys,
-                        &RootPublicKey(root),
-                        &[],
-                        init,
-                        now / 1000,
-                    ) {
-                        Ok((s, pt)) => {
-                            save_prekeys(db, &prekeys)?;
-                            demoted = existing.clone();
-                            (s, pt)
-                        }
-                        Err(e) => return crypto(e),
-                    }
+                    Err(e) => return crypto(e),
                 }
-                _ => return crypto(CryptoError::UnknownKey),
-            },
-        },
-    };
-    let session = Some(session);
-    if let Some(old) = demoted {
-        db.put_previous_session(user, &sender_device, &old)?;
+            }
+        };
+    if demote && let Some(old) = &existing {
+        db.put_previous_session(user, &sender_device, old)?;
     }
     // The ratchet step authenticated: keep it even if the body turns out to be bad, since
     // that message key is spent either way.
     if let Some(s) = &session {
         db.put_session(user, &sender_device, &s.to_secret_bytes()?)?;
     }
-    let payload = match KeyPackage::decode(&plaintext).and_then(|k| envelope::open(&k, &d.body)) {
+    let payload = match pairwise::open_body(&plaintext, d) {
         Ok(p) => p,
         Err(e) => return crypto(e),
     };
-    let expected = names::dm_conversation(&keys.username, user);
-    if payload.message_id.0.as_slice() != d.message_id.as_slice() {
-        // A relay splicing a body under another id.
-        return crypto(CryptoError::Integrity);
-    }
-    if let PayloadKind::Control(bytes) = &payload.kind {
-        // Control messages name the conversation they are about (e.g. a room).
-        let conversation = String::from_utf8_lossy(&payload.conversation).into_owned();
-        return match bytes.split_first() {
-            Some((&rooms::CONTROL_SKDM, rest)) => {
-                match rooms::store_distribution(db, user, sender_device, &conversation, rest)? {
-                    Ok(()) => Ok(Outcome::Quiet),
-                    Err(e) => Ok(Outcome::Undecryptable(e)),
-                }
+    let message_id = payload.message_id.0;
+    let content = match pairwise::classify(&keys.username, user, payload, d.server_ts_ms, now) {
+        Ok(c) => c,
+        Err(ClientError::Crypto(e)) => return crypto(e),
+        Err(ClientError::Rejected(e)) => return Ok(Outcome::Undecryptable(e)),
+    };
+    match content {
+        pairwise::Content::Distribution { room, bytes } => {
+            match rooms::store_distribution(db, user, sender_device, &room, &bytes)? {
+                Ok(()) => Ok(Outcome::Quiet),
+                Err(e) => Ok(Outcome::Undecryptable(e)),
             }
-            _ => Ok(Outcome::Undecryptable("unknown control message".into())),
-        };
-    }
-    if payload.conversation != expected.as_bytes() {
-        // A relay splicing a body into another conversation.
-        return crypto(CryptoError::Integrity);
-    }
-    let text = match payload.kind {
-        PayloadKind::Text(t) => t,
-        PayloadKind::Receipt {
-            kind: ReceiptKind::Read,
+        }
+        pairwise::Content::Expired => Ok(Outcome::Quiet),
+        pairwise::Content::Receipt {
+            conversation,
+            at_ms,
             message_ids,
         } => {
-            let at = payload.sent_at_ms.min(d.server_ts_ms.max(1)).min(now);
-            // A receipt from our own other device is about a conversation with someone else.
-            let conversation = if user == keys.username {
-                None
-            } else {
-                Some(expected.clone())
-            };
             let mut effects = Vec::new();
             for id in &message_ids {
                 let conv = match &conversation {
@@ -231,34 +208,43 @@ fn decrypt_into(
                         None => continue,
                     },
                 };
-                effects.extend(apply_receipt(db, keys, user, &conv, &[*id], at, show_read)?);
+                effects.extend(apply_receipt(
+                    db,
+                    keys,
+                    user,
+                    &conv,
+                    &[*id],
+                    at_ms,
+                    show_read,
+                )?);
             }
-            return Ok(Outcome::Receipts(effects));
+            Ok(Outcome::Receipts(effects))
         }
-        _ => return Ok(Outcome::Undecryptable("unsupported message kind".into())),
-    };
-    let timers = timers::incoming_timers(payload.timers, payload.sent_at_ms, d.server_ts_ms);
-    if timers.expire_at_ms.is_some_and(|t| t <= now) {
-        // Expired in transit or while we were offline: never shown, never stored.
-        return Ok(Outcome::Quiet);
-    }
-    let record = MessageRecord {
-        message_id: payload.message_id.0,
-        conversation: expected,
-        outgoing: false,
-        sender: user.to_owned(),
-        sender_device,
-        sent_at_ms: payload.sent_at_ms,
-        received_at_ms: now,
-        text,
-        state: MessageState::Received,
-        kind: MessageKind::Text,
-        timers,
-    };
-    if db.insert_message(&record)? {
-        Ok(Outcome::Stored(record))
-    } else {
-        Ok(Outcome::Duplicate)
+        pairwise::Content::Text {
+            conversation,
+            text,
+            sent_at_ms,
+            timing,
+        } => {
+            let record = MessageRecord {
+                message_id,
+                conversation,
+                outgoing: false,
+                sender: user.to_owned(),
+                sender_device,
+                sent_at_ms,
+                received_at_ms: now,
+                text,
+                state: MessageState::Received,
+                kind: MessageKind::Text,
+                timers: timing.into(),
+            };
+            if db.insert_message(&record)? {
+                Ok(Outcome::Stored(record))
+            } else {
+                Ok(Outcome::Duplicate)
+            }
+        }
     }
 }
 

@@ -4,12 +4,11 @@ use prost::Message as _;
 
 use super::engine::Engine;
 use super::rooms;
-use super::timers::{clamp, outgoing_timers};
+use super::timers::clamp;
 use super::{Keys, MAX_TIMER_SECS, Queued, SendOptions, SessionError, SessionEvent};
-use crate::crypto::envelope::{
-    self, KeyPackage, MessageId, Payload, PayloadKind, ReceiptKind, Timers,
-};
-use crate::crypto::handshake::{self, Session};
+use crate::client::{pairwise, timers};
+use crate::crypto::envelope::{self, MessageId, Payload, PayloadKind, ReceiptKind, Timers};
+use crate::crypto::handshake::Session;
 use crate::crypto::identity::{Revocation, RootPublicKey};
 use crate::crypto::prekeys::{
     self, DevicePrekeys, OneTimePrekey, PqPrekey, PrekeyBundle, SignedPrekey,
@@ -180,7 +179,8 @@ impl Engine {
                     max_expire,
                     max_burn,
                 );
-                let timers = outgoing_timers(c.expire_after, c.burn_after, now);
+                let timers: crate::store::MessageTimers =
+                    timers::outgoing(c.expire_after, c.burn_after, now).into();
                 db.outbox_push(&OutboxItem {
                     id: 0,
                     message_id: id,
@@ -588,15 +588,13 @@ impl Engine {
                     if bundle.cert.device_id.0 != id {
                         return Err(SessionError::Protocol("bundle for the wrong device".into()));
                     }
-                    let session = handshake::initiate(
-                        &keys.device,
-                        &keys.cert,
-                        &RootPublicKey(root),
-                        &u,
-                        &bundle,
-                        &revocations,
-                        now,
-                    )?;
+                    let me = pairwise::Me {
+                        username: &keys.username,
+                        keys: &keys.device,
+                        cert: &keys.cert,
+                    };
+                    let session =
+                        pairwise::start(me, &u, &RootPublicKey(root), &bundle, &revocations, now)?;
                     db.put_session(&u, &id, &session.to_secret_bytes()?)?;
                 }
                 Ok(())
@@ -653,9 +651,9 @@ impl Engine {
             .and_then(|r| protocol::Send::decode(r.as_slice()).ok())
             .map(|s| s.body);
         self.blocking(move |s: &mut Store, keys: &Keys| {
-            let (package, body) = match (key_package, old_body) {
-                (Some(k), Some(body)) => (KeyPackage::decode(&k)?, body),
-                _ => envelope::seal(&Payload {
+            let mut sealed = match (key_package, old_body) {
+                (Some(k), Some(body)) => pairwise::Sealed::resume(message_id, &k, body)?,
+                _ => pairwise::Sealed::new(&Payload {
                     message_id: MessageId(message_id),
                     sent_at_ms: sent_at,
                     conversation: conversation.into_bytes(),
@@ -664,9 +662,7 @@ impl Engine {
                     reply_to: None,
                 })?,
             };
-            let wrapped = package.encode()?;
             s.transaction(|db| -> Result<_, SessionError> {
-                let mut entries = Vec::new();
                 let targets = recipient_devices
                     .iter()
                     .map(|d| (recipient.as_str(), *d))
@@ -676,29 +672,13 @@ impl Engine {
                         SessionError::Protocol(format!("no session with a device of {user}"))
                     })?;
                     let mut session = Session::from_secret_bytes(&bytes)?;
-                    let msg = session.encrypt(&wrapped)?;
+                    sealed.add(user, &mut session)?;
                     db.put_session(user, &dev, &session.to_secret_bytes()?)?;
-                    entries.push(protocol::KeyEntry {
-                        recipient_user: user.to_owned(),
-                        recipient_device: dev.to_vec(),
-                        payload: msg.encode()?,
-                    });
                 }
-                let mut recipients = vec![recipient.clone()];
-                if !own_devices.is_empty() {
-                    recipients.push(keys.username.clone());
-                }
-                let request = protocol::Send {
-                    message_id: message_id.to_vec(),
-                    body: body.clone(),
-                    entries,
-                    recipients,
-                    delete_by_ms: 0,
-                    ttl_ms,
-                }
-                .encode_to_vec();
+                let wrapped = sealed.package().to_vec();
+                let request = sealed.into_send(ttl_ms).encode_to_vec();
                 db.outbox_set_request(id, &request, &wrapped)?;
-                Ok((request, wrapped.to_vec()))
+                Ok((request, wrapped))
             })
         })
         .await

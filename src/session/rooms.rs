@@ -24,26 +24,20 @@ use prost::Message as _;
 
 use super::engine::Engine;
 use super::{Keys, SessionError, SessionEvent};
+use crate::client::ClientError;
+use crate::client::pairwise::Sealed;
+use crate::client::room::{self, DISTRIBUTION_CHUNK, Target};
 use crate::crypto::CryptoError;
-use crate::crypto::envelope::{self, KeyPackage, MessageId, Payload, PayloadKind, Timers};
+use crate::crypto::envelope::{MessageId, Payload, PayloadKind, Timers};
 use crate::crypto::handshake::Session;
-use crate::crypto::identity::{DeviceId, RootPublicKey};
+use crate::crypto::identity::RootPublicKey;
 use crate::crypto::membership::{
     self, Change, MembershipError, OpKind, Role, RoomKind, RoomState, RoomTimers, SignedOp,
 };
-use crate::crypto::primitives;
-use crate::crypto::sender_keys::{
-    ReceivedSenderKey, SenderKeyDistribution, SenderKeyMessage, SenderKeyState,
-};
-use crate::crypto::wire::{Reader, Writer};
+use crate::crypto::sender_keys::{ReceivedSenderKey, SenderKeyState};
 use crate::protocol::{self, ErrorCode, frame::Body, names};
 use crate::store::{Db, MessageKind, MessageRecord, MessageState, MessageTimers, OutboxItem};
 
-/// Control-message type: a sender key distribution for a room.
-pub const CONTROL_SKDM: u8 = 1;
-/// Most key entries in one distribution `Send` (keeps the frame well under 1 MiB even when
-/// every entry is a first, post-quantum handshake message of about 2.3 KB).
-pub const DISTRIBUTION_CHUNK: usize = 200;
 /// Room size limit before the relay told us its own.
 pub(crate) const DEFAULT_MAX_MEMBERS: usize = 500;
 
@@ -397,8 +391,6 @@ fn after_change(
     Ok(db.insert_message(&rec)?.then_some(rec))
 }
 
-type Target = (String, [u8; 16]);
-
 /// Stores a sender key distribution that arrived over an authenticated pairwise session from
 /// `user`'s device `device`. A distribution already held is kept (a repeated one must not
 /// move the chain under messages in flight).
@@ -409,25 +401,18 @@ pub(crate) fn store_distribution(
     conversation: &str,
     bytes: &[u8],
 ) -> Result<Result<(), String>, SessionError> {
-    let d = match SenderKeyDistribution::decode(bytes) {
-        Ok(d) => d,
-        Err(e) => return Ok(Err(format!("bad sender key distribution: {e}"))),
+    let (distribution_id, rsk) = match room::accept_distribution(device, conversation, bytes) {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(e.to_string())),
     };
-    if d.room_id != conversation.as_bytes() || d.sender_device.0 != device || !is_room(conversation)
-    {
-        return Ok(Err(
-            "sender key distribution for another room or device".into()
-        ));
-    }
     if db
-        .received_sender_key(conversation, &device, &d.distribution_id)?
+        .received_sender_key(conversation, &device, &distribution_id)?
         .is_none()
     {
-        let rsk = ReceivedSenderKey::from_distribution(&d);
         db.put_received_sender_key(
             conversation,
             &device,
-            &d.distribution_id,
+            &distribution_id,
             user,
             &rsk.to_secret_bytes()?,
         )?;
@@ -454,21 +439,19 @@ pub(crate) fn decrypt_room_message(
     d: &protocol::Delivery,
     now: u64,
 ) -> Result<RoomInbound, SessionError> {
-    let bad = |s: &str| Ok(RoomInbound::Undecryptable(s.to_owned()));
-    let room = d.room_id.as_str();
-    let Some(state) = load_state(db, room)? else {
+    let bad = |e: ClientError| Ok(RoomInbound::Undecryptable(e.to_string()));
+    let room_id = d.room_id.as_str();
+    let Some(state) = load_state(db, room_id)? else {
         return Ok(RoomInbound::Missing(
             "a message for a room this device does not know".into(),
         ));
     };
-    let msg = match SenderKeyMessage::decode(&d.payload) {
+    let msg = match room::parse_message(d) {
         Ok(m) => m,
-        Err(e) => return Ok(RoomInbound::Undecryptable(e.to_string())),
+        Err(e) => return bad(e),
     };
-    if msg.room_id != room.as_bytes() || msg.sender_device.0.as_slice() != d.sender_device {
-        return bad("a room message spliced from another room or device");
-    }
-    let Some(stored) = db.received_sender_key(room, &msg.sender_device.0, &msg.distribution_id)?
+    let Some(stored) =
+        db.received_sender_key(room_id, &msg.sender_device.0, &msg.distribution_id)?
     else {
         return Ok(RoomInbound::Missing(
             "no sender key for this message (it was sent before this device joined or after \
@@ -478,101 +461,61 @@ pub(crate) fn decrypt_room_message(
     };
     let user = stored.sender;
     let mut rsk = ReceivedSenderKey::from_secret_bytes(&stored.state)?;
-    if !state.is_member(&user) {
-        return bad("a room message from someone who is not a member");
-    }
-    let body_hash = primitives::sha256(&[&d.body]);
-    let meta = match rsk.decrypt(&msg, &body_hash) {
-        Ok(m) => zeroize::Zeroizing::new(m),
-        Err(e) => return Ok(RoomInbound::Undecryptable(e.to_string())),
+    let meta = match room::decrypt_key(&state, &user, &mut rsk, &msg, &d.body) {
+        Ok(m) => m,
+        Err(e) => return bad(e),
     };
     // The chain moved: keep it even if the body is bad (that key is spent either way).
     db.put_received_sender_key(
-        room,
+        room_id,
         &msg.sender_device.0,
         &msg.distribution_id,
         &user,
         &rsk.to_secret_bytes()?,
     )?;
-    let (package, head_seq, head_hash) = match decode_meta(&meta) {
-        Ok(x) => x,
-        Err(e) => return Ok(RoomInbound::Undecryptable(e.to_string())),
+    let opened = match room::open_meta(&meta, &state, d, now) {
+        Ok(t) => t,
+        Err(e) => return bad(e),
     };
-    let payload = match envelope::open(&package, &d.body) {
-        Ok(p) => p,
-        Err(e) => return Ok(RoomInbound::Undecryptable(e.to_string())),
-    };
-    if payload.message_id.0.as_slice() != d.message_id.as_slice()
-        || payload.conversation != room.as_bytes()
-    {
-        return bad("a room message spliced under another id or room");
-    }
-    let PayloadKind::Text(text) = payload.kind else {
-        return bad("unsupported room message kind");
-    };
-    let timers = super::timers::incoming_timers(payload.timers, payload.sent_at_ms, d.server_ts_ms);
-    if timers.expire_at_ms.is_some_and(|t| t <= now) {
+    if opened.expired {
         return Ok(RoomInbound::Duplicate);
     }
-    let claimed_ahead = if head_seq > state.head_seq {
-        Some(head_seq)
-    } else {
-        if head_seq == state.head_seq && head_hash != state.head_hash {
+    let claimed_ahead = match opened.head {
+        room::Head::Ahead(seq) => Some(seq),
+        room::Head::Agrees => None,
+        room::Head::Differs(seq) => {
             warn(
                 db,
-                room,
+                room_id,
                 now,
                 format!(
                     "{user}'s view of this room's membership differs from ours at change \
-                     {head_seq}; the relay may be showing members different histories"
+                     {seq}; the relay may be showing members different histories"
                 ),
             )?;
+            None
         }
-        None
     };
+    let mut message_id = [0u8; 16];
+    message_id.copy_from_slice(&d.message_id);
     let record = MessageRecord {
-        message_id: payload.message_id.0,
-        conversation: room.to_owned(),
+        message_id,
+        conversation: room_id.to_owned(),
         outgoing: false,
         sender: user,
         sender_device: msg.sender_device.0,
-        sent_at_ms: payload.sent_at_ms,
+        sent_at_ms: opened.sent_at_ms,
         received_at_ms: now,
-        text,
+        text: opened.text,
         state: MessageState::Received,
         kind: MessageKind::Text,
-        timers,
+        timers: opened.timing.into(),
     };
     if db.insert_message(&record)? {
         Ok(RoomInbound::Stored(record, claimed_ahead))
     } else {
         Ok(RoomInbound::Duplicate)
     }
-}
-
-/// The plaintext a room message's sender-key ciphertext carries: the body's key package and
-/// the sender's view of the membership log head.
-pub fn encode_meta(
-    package: &KeyPackage,
-    state: &RoomState,
-) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
-    let p = package.encode()?;
-    let mut w = Writer::with_capacity(p.len() + 48);
-    w.bytes(&p).u64(state.head_seq).fixed(&state.head_hash);
-    Ok(zeroize::Zeroizing::new(w.finish()?))
-}
-
-/// Reads [`encode_meta`]'s output: (key package, log head sequence, log head hash).
-///
-/// # Errors
-/// [`CryptoError::Malformed`] for anything else.
-pub fn decode_meta(b: &[u8]) -> Result<(KeyPackage, u64, [u8; 32]), CryptoError> {
-    let mut r = Reader::new(b, "room key metadata");
-    let package = KeyPackage::decode(r.bytes(1024)?)?;
-    let seq = r.u64()?;
-    let hash = r.array::<32>()?;
-    r.finish()?;
-    Ok((package, seq, hash))
 }
 
 /// Maps a refused membership change to one sentence for the user.
@@ -1179,21 +1122,16 @@ impl Engine {
                         Some(b) => Some(SenderKeyState::from_secret_bytes(&b)?),
                         None => None,
                     };
-                    let dist: BTreeSet<Target> = db.sender_key_holders(&r)?.into_iter().collect();
-                    let stale = dist.iter().any(|d| !t.contains(d));
-                    let due = own.as_ref().and_then(|o| o.rotation_due(now));
-                    let dist = match own {
-                        Some(_) if !stale && due.is_none() => dist,
-                        _ => {
-                            tracing::debug!(room = %r, stale, ?due, "new sender key");
-                            let fresh =
-                                SenderKeyState::new(r.as_bytes(), DeviceId(keys.device_id), now)?;
-                            db.put_own_sender_key(&r, &fresh.to_secret_bytes()?)?;
-                            db.clear_sender_key_holders(&r)?;
-                            BTreeSet::new()
-                        }
-                    };
-                    Ok(t.difference(&dist).cloned().collect())
+                    let holders: BTreeSet<Target> =
+                        db.sender_key_holders(&r)?.into_iter().collect();
+                    let decided = room::reconcile(own.as_ref(), &holders, &t, now);
+                    if let Some(why) = &decided.rotate {
+                        tracing::debug!(room = %r, ?why, "new sender key");
+                        let fresh = room::new_sender_key(&r, keys.device_id, now)?;
+                        db.put_own_sender_key(&r, &fresh.to_secret_bytes()?)?;
+                        db.clear_sender_key_holders(&r)?;
+                    }
+                    Ok(decided.missing)
                 })
             })
             .await?;
@@ -1260,23 +1198,8 @@ impl Engine {
                             .own_sender_key(&r)?
                             .ok_or_else(|| SessionError::Protocol("no sender key".into()))?;
                         let own = SenderKeyState::from_secret_bytes(&own)?;
-                        let skdm = own.distribution().encode()?;
-                        let mut control = Vec::with_capacity(skdm.len() + 1);
-                        control.push(CONTROL_SKDM);
-                        control.extend_from_slice(&skdm);
-                        let id = MessageId::random()?;
-                        let sealed = envelope::seal(&Payload {
-                            message_id: id,
-                            sent_at_ms: clock.now_ms(),
-                            conversation: r.clone().into_bytes(),
-                            kind: PayloadKind::Control(control),
-                            timers: Timers::default(),
-                            reply_to: None,
-                        });
-                        let (package, body) = sealed?;
-                        let wrapped = package.encode()?;
-                        let mut entries = Vec::with_capacity(t.len());
-                        let mut recipients: Vec<String> = Vec::new();
+                        let mut sealed =
+                            Sealed::new(&room::distribution(&own, &r, clock.now_ms())?)?;
                         for (user, dev) in &t {
                             let bytes = db.session(user, dev)?.ok_or_else(|| {
                                 SessionError::Protocol(format!(
@@ -1284,25 +1207,10 @@ impl Engine {
                                 ))
                             })?;
                             let mut session = Session::from_secret_bytes(&bytes)?;
-                            let msg = session.encrypt(&wrapped)?;
+                            sealed.add(user, &mut session)?;
                             db.put_session(user, dev, &session.to_secret_bytes()?)?;
-                            entries.push(protocol::KeyEntry {
-                                recipient_user: user.clone(),
-                                recipient_device: dev.to_vec(),
-                                payload: msg.encode()?,
-                            });
-                            if !recipients.contains(user) {
-                                recipients.push(user.clone());
-                            }
                         }
-                        Ok(protocol::Send {
-                            message_id: id.0.to_vec(),
-                            body,
-                            entries,
-                            recipients,
-                            delete_by_ms: 0,
-                            ttl_ms: 0,
-                        })
+                        Ok(sealed.into_send(0))
                     })
                 })
                 .await?;
@@ -1427,31 +1335,25 @@ impl Engine {
         let state = state.clone();
         self.blocking(move |s, _| {
             s.transaction(|db| -> Result<_, SessionError> {
-                let (package, body) = envelope::seal(&Payload {
-                    message_id: MessageId(message_id),
-                    sent_at_ms: sent_at,
-                    conversation: conversation.clone().into_bytes(),
-                    kind: PayloadKind::Text(text),
-                    timers,
-                    reply_to: None,
-                })?;
                 let own = db
                     .own_sender_key(&conversation)?
                     .ok_or_else(|| SessionError::Protocol("no sender key".into()))?;
                 let mut own = SenderKeyState::from_secret_bytes(&own)?;
-                let meta = encode_meta(&package, &state)?;
-                let msg = own.encrypt(&meta, &package.body_hash)?;
+                let sealed = room::seal_message(
+                    &mut own,
+                    &state,
+                    &Payload {
+                        message_id: MessageId(message_id),
+                        sent_at_ms: sent_at,
+                        conversation: conversation.clone().into_bytes(),
+                        kind: PayloadKind::Text(text),
+                        timers,
+                        reply_to: None,
+                    },
+                )?;
                 db.put_own_sender_key(&conversation, &own.to_secret_bytes()?)?;
-                let request = protocol::RoomSend {
-                    message_id: message_id.to_vec(),
-                    room_id: conversation.clone(),
-                    body,
-                    key_message: msg.encode()?,
-                    head_seq: state.head_seq,
-                    ttl_ms: timers.expire_after.map_or(0, |s| u64::from(s) * 1000),
-                }
-                .encode_to_vec();
-                db.outbox_set_request(id, &request, &package.encode()?)?;
+                let request = sealed.request.encode_to_vec();
+                db.outbox_set_request(id, &request, &sealed.package)?;
                 Ok(request)
             })
         })
