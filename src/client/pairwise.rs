@@ -8,6 +8,8 @@
 //! [`open_body`] verifies the envelope against the key package and [`classify`] says what the
 //! payload is for. The caller persists the sessions that moved.
 
+use std::collections::HashSet;
+
 use zeroize::Zeroizing;
 
 use super::ClientError;
@@ -54,6 +56,9 @@ pub struct Sealed {
     wrapped: Zeroizing<Vec<u8>>,
     entries: Vec<protocol::KeyEntry>,
     recipients: Vec<String>,
+    /// The users in `recipients`, so addressing n devices stays O(n) (a room distribution
+    /// reaches hundreds).
+    seen: HashSet<String>,
 }
 
 impl Sealed {
@@ -91,6 +96,7 @@ impl Sealed {
             wrapped,
             entries: Vec::new(),
             recipients: Vec::new(),
+            seen: HashSet::new(),
         }
     }
 
@@ -106,7 +112,7 @@ impl Sealed {
             recipient_device: session.peer_device().0.to_vec(),
             payload: msg.encode()?,
         });
-        if !self.recipients.iter().any(|r| r == user) {
+        if self.seen.insert(user.to_owned()) {
             self.recipients.push(user.to_owned());
         }
         Ok(())
@@ -515,6 +521,24 @@ mod tests {
             decrypt(&msg, Some(&mut current), Some(&mut old), 1),
             Opened::Previous(_)
         ));
+    }
+
+    #[test]
+    fn one_body_reaches_every_device_and_names_each_user_once() {
+        let alice = Dev::new("alice");
+        let (bob1, bob2) = (Dev::new("bob"), Dev::new("bob"));
+        let mut s1 = start(alice.me(), "bob", &bob1.root, &bob1.bundle(), &[], 1).unwrap();
+        let mut s2 = start(alice.me(), "bob", &bob2.root, &bob2.bundle(), &[], 1).unwrap();
+        let mut sealed = Sealed::new(&text("alice", "bob", "both")).unwrap();
+        sealed.add("bob", &mut s1).unwrap();
+        sealed.add("bob", &mut s2).unwrap();
+        assert_eq!(sealed.devices(), 2);
+        let send = sealed.into_send(0);
+        assert_eq!(send.recipients, vec!["bob".to_owned()]);
+        assert_ne!(
+            send.entries[0].recipient_device,
+            send.entries[1].recipient_device
+        );
     }
 
     #[test]
