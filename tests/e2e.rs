@@ -7,7 +7,6 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use cinder::session::SessionError;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,8 +78,13 @@ async fn relay_aborted_mid_burst_loses_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     relay.abort();
     let first = flusher.await.unwrap();
+    // Cut mid-burst, a request may also be answered "internal relay error" (its store writer
+    // was aborted under it): any outcome but a permanent failure leaves the rest queued.
     assert!(
-        matches!(first, Err(SessionError::Unreachable(_))) || first.is_ok(),
+        match &first {
+            Ok(()) => true,
+            Err(e) => !e.is_permanent(),
+        },
         "{first:?}"
     );
     relay.restart().await;
