@@ -312,7 +312,10 @@ async fn the_session_searches_pages_and_marks_read() {
     // it, so the two pages are compared by message, not by record.
     let ids = |page: &[MessageRecord]| page.iter().map(|m| m.message_id).collect::<Vec<_>>();
     let newest = bob.handle.history_before(conv, None, 5).await.unwrap();
-    assert_eq!(ids(&newest), ids(&bob.handle.history(conv, 5).await.unwrap()));
+    assert_eq!(
+        ids(&newest),
+        ids(&bob.handle.history(conv, 5).await.unwrap())
+    );
     let older = bob
         .handle
         .history_before(conv, Some(newest[0].message_id), 100)
