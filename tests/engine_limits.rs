@@ -426,3 +426,75 @@ async fn ten_thousand_pushes_to_a_stalled_engine_stay_bounded_and_all_arrive_onc
     }
     rx.shutdown().await;
 }
+
+/// Holds one user's key fetches ([`Hold`]) and, while `dropping`, keeps every delivery from
+/// reaching `to` (they stay in its mailbox: nothing acknowledged them).
+struct Crossing {
+    hold: Arc<Hold>,
+    to: &'static str,
+    dropping: AtomicBool,
+}
+
+impl Tamper for Crossing {
+    fn hold(&self, from_user: &str, request: &str) -> Option<Release> {
+        self.hold.hold(from_user, request)
+    }
+
+    fn delivery(
+        &self,
+        to_user: &str,
+        _to_device: &[u8; 16],
+        d: cinder::protocol::Delivery,
+    ) -> Vec<cinder::protocol::Delivery> {
+        if to_user == self.to && self.dropping.load(Ordering::SeqCst) {
+            Vec::new()
+        } else {
+            vec![d]
+        }
+    }
+}
+
+/// The interleaving that lost messages under load: Bob starts a session with Alice, and
+/// while the relay answers his key fetch Alice's first message arrives and Bob answers her
+/// handshake. Bob must write on the session he answered rather than start one over it;
+/// otherwise every further message Alice sends before she hears from him is undecryptable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_answered_during_our_own_key_fetch_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hold = Hold::new("bob", "fetch_keys", false);
+    let crossing = Arc::new(Crossing {
+        hold: Arc::clone(&hold),
+        to: "alice",
+        dropping: AtomicBool::new(true),
+    });
+    let c = Arc::clone(&crossing);
+    let relay = TestRelay::start_with(tmp.path(), move |cfg| cfg.tamper = Some(c)).await;
+    let dirs = network(tmp.path(), &relay, &["alice", "bob"]).await;
+    let (mut alice, mut bob) = (Client::open(&dirs[1]), Client::open(&dirs[2]));
+    hold.armed.store(true, Ordering::SeqCst);
+
+    bob.handle.send_text("alice", "b1").await.unwrap();
+    let flushing = {
+        let b = bob.handle.clone();
+        tokio::spawn(async move { b.flush().await })
+    };
+    hold.seen.notified().await;
+    send_and_flush(&alice.handle, "bob", "a1").await.unwrap();
+    assert_eq!(bob.received().await, vec![Ok("a1".to_owned())]);
+    hold.release();
+    flushing.await.unwrap().unwrap();
+
+    // Alice has not heard from Bob (the relay keeps his message from her for now), so her
+    // next message is still on the session she started.
+    send_and_flush(&alice.handle, "bob", "a2").await.unwrap();
+    assert_eq!(bob.received().await, vec![Ok("a2".to_owned())]);
+    crossing.dropping.store(false, Ordering::SeqCst);
+    assert_eq!(alice.received().await, vec![Ok("b1".to_owned())]);
+    // And the conversation goes on both ways.
+    send_and_flush(&bob.handle, "alice", "b2").await.unwrap();
+    assert_eq!(alice.received().await, vec![Ok("b2".to_owned())]);
+    send_and_flush(&alice.handle, "bob", "a3").await.unwrap();
+    assert_eq!(bob.received().await, vec![Ok("a3".to_owned())]);
+    alice.handle.shutdown().await;
+    bob.handle.shutdown().await;
+}

@@ -581,7 +581,12 @@ impl Engine {
             s.transaction(|db| -> Result<_, SessionError> {
                 for d in &kb.devices {
                     let id = device_id(&d.device_id)?;
-                    if !wanted.contains(&id) || have.contains(&id) {
+                    // Checked again here, not only before the fetch: while the relay answered,
+                    // this device's first message may have arrived and been answered (the
+                    // peer started a session at the same moment). Starting one of ours over
+                    // it would orphan that session, and every further message the peer sends
+                    // on it would be undecryptable until it heard from us.
+                    if !wanted.contains(&id) || db.session(&u, &id)?.is_some() {
                         continue;
                     }
                     let bundle = bundle_from(d)?;
