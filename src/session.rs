@@ -13,6 +13,7 @@
 //! sequence number in one transaction before acknowledging, so a crash at any point loses
 //! nothing and shows nothing twice.
 
+mod commands;
 mod connection;
 mod engine;
 mod ephemeral;
@@ -38,6 +39,7 @@ pub use crate::protocol::Policy;
 pub use crate::store::{
     ConversationSummary, MessageKind, MessageRecord, MessageState, MessageTimers,
 };
+pub use commands::{COMMANDS, CommandInfo, Runs};
 pub use connection::{PUSH_QUEUE, check_url};
 pub use engine::spawn;
 /// Conversions between the wire prekey messages and the crypto types.
@@ -330,97 +332,10 @@ pub enum RoomRequest {
     Delete,
 }
 
+/// What goes to the engine: a declared command ([`commands`]) or the request to stop.
 pub(crate) enum Command {
-    SendText {
-        to: String,
-        text: String,
-        opts: SendOptions,
-        reply: oneshot::Sender<Result<Queued, SessionError>>,
-    },
-    CreateRoom {
-        kind: RoomKind,
-        title: String,
-        description: String,
-        members: Vec<String>,
-        reply: oneshot::Sender<Result<RoomInfo, SessionError>>,
-    },
-    ChangeRoom {
-        room: String,
-        request: RoomRequest,
-        reply: oneshot::Sender<Result<RoomInfo, SessionError>>,
-    },
-    Rooms {
-        reply: oneshot::Sender<Result<Vec<RoomInfo>, SessionError>>,
-    },
-    Room {
-        reference: String,
-        reply: oneshot::Sender<Result<RoomInfo, SessionError>>,
-    },
-    SetTimers {
-        conversation: String,
-        expire_after: Option<u32>,
-        burn_after: Option<u32>,
-        reply: oneshot::Sender<Result<(), SessionError>>,
-    },
-    Timers {
-        conversation: String,
-        reply: oneshot::Sender<Result<TimerPair, SessionError>>,
-    },
-    SetReadReceipts {
-        on: bool,
-        reply: oneshot::Sender<Result<Policy, SessionError>>,
-    },
-    Displayed {
-        message_ids: Vec<[u8; 16]>,
-        reply: oneshot::Sender<Result<(), SessionError>>,
-    },
-    Flush {
-        reply: oneshot::Sender<Result<(), SessionError>>,
-    },
-    Sync {
-        reply: oneshot::Sender<Result<Vec<Inbound>, SessionError>>,
-    },
-    CreateInvite {
-        email: String,
-        admin: bool,
-        reply: oneshot::Sender<Result<String, SessionError>>,
-    },
-    Conversations {
-        reply: oneshot::Sender<Result<Vec<ConversationSummary>, SessionError>>,
-    },
-    History {
-        conversation: String,
-        limit: usize,
-        reply: oneshot::Sender<Result<Vec<MessageRecord>, SessionError>>,
-    },
-    HistoryBefore {
-        conversation: String,
-        before: Option<[u8; 16]>,
-        limit: usize,
-        reply: oneshot::Sender<Result<Vec<MessageRecord>, SessionError>>,
-    },
-    Search {
-        conversation: Option<String>,
-        query: String,
-        limit: usize,
-        reply: oneshot::Sender<Result<Vec<MessageRecord>, SessionError>>,
-    },
-    MarkRead {
-        conversation: String,
-        reply: oneshot::Sender<Result<u64, SessionError>>,
-    },
-    Retry {
-        message_id: [u8; 16],
-        reply: oneshot::Sender<Result<(), SessionError>>,
-    },
-    Discard {
-        message_id: [u8; 16],
-        reply: oneshot::Sender<Result<(), SessionError>>,
-    },
-    Failure {
-        message_id: [u8; 16],
-        reply: oneshot::Sender<Result<Option<String>, SessionError>>,
-    },
+    Call(commands::Call),
+    /// Handled by the actor itself: it stops, closes the cache, then answers.
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -465,7 +380,8 @@ impl SessionHandle {
         rx.await.map_err(|_| SessionError::Stopped)?
     }
 
-    /// Queues a text message durably; returns its id once it is in the outbox.
+    /// Queues a text message durably; returns its id once it is in the outbox. A shorthand
+    /// for [`Self::send_message`] with default options, so not a command of its own.
     ///
     /// # Errors
     /// Cache errors, or a bad recipient name.
@@ -476,309 +392,9 @@ impl SessionHandle {
             .message_id)
     }
 
-    /// Queues a text message to a user (by name), a room or group DM (by id), or any
-    /// conversation id, with per-message timer options; timers above the network's caps are
-    /// shortened and [`Queued::notes`] says so.
-    ///
-    /// # Errors
-    /// Cache errors, a bad recipient, an unknown room.
-    pub async fn send_message(
-        &self,
-        to: &str,
-        text: &str,
-        opts: SendOptions,
-    ) -> Result<Queued, SessionError> {
-        let (to, text) = (to.to_owned(), text.to_owned());
-        self.call(|reply| Command::SendText {
-            to,
-            text,
-            opts,
-            reply,
-        })
-        .await
-    }
-
-    /// Creates a room (we become its moderator) or a group DM with `members`.
-    ///
-    /// # Errors
-    /// Unknown users, limits, the relay unreachable.
-    pub async fn create_room(
-        &self,
-        kind: RoomKind,
-        title: &str,
-        description: &str,
-        members: &[String],
-    ) -> Result<RoomInfo, SessionError> {
-        let (title, description, members) =
-            (title.to_owned(), description.to_owned(), members.to_vec());
-        self.call(|reply| Command::CreateRoom {
-            kind,
-            title,
-            description,
-            members,
-            reply,
-        })
-        .await
-    }
-
-    /// Signs and submits a change of a room (given by id, id prefix or title).
-    ///
-    /// # Errors
-    /// [`SessionError::Usage`] with the reason when the change is not allowed (e.g. only
-    /// moderators can remove members); relay refusals; the relay unreachable.
-    pub async fn change_room(
-        &self,
-        room: &str,
-        request: RoomRequest,
-    ) -> Result<RoomInfo, SessionError> {
-        let room = room.to_owned();
-        self.call(|reply| Command::ChangeRoom {
-            room,
-            request,
-            reply,
-        })
-        .await
-    }
-
-    /// Every room and group DM in the cache.
-    ///
-    /// # Errors
-    /// Cache errors.
-    pub async fn rooms(&self) -> Result<Vec<RoomInfo>, SessionError> {
-        self.call(|reply| Command::Rooms { reply }).await
-    }
-
-    /// One room, by id, unique id prefix, or a title that is unambiguous among our rooms.
-    ///
-    /// # Errors
-    /// [`SessionError::Usage`] for no match or an ambiguous title (listing the candidates).
-    pub async fn room(&self, reference: &str) -> Result<RoomInfo, SessionError> {
-        let reference = reference.to_owned();
-        self.call(|reply| Command::Room { reference, reply }).await
-    }
-
-    /// Sets a conversation's timer defaults: for a room, a signed change (moderators); for a
-    /// direct message, this device's default for what we send.
-    ///
-    /// # Errors
-    /// Permission and cache errors.
-    pub async fn set_timers(
-        &self,
-        conversation: &str,
-        expire_after: Option<u32>,
-        burn_after: Option<u32>,
-    ) -> Result<(), SessionError> {
-        let conversation = conversation.to_owned();
-        self.call(|reply| Command::SetTimers {
-            conversation,
-            expire_after,
-            burn_after,
-            reply,
-        })
-        .await
-    }
-
-    /// A conversation's timer defaults (expire, burn).
-    ///
-    /// # Errors
-    /// Cache errors.
-    pub async fn timers(
-        &self,
-        conversation: &str,
-    ) -> Result<(Option<u32>, Option<u32>), SessionError> {
-        let conversation = conversation.to_owned();
-        self.call(|reply| Command::Timers {
-            conversation,
-            reply,
-        })
-        .await
-    }
-
     /// The network policy as last heard from the relay (`None` before the first login).
     pub fn policy(&self) -> Option<Policy> {
         self.policy.lock().ok().and_then(|p| p.clone())
-    }
-
-    /// Turns read receipts on or off for the whole network (admins only).
-    ///
-    /// # Errors
-    /// [`SessionError::Relay`] with `PermissionDenied` for non-admins.
-    pub async fn set_read_receipts(&self, on: bool) -> Result<Policy, SessionError> {
-        self.call(|reply| Command::SetReadReceipts { on, reply })
-            .await
-    }
-
-    /// Records that these received messages were shown to the user: starts their burn timers
-    /// and sends read receipts where the network allows them.
-    ///
-    /// # Errors
-    /// Cache errors.
-    pub async fn displayed(&self, message_ids: &[[u8; 16]]) -> Result<(), SessionError> {
-        let message_ids = message_ids.to_vec();
-        self.call(|reply| Command::Displayed { message_ids, reply })
-            .await
-    }
-
-    /// Delivers everything in the outbox now (connecting if needed).
-    ///
-    /// # Errors
-    /// [`SessionError::Unreachable`] if the relay cannot be reached (the messages stay queued),
-    /// or the first permanent failure (that message is marked failed).
-    pub async fn flush(&self) -> Result<(), SessionError> {
-        self.call(|reply| Command::Flush { reply }).await
-    }
-
-    /// Fetches and processes every waiting mailbox item now (connecting if needed).
-    ///
-    /// # Errors
-    /// [`SessionError::Unreachable`] if the relay cannot be reached.
-    pub async fn sync(&self) -> Result<Vec<Inbound>, SessionError> {
-        self.call(|reply| Command::Sync { reply }).await
-    }
-
-    /// Creates an invite code (admin accounts only).
-    ///
-    /// # Errors
-    /// [`SessionError::Relay`] with `PermissionDenied` for non-admins.
-    pub async fn create_invite(&self, email: &str, admin: bool) -> Result<String, SessionError> {
-        let email = email.to_owned();
-        self.call(|reply| Command::CreateInvite {
-            email,
-            admin,
-            reply,
-        })
-        .await
-    }
-
-    /// The conversations in the cache, most recent first.
-    ///
-    /// # Errors
-    /// Cache errors.
-    pub async fn conversations(&self) -> Result<Vec<ConversationSummary>, SessionError> {
-        self.call(|reply| Command::Conversations { reply }).await
-    }
-
-    /// The `limit` newest messages of a conversation, oldest first.
-    ///
-    /// # Errors
-    /// Cache errors.
-    pub async fn history(
-        &self,
-        conversation: &str,
-        limit: usize,
-    ) -> Result<Vec<MessageRecord>, SessionError> {
-        let conversation = conversation.to_owned();
-        self.call(|reply| Command::History {
-            conversation,
-            limit,
-            reply,
-        })
-        .await
-    }
-
-    /// One page of a conversation: the `limit` messages just older than message `before` (the
-    /// newest if `None`), oldest first. Pass the first message of a page to get the one before
-    /// it; an empty page means the start of the history.
-    ///
-    /// # Errors
-    /// [`StoreError::UnknownMessage`] if `before` is no longer in the cache; cache errors.
-    pub async fn history_before(
-        &self,
-        conversation: &str,
-        before: Option<[u8; 16]>,
-        limit: usize,
-    ) -> Result<Vec<MessageRecord>, SessionError> {
-        let conversation = conversation.to_owned();
-        self.call(|reply| Command::HistoryBefore {
-            conversation,
-            before,
-            limit,
-            reply,
-        })
-        .await
-    }
-
-    /// The `limit` newest messages of any conversation whose text matches what the user typed,
-    /// newest first (every word must occur; the last one may be a prefix). Input without a
-    /// letter or digit finds nothing; no input is a syntax error.
-    ///
-    /// # Errors
-    /// Cache errors.
-    pub async fn search(
-        &self,
-        query: &str,
-        limit: usize,
-    ) -> Result<Vec<MessageRecord>, SessionError> {
-        let query = query.to_owned();
-        self.call(|reply| Command::Search {
-            conversation: None,
-            query,
-            limit,
-            reply,
-        })
-        .await
-    }
-
-    /// [`Self::search`] within one conversation.
-    ///
-    /// # Errors
-    /// Cache errors.
-    pub async fn search_in(
-        &self,
-        conversation: &str,
-        query: &str,
-        limit: usize,
-    ) -> Result<Vec<MessageRecord>, SessionError> {
-        let (conversation, query) = (Some(conversation.to_owned()), query.to_owned());
-        self.call(|reply| Command::Search {
-            conversation,
-            query,
-            limit,
-            reply,
-        })
-        .await
-    }
-
-    /// Marks every message of a conversation that has arrived until now as read; returns how
-    /// many are still unread (normally 0).
-    ///
-    /// # Errors
-    /// Cache errors.
-    pub async fn mark_read(&self, conversation: &str) -> Result<u64, SessionError> {
-        let conversation = conversation.to_owned();
-        self.call(|reply| Command::MarkRead {
-            conversation,
-            reply,
-        })
-        .await
-    }
-
-    /// Puts a failed message of ours back into the outbox (same id and text) and delivers it
-    /// when connected.
-    ///
-    /// # Errors
-    /// [`SessionError::Usage`] if `message_id` is not a failed message of ours.
-    pub async fn retry(&self, message_id: [u8; 16]) -> Result<(), SessionError> {
-        self.call(|reply| Command::Retry { message_id, reply })
-            .await
-    }
-
-    /// Deletes a failed message of ours from this device (it was never delivered).
-    ///
-    /// # Errors
-    /// [`SessionError::Usage`] if `message_id` is not a failed message of ours.
-    pub async fn discard(&self, message_id: [u8; 16]) -> Result<(), SessionError> {
-        self.call(|reply| Command::Discard { message_id, reply })
-            .await
-    }
-
-    /// Why a message of ours failed, if it did.
-    ///
-    /// # Errors
-    /// Cache errors.
-    pub async fn failure(&self, message_id: [u8; 16]) -> Result<Option<String>, SessionError> {
-        self.call(|reply| Command::Failure { message_id, reply })
-            .await
     }
 
     /// Whether the engine is logged in to the relay right now (for observers that subscribe

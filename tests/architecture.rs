@@ -567,3 +567,59 @@ fn the_load_generators_drive_the_client_core() {
         "the dm, room and client load generators use crate::client"
     );
 }
+
+/// Every command of `SessionHandle` is declared once in `session::commands` and listed once in
+/// `COMMANDS`; the few methods written by hand are named here with the reason.
+#[test]
+fn every_session_command_is_declared_once_in_the_method_table() {
+    // Hand-written on purpose: `send_text` is `send_message` with default options, and
+    // `shutdown` is answered by the actor itself once the cache is closed.
+    const HAND_WRITTEN: &[&str] = &["send_text", "shutdown"];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let table: Vec<&str> = cinder::session::COMMANDS.iter().map(|c| c.name).collect();
+    let mut unique = table.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), table.len(), "COMMANDS lists a command twice");
+
+    // Each row has exactly one declaration in the macro's table.
+    let decls = fs::read_to_string(root.join("src/session/commands.rs")).unwrap();
+    for name in &table {
+        let n = decls.matches(&format!(" fn {name}(")).count();
+        assert_eq!(
+            n, 1,
+            "{name} is declared {n} times in src/session/commands.rs"
+        );
+        assert!(!HAND_WRITTEN.contains(name), "{name} is also hand-written");
+    }
+
+    // No other async method of the handle, and nothing else builds a command.
+    let mut files = Vec::new();
+    rust_files(&root.join("src/session"), &mut files);
+    files.push(root.join("src/session.rs"));
+    for f in files {
+        if f.ends_with("commands.rs") {
+            continue;
+        }
+        let text = fs::read_to_string(&f).unwrap();
+        assert!(
+            !text.contains("self.call("),
+            "{} builds a command by hand",
+            f.display()
+        );
+        for (i, line) in text.lines().enumerate() {
+            // Methods (indented); `session::open` is a free function.
+            if let Some(rest) = line.strip_prefix("    pub async fn ") {
+                let name = rest.split(['(', '<']).next().unwrap();
+                if f.ends_with("session.rs") {
+                    assert!(
+                        HAND_WRITTEN.contains(&name),
+                        "{}:{}: SessionHandle::{name} is not declared in session::commands",
+                        f.display(),
+                        i + 1
+                    );
+                }
+            }
+        }
+    }
+}

@@ -10,8 +10,13 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::commands::{Call, Runs};
 use super::connection::{Connection, Push};
-use super::{AccountInfo, Command, EngineOptions, Keys, SessionError, SessionEvent, SessionHandle};
+use super::{
+    AccountInfo, Command, ConversationSummary, EngineOptions, Inbound, Keys, MessageRecord, Queued,
+    RoomInfo, RoomKind, RoomRequest, SendOptions, SessionError, SessionEvent, SessionHandle,
+    TimerPair,
+};
 use crate::crypto::primitives;
 use crate::protocol::{self, frame::Body};
 use crate::store::{AccountRecord, Store};
@@ -285,7 +290,7 @@ impl Engine {
                         shutdown_reply = Some(reply);
                         break;
                     }
-                    Some(cmd) => Arc::clone(&self).dispatch(cmd, &mut tasks).await,
+                    Some(Command::Call(call)) => Arc::clone(&self).dispatch(call, &mut tasks).await,
                 },
                 () = self.wake.notified() => {}
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
@@ -335,192 +340,153 @@ impl Engine {
         }
     }
 
-    /// Starts one command. Queuing a message is done here, in the actor, so messages enter
-    /// the outbox in the order they were sent; everything else runs as a child task.
-    async fn dispatch(self: Arc<Self>, cmd: Command, tasks: &mut JoinSet<Done>) {
-        if let Command::SendText {
-            to,
-            text,
-            opts,
-            reply,
-        } = cmd
-        {
-            let r = self.queue_text(&to, &text, opts).await;
-            let ok = r.is_ok();
-            let _ = reply.send(r);
-            if ok && self.is_connected() {
-                self.want_flush();
+    /// Starts one command. Commands declared `actor` (queuing a message, retrying one) run
+    /// here, in the actor, so messages enter the outbox in the order they were sent;
+    /// everything else runs as a child task.
+    async fn dispatch(self: Arc<Self>, call: Call, tasks: &mut JoinSet<Done>) {
+        match call.runs() {
+            Runs::Actor => self.run_call(call).await,
+            Runs::Task => {
+                tasks.spawn(async move {
+                    self.run_call(call).await;
+                    Done::Other
+                });
             }
-            return;
         }
-        // A retry enters the outbox here too, in order with new messages.
-        if let Command::Retry { message_id, reply } = cmd {
-            let r = self.retry_failed(message_id).await;
-            let ok = r.is_ok();
-            let _ = reply.send(r);
-            if ok && self.is_connected() {
-                self.want_flush();
-            }
-            return;
-        }
-        tasks.spawn(async move {
-            self.handle(cmd).await;
-            Done::Other
-        });
     }
 
-    async fn handle(&self, cmd: Command) {
-        match cmd {
-            Command::Flush { reply } => {
-                let r = match self.ensure_connected().await {
-                    Ok(()) => self.flush_outbox().await,
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(r);
-            }
-            Command::Sync { reply } => {
-                let r = match self.ensure_connected().await {
-                    Ok(()) => self.fetch_all().await,
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(r);
-            }
-            Command::CreateInvite {
-                email,
-                admin,
-                reply,
-            } => {
-                let r = self.create_invite(email, admin).await;
-                let _ = reply.send(r);
-            }
-            Command::Conversations { reply } => {
-                let r = self.blocking(|s, _| Ok(s.db().conversations()?)).await;
-                let _ = reply.send(r);
-            }
-            Command::History {
-                conversation,
-                limit,
-                reply,
-            } => {
-                let r = self
-                    .blocking(move |s, _| Ok(s.db().history(&conversation, limit)?))
-                    .await;
-                let _ = reply.send(r);
-            }
-            Command::HistoryBefore {
-                conversation,
-                before,
-                limit,
-                reply,
-            } => {
-                let r = self
-                    .blocking(move |s, _| {
-                        Ok(s.db().history_before(&conversation, before, limit)?)
-                    })
-                    .await;
-                let _ = reply.send(r);
-            }
-            Command::Search {
-                conversation,
-                query,
-                limit,
-                reply,
-            } => {
-                let r = self
-                    .blocking(move |s, _| {
-                        let db = s.db();
-                        Ok(match &conversation {
-                            Some(c) => db.search_in(c, &query, limit)?,
-                            None => db.search(&query, limit)?,
-                        })
-                    })
-                    .await;
-                let _ = reply.send(r);
-            }
-            Command::MarkRead {
-                conversation,
-                reply,
-            } => {
-                let r = self.mark_read_and_display(conversation).await;
-                let _ = reply.send(r);
-            }
-            Command::CreateRoom {
-                kind,
-                title,
-                description,
-                members,
-                reply,
-            } => {
-                let _room = self.room_lock.lock().await;
-                let r = self.create_room(kind, title, description, members).await;
-                let _ = reply.send(r);
-            }
-            Command::ChangeRoom {
-                room,
-                request,
-                reply,
-            } => {
-                let _room = self.room_lock.lock().await;
-                let r = self.room_request(&room, request).await;
-                let _ = reply.send(r);
-            }
-            Command::Rooms { reply } => {
-                let r = self
-                    .blocking(|s, keys| super::rooms::list_rooms(&s.db(), &keys.username))
-                    .await;
-                let _ = reply.send(r);
-            }
-            Command::Room { reference, reply } => {
-                let r = self
-                    .blocking(move |s, keys| {
-                        let db = s.db();
-                        let id = super::rooms::resolve(&db, &keys.username, &reference)?;
-                        super::rooms::room_info(&db, &keys.username, &id)
-                    })
-                    .await;
-                let _ = reply.send(r);
-            }
-            Command::SetTimers {
-                conversation,
-                expire_after,
-                burn_after,
-                reply,
-            } => {
-                let _room = self.room_lock.lock().await;
-                let r = self
-                    .set_conversation_timers(&conversation, expire_after, burn_after)
-                    .await;
-                let _ = reply.send(r);
-            }
-            Command::Timers {
-                conversation,
-                reply,
-            } => {
-                let r = self
-                    .blocking(move |s, _| Ok(s.db().conversation_timers(&conversation)?))
-                    .await;
-                let _ = reply.send(r);
-            }
-            Command::SetReadReceipts { on, reply } => {
-                let r = self.set_read_receipts(on).await;
-                let _ = reply.send(r);
-            }
-            Command::Displayed { message_ids, reply } => {
-                let r = self.display(message_ids).await;
-                let _ = reply.send(r);
-            }
-            Command::Discard { message_id, reply } => {
-                let _ = reply.send(self.discard_failed(message_id).await);
-            }
-            Command::Failure { message_id, reply } => {
-                let r = self
-                    .blocking(move |s, _| Ok(s.db().failure(&message_id)?))
-                    .await;
-                let _ = reply.send(r);
-            }
-            // Run by the actor itself (`dispatch`), never as a child task.
-            Command::SendText { .. } | Command::Retry { .. } | Command::Shutdown { .. } => {}
+    // The command handlers (declared in `session::commands`).
+
+    pub(crate) async fn cmd_send_message(
+        &self,
+        to: String,
+        text: String,
+        opts: SendOptions,
+    ) -> Result<Queued, SessionError> {
+        let r = self.queue_text(&to, &text, opts).await;
+        if r.is_ok() && self.is_connected() {
+            self.want_flush();
         }
+        r
+    }
+
+    /// A retry enters the outbox in the actor too, in order with new messages.
+    pub(crate) async fn cmd_retry(&self, message_id: [u8; 16]) -> Result<(), SessionError> {
+        let r = self.retry_failed(message_id).await;
+        if r.is_ok() && self.is_connected() {
+            self.want_flush();
+        }
+        r
+    }
+
+    pub(crate) async fn cmd_flush(&self) -> Result<(), SessionError> {
+        self.ensure_connected().await?;
+        self.flush_outbox().await
+    }
+
+    pub(crate) async fn cmd_sync(&self) -> Result<Vec<Inbound>, SessionError> {
+        self.ensure_connected().await?;
+        self.fetch_all().await
+    }
+
+    pub(crate) async fn cmd_conversations(&self) -> Result<Vec<ConversationSummary>, SessionError> {
+        self.blocking(|s, _| Ok(s.db().conversations()?)).await
+    }
+
+    pub(crate) async fn cmd_history(
+        &self,
+        conversation: String,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, SessionError> {
+        self.blocking(move |s, _| Ok(s.db().history(&conversation, limit)?))
+            .await
+    }
+
+    pub(crate) async fn cmd_history_before(
+        &self,
+        conversation: String,
+        before: Option<[u8; 16]>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, SessionError> {
+        self.blocking(move |s, _| Ok(s.db().history_before(&conversation, before, limit)?))
+            .await
+    }
+
+    pub(crate) async fn cmd_search(
+        &self,
+        query: String,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, SessionError> {
+        self.blocking(move |s, _| Ok(s.db().search(&query, limit)?))
+            .await
+    }
+
+    pub(crate) async fn cmd_search_in(
+        &self,
+        conversation: String,
+        query: String,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, SessionError> {
+        self.blocking(move |s, _| Ok(s.db().search_in(&conversation, &query, limit)?))
+            .await
+    }
+
+    pub(crate) async fn cmd_create_room(
+        &self,
+        kind: RoomKind,
+        title: String,
+        description: String,
+        members: Vec<String>,
+    ) -> Result<RoomInfo, SessionError> {
+        let _room = self.room_lock.lock().await;
+        self.create_room(kind, title, description, members).await
+    }
+
+    pub(crate) async fn cmd_change_room(
+        &self,
+        room: String,
+        request: RoomRequest,
+    ) -> Result<RoomInfo, SessionError> {
+        let _room = self.room_lock.lock().await;
+        self.room_request(&room, request).await
+    }
+
+    pub(crate) async fn cmd_rooms(&self) -> Result<Vec<RoomInfo>, SessionError> {
+        self.blocking(|s, keys| super::rooms::list_rooms(&s.db(), &keys.username))
+            .await
+    }
+
+    pub(crate) async fn cmd_room(&self, reference: String) -> Result<RoomInfo, SessionError> {
+        self.blocking(move |s, keys| {
+            let db = s.db();
+            let id = super::rooms::resolve(&db, &keys.username, &reference)?;
+            super::rooms::room_info(&db, &keys.username, &id)
+        })
+        .await
+    }
+
+    pub(crate) async fn cmd_set_timers(
+        &self,
+        conversation: String,
+        expire_after: Option<u32>,
+        burn_after: Option<u32>,
+    ) -> Result<(), SessionError> {
+        let _room = self.room_lock.lock().await;
+        self.set_conversation_timers(&conversation, expire_after, burn_after)
+            .await
+    }
+
+    pub(crate) async fn cmd_timers(&self, conversation: String) -> Result<TimerPair, SessionError> {
+        self.blocking(move |s, _| Ok(s.db().conversation_timers(&conversation)?))
+            .await
+    }
+
+    pub(crate) async fn cmd_failure(
+        &self,
+        message_id: [u8; 16],
+    ) -> Result<Option<String>, SessionError> {
+        self.blocking(move |s, _| Ok(s.db().failure(&message_id)?))
+            .await
     }
 
     /// Arms the shred timer for the earliest pending expiry or burn.
@@ -585,7 +551,10 @@ impl Engine {
         true
     }
 
-    async fn set_read_receipts(&self, on: bool) -> Result<protocol::Policy, SessionError> {
+    pub(crate) async fn set_read_receipts(
+        &self,
+        on: bool,
+    ) -> Result<protocol::Policy, SessionError> {
         self.ensure_connected().await?;
         match self
             .conn()?
@@ -611,7 +580,11 @@ impl Engine {
         }
     }
 
-    async fn create_invite(&self, email: String, admin: bool) -> Result<String, SessionError> {
+    pub(crate) async fn create_invite(
+        &self,
+        email: String,
+        admin: bool,
+    ) -> Result<String, SessionError> {
         self.ensure_connected().await?;
         match self
             .conn()?
